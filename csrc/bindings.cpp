@@ -1,0 +1,299 @@
+// fastlr._C: the only file that includes pybind11. It converts the Python wrapper's
+// lists of raw data pointers (gathered and validated in fastlr/_kernels.py or
+// fastlr/optim), evaluates the schedules once, releases the GIL and calls the core.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "fastlr/schedule.hpp"
+#include "kernels.hpp"
+
+#ifndef FASTLR_VERSION
+#define FASTLR_VERSION "unknown"
+#endif
+
+namespace py = pybind11;
+using fastlr::DType;
+using fastlr::TensorList;
+
+namespace {
+
+using Schedule = std::optional<py::array_t<double, py::array::c_style | py::array::forcecast>>;
+
+// Reused per-thread buffers: after the first call a step allocates nothing here.
+struct Scratch {
+  std::vector<int64_t> numel, offsets;
+  std::vector<char*> ptrs[fastlr::kMaxRoles];
+};
+thread_local Scratch scratch;
+
+DType to_dtype(int code) {
+  if (code < 0 || code > 3) throw py::value_error("dtype code must be 0..3");
+  return static_cast<DType>(code);
+}
+
+void read_numels(const py::sequence& numels, std::vector<int64_t>& out) {
+  const py::ssize_t n = py::len(numels);
+  out.resize(static_cast<size_t>(n));
+  for (py::ssize_t i = 0; i < n; ++i) {
+    const int64_t v = numels[i].cast<int64_t>();
+    if (v < 0) throw py::value_error("numel must be >= 0");
+    out[static_cast<size_t>(i)] = v;
+  }
+}
+
+// Fills role r of `list` from a sequence of integer addresses (or None).
+void read_role(TensorList& list, int r, const py::object& addresses, const char* name) {
+  std::vector<char*>& out = scratch.ptrs[r];
+  if (addresses.is_none()) {
+    list.base[r] = nullptr;
+    return;
+  }
+  const py::sequence seq = addresses.cast<py::sequence>();
+  if (py::len(seq) != static_cast<size_t>(list.size))
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(list.size) +
+                          " addresses, got " + std::to_string(py::len(seq)));
+  out.resize(static_cast<size_t>(list.size));
+  for (int64_t i = 0; i < list.size; ++i) {
+    PyObject* item = PySequence_Fast_GET_ITEM(seq.ptr(), i);
+    void* p = PyLong_AsVoidPtr(item);
+    if (p == nullptr && PyErr_Occurred()) throw py::error_already_set();
+    if (p == nullptr && list.numel[i] > 0)
+      throw py::value_error(std::string(name) + "[" + std::to_string(i) + "] is a null pointer");
+    out[static_cast<size_t>(i)] = static_cast<char*>(p);
+  }
+  list.base[r] = out.data();
+}
+
+// Builds the TensorList for one call. `roles` names the pointer lists in order.
+TensorList make_list(int dtype_code, const py::sequence& numels,
+                     std::initializer_list<std::pair<const char*, py::object>> roles) {
+  TensorList list;
+  read_numels(numels, scratch.numel);
+  list.size = static_cast<int64_t>(scratch.numel.size());
+  list.numel = scratch.numel.data();
+  list.elem_size = fastlr::dtype_size(to_dtype(dtype_code));
+  int r = 0;
+  for (const auto& role : roles) {
+    // PySequence_Fast_GET_ITEM needs a list or tuple.
+    py::object seq = role.second;
+    if (!seq.is_none() && !py::isinstance<py::list>(seq) && !py::isinstance<py::tuple>(seq))
+      seq = py::list(seq);
+    read_role(list, r++, seq, role.first);
+  }
+  list.roles = r;
+  if (list.base[0] == nullptr || list.base[1] == nullptr)
+    throw py::value_error("params and grads are required");
+  scratch.offsets.resize(static_cast<size_t>(list.size) + 1);
+  return list;
+}
+
+double eval(const Schedule& schedule, double value, int64_t t) {
+  if (!schedule) return value;
+  if (schedule->ndim() != 1 || schedule->size() < 2)
+    throw py::value_error("schedule encoding must be a 1-d float64 array");
+  return value * fastlr::schedule_at(schedule->data(), t);
+}
+
+void check_t(int64_t t) {
+  if (t < 0) throw py::value_error("t (completed updates) must be >= 0");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastlr's C++ kernels (private; use the fastlr package)";
+  fastlr::init_cpu_level_from_env();
+
+  // Every kernel: when a schedule encoding is given, the value used is
+  // value * schedule(t) (so `lr` then acts as a scale, 1.0 by default), where t is
+  // the number of completed updates. Returns the (lr, momentum/beta1) used.
+  m.def(
+      "sgd",
+      [](int dtype, const py::sequence& numel, py::object params, py::object grads,
+         py::object momentum_buffers, double lr, Schedule lr_schedule, int64_t t,
+         double momentum, Schedule momentum_schedule, double dampening, bool nesterov,
+         double weight_decay, bool maximize, bool first_step, double grad_scale) {
+        check_t(t);
+        TensorList list = make_list(dtype, numel, {{"params", params}, {"grads", grads},
+                                                   {"momentum_buffers", momentum_buffers}});
+        fastlr::SgdArgs a{eval(lr_schedule, lr, t), eval(momentum_schedule, momentum, t),
+                          dampening, weight_decay, (maximize ? -1.0 : 1.0) / grad_scale,
+                          nesterov, first_step};
+        if (a.momentum != 0.0 && list.base[2] == nullptr)
+          throw py::value_error("momentum_buffers are required when momentum != 0");
+        {
+          py::gil_scoped_release release;
+          fastlr::sgd(to_dtype(dtype), list, scratch.offsets.data(), a);
+        }
+        return py::make_tuple(a.lr, a.momentum);
+      },
+      py::arg("dtype"), py::arg("numel"), py::arg("params"), py::arg("grads"),
+      py::arg("momentum_buffers"), py::arg("lr"), py::arg("lr_schedule"), py::arg("t"),
+      py::arg("momentum"), py::arg("momentum_schedule"), py::arg("dampening"),
+      py::arg("nesterov"), py::arg("weight_decay"), py::arg("maximize"), py::arg("first_step"),
+      py::arg("grad_scale") = 1.0);
+
+  m.def(
+      "adam",
+      [](int dtype, const py::sequence& numel, py::object params, py::object grads,
+         py::object exp_avgs, py::object exp_avg_sqs, py::object max_exp_avg_sqs, double step,
+         double lr, Schedule lr_schedule, double beta1, Schedule beta1_schedule, double beta2,
+         double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad,
+         bool maximize, double grad_scale) {
+        if (!(step >= 1)) throw py::value_error("step must be >= 1");
+        const int64_t t = static_cast<int64_t>(step) - 1;
+        TensorList list = make_list(dtype, numel,
+                                    {{"params", params}, {"grads", grads}, {"exp_avgs", exp_avgs},
+                                     {"exp_avg_sqs", exp_avg_sqs},
+                                     {"max_exp_avg_sqs", max_exp_avg_sqs}});
+        if (list.base[2] == nullptr || list.base[3] == nullptr)
+          throw py::value_error("exp_avgs and exp_avg_sqs are required");
+        if (amsgrad && list.base[4] == nullptr)
+          throw py::value_error("max_exp_avg_sqs are required when amsgrad=True");
+        fastlr::AdamArgs a{eval(lr_schedule, lr, t), eval(beta1_schedule, beta1, t), beta2, eps,
+                           weight_decay, (maximize ? -1.0 : 1.0) / grad_scale, step,
+                           decoupled_weight_decay, amsgrad};
+        {
+          py::gil_scoped_release release;
+          fastlr::adam(to_dtype(dtype), list, scratch.offsets.data(), a);
+        }
+        return py::make_tuple(a.lr, a.beta1);
+      },
+      py::arg("dtype"), py::arg("numel"), py::arg("params"), py::arg("grads"),
+      py::arg("exp_avgs"), py::arg("exp_avg_sqs"), py::arg("max_exp_avg_sqs"), py::arg("step"),
+      py::arg("lr"), py::arg("lr_schedule"), py::arg("beta1"), py::arg("beta1_schedule"),
+      py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
+      py::arg("decoupled_weight_decay"), py::arg("amsgrad"), py::arg("maximize"),
+      py::arg("grad_scale") = 1.0);
+
+  m.def(
+      "rmsprop",
+      [](int dtype, const py::sequence& numel, py::object params, py::object grads,
+         py::object square_avgs, py::object grad_avgs, py::object momentum_buffers, double lr,
+         Schedule lr_schedule, int64_t t, double alpha, double eps, double weight_decay,
+         double momentum, Schedule momentum_schedule, bool centered, bool use_momentum,
+         bool maximize, bool first_step, double grad_scale) {
+        check_t(t);
+        TensorList list =
+            make_list(dtype, numel,
+                      {{"params", params}, {"grads", grads}, {"square_avgs", square_avgs},
+                       {"grad_avgs", grad_avgs}, {"momentum_buffers", momentum_buffers}});
+        if (list.base[2] == nullptr) throw py::value_error("square_avgs are required");
+        if (centered && list.base[3] == nullptr)
+          throw py::value_error("grad_avgs are required when centered=True");
+        if (use_momentum && list.base[4] == nullptr)
+          throw py::value_error("momentum_buffers are required when momentum > 0");
+        fastlr::RmspropArgs a{eval(lr_schedule, lr, t),
+                              alpha,
+                              eps,
+                              weight_decay,
+                              eval(momentum_schedule, momentum, t),
+                              (maximize ? -1.0 : 1.0) / grad_scale,
+                              centered,
+                              use_momentum,
+                              first_step};
+        {
+          py::gil_scoped_release release;
+          fastlr::rmsprop(to_dtype(dtype), list, scratch.offsets.data(), a);
+        }
+        return py::make_tuple(a.lr, a.momentum);
+      },
+      py::arg("dtype"), py::arg("numel"), py::arg("params"), py::arg("grads"),
+      py::arg("square_avgs"), py::arg("grad_avgs"), py::arg("momentum_buffers"), py::arg("lr"),
+      py::arg("lr_schedule"), py::arg("t"), py::arg("alpha"), py::arg("eps"),
+      py::arg("weight_decay"), py::arg("momentum"), py::arg("momentum_schedule"),
+      py::arg("centered"), py::arg("use_momentum"), py::arg("maximize"), py::arg("first_step"),
+      py::arg("grad_scale") = 1.0);
+
+  m.def(
+      "adagrad",
+      [](int dtype, const py::sequence& numel, py::object params, py::object grads,
+         py::object state_sums, double step, double lr, Schedule lr_schedule, double lr_decay,
+         double weight_decay, double eps, bool maximize, double grad_scale) {
+        if (!(step >= 1)) throw py::value_error("step must be >= 1");
+        const int64_t t = static_cast<int64_t>(step) - 1;
+        TensorList list = make_list(dtype, numel, {{"params", params}, {"grads", grads},
+                                                   {"state_sums", state_sums}});
+        if (list.base[2] == nullptr) throw py::value_error("state_sums are required");
+        fastlr::AdagradArgs a{eval(lr_schedule, lr, t), lr_decay, weight_decay, eps,
+                              (maximize ? -1.0 : 1.0) / grad_scale, step};
+        {
+          py::gil_scoped_release release;
+          fastlr::adagrad(to_dtype(dtype), list, scratch.offsets.data(), a);
+        }
+        return a.lr;
+      },
+      py::arg("dtype"), py::arg("numel"), py::arg("params"), py::arg("grads"),
+      py::arg("state_sums"), py::arg("step"), py::arg("lr"), py::arg("lr_schedule"),
+      py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"),
+      py::arg("grad_scale") = 1.0);
+
+  m.def(
+      "schedule_values",
+      [](py::array_t<double, py::array::c_style | py::array::forcecast> enc,
+         py::array_t<int64_t, py::array::c_style | py::array::forcecast> t) {
+        if (enc.ndim() != 1 || enc.size() < 2)
+          throw py::value_error("schedule encoding must be a 1-d float64 array");
+        py::array_t<double> out(t.request().shape);
+        const double* e = enc.data();
+        const int64_t* ts = t.data();
+        double* o = out.mutable_data();
+        const py::ssize_t n = t.size();
+        for (py::ssize_t i = 0; i < n; ++i)
+          if (ts[i] < 0) throw py::value_error("t must be >= 0");
+        {
+          py::gil_scoped_release release;
+          for (py::ssize_t i = 0; i < n; ++i) o[i] = fastlr::schedule_at(e, ts[i]);
+        }
+        return out;
+      },
+      py::arg("enc"), py::arg("t"));
+
+  m.def(
+      "schedule_at",
+      [](py::array_t<double, py::array::c_style | py::array::forcecast> enc, int64_t t) {
+        if (enc.ndim() != 1 || enc.size() < 2)
+          throw py::value_error("schedule encoding must be a 1-d float64 array");
+        check_t(t);
+        return fastlr::schedule_at(enc.data(), t);
+      },
+      py::arg("enc"), py::arg("t"));
+
+  m.def("get_num_threads", &fastlr::get_num_threads);
+  m.def(
+      "set_num_threads",
+      [](int n) {
+        if (n < 1) throw py::value_error("num_threads must be a positive integer");
+        fastlr::set_num_threads(n);
+      },
+      py::arg("n"));
+  m.def("cpu_level", [] { return std::string(fastlr::cpu_level_name(fastlr::cpu_level())); });
+  m.def("detected_cpu_level",
+        [] { return std::string(fastlr::cpu_level_name(fastlr::detected_cpu_level())); });
+  m.def(
+      "set_cpu_level",
+      [](const std::string& name) {
+        try {
+          fastlr::set_cpu_level(fastlr::parse_level(name.c_str()));
+        } catch (const std::invalid_argument& e) {
+          throw py::value_error(e.what());
+        }
+      },
+      py::arg("name"));
+  m.attr("openmp") = fastlr::openmp_enabled();
+  m.attr("version") = FASTLR_VERSION;
+#if defined(__clang__)
+  m.attr("compiler") = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  m.attr("compiler") = std::string("gcc ") + __VERSION__;
+#else
+  m.attr("compiler") = "unknown";
+#endif
+}

@@ -1,0 +1,90 @@
+// Multi-tensor traversal: one call updates every tensor of a list. The list's elements
+// are seen as one index space [0, total) split into one contiguous range per thread,
+// so small tensors are batched together and large ones are split, with no per-tensor
+// task and no chunk table. Splits fall on 16-element boundaries inside a tensor
+// (a 64-byte line of float32) so threads never write the same cache line.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace fastlr {
+
+constexpr int kMaxRoles = 5;
+
+// Updates n elements; ptrs[r] points at the first element of role r (param, grad, states).
+using LeafFn = void (*)(int64_t n, char* const* ptrs, const void* scalars);
+
+struct TensorList {
+  int64_t size = 0;                     // number of tensors
+  const int64_t* numel = nullptr;       // [size]
+  char* const* base[kMaxRoles] = {};    // base[r][i]: tensor i's data for role r
+  int roles = 0;
+  int elem_size = 4;
+};
+
+// Below this many elements per thread the wake-up costs more than it saves.
+constexpr int64_t kMinElementsPerThread = 1 << 15;
+constexpr int64_t kSplitAlign = 16;
+
+namespace detail {
+
+inline void run_range(const TensorList& list, const int64_t* offsets, int64_t lo, int64_t hi,
+                      LeafFn leaf, const void* scalars) {
+  int64_t i = std::upper_bound(offsets, offsets + list.size + 1, lo) - offsets - 1;
+  char* ptrs[kMaxRoles];
+  for (; lo < hi && i < list.size; ++i) {
+    const int64_t end = std::min(hi, offsets[i + 1]);
+    if (end <= lo) continue;
+    const int64_t local = lo - offsets[i];
+    for (int r = 0; r < list.roles; ++r)
+      ptrs[r] = list.base[r] ? list.base[r][i] + local * list.elem_size : nullptr;
+    leaf(end - lo, ptrs, scalars);
+    lo = end;
+  }
+}
+
+// Start of thread k's range: the k-th equal share, moved down to an aligned offset
+// inside the tensor it falls in (the same answer for both neighbouring threads).
+inline int64_t split_point(const int64_t* offsets, int64_t size, int64_t total, int k, int nt) {
+  if (k == 0) return 0;
+  if (k == nt) return total;
+  const int64_t target = static_cast<int64_t>((static_cast<__int128>(total) * k) / nt);
+  const int64_t i = std::upper_bound(offsets, offsets + size + 1, target) - offsets - 1;
+  const int64_t local = (target - offsets[i]) / kSplitAlign * kSplitAlign;
+  return offsets[i] + local;
+}
+
+}  // namespace detail
+
+// Applies `leaf` to every element of `list` using up to num_threads OpenMP threads.
+// `offsets` is caller-owned scratch of list.size + 1 entries (no allocation here).
+inline void for_each_segment(const TensorList& list, int64_t* offsets, LeafFn leaf,
+                             const void* scalars, int num_threads) {
+  offsets[0] = 0;
+  for (int64_t i = 0; i < list.size; ++i) offsets[i + 1] = offsets[i] + list.numel[i];
+  const int64_t total = offsets[list.size];
+  if (total == 0) return;
+  const int64_t by_grain = std::max<int64_t>(1, total / kMinElementsPerThread);
+  const int nt = static_cast<int>(std::min<int64_t>(std::max(num_threads, 1), by_grain));
+#if defined(_OPENMP)
+  if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+    {
+      const int k = omp_get_thread_num();
+      const int n = omp_get_num_threads();  // may be fewer than asked
+      const int64_t lo = detail::split_point(offsets, list.size, total, k, n);
+      const int64_t hi = detail::split_point(offsets, list.size, total, k + 1, n);
+      detail::run_range(list, offsets, lo, hi, leaf, scalars);
+    }
+    return;
+  }
+#endif
+  detail::run_range(list, offsets, 0, total, leaf, scalars);
+}
+
+}  // namespace fastlr

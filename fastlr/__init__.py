@@ -1,0 +1,65 @@
+"""fastlr: fused optimizer-update kernels with learning-rate schedules evaluated in C++.
+
+Three faces over one C++ core: drop-in torch optimizers (``fastlr.optim``), NumPy
+kernels (``fastlr.adam_step`` …, no torch needed) and benchmarks (``fastlr bench``).
+"""
+from __future__ import annotations
+
+from . import _C
+from ._kernels import adagrad_step, adam_step, rmsprop_step, sgd_step
+from ._version import __version__
+
+__all__ = [
+    "__version__",
+    "build_info",
+    "get_num_threads",
+    "set_num_threads",
+    "sgd_step",
+    "adam_step",
+    "rmsprop_step",
+    "adagrad_step",
+]
+
+try:  # the schedules module is optional while it is being built
+    from . import schedules as _schedules
+    from .schedules import *  # noqa: F401,F403
+
+    __all__ += list(_schedules.__all__)
+except ImportError:  # pragma: no cover
+    pass
+
+
+def get_num_threads() -> int:
+    """Number of threads the kernels use (default: OpenMP's, honouring OMP_NUM_THREADS)."""
+    return _C.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the number of threads the kernels use (n >= 1)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    _C.set_num_threads(n)
+
+
+def build_info() -> dict:
+    """What this build of fastlr is and does on this machine.
+
+    Returns a dict with the version, the compiler, the SIMD level dispatched on this
+    CPU (``cpu_level``; ``FASTLR_CPU_LEVEL`` overrides it), the best level the CPU
+    supports, OpenMP on/off, the thread count and whether the CUDA kernels are built.
+    """
+    try:
+        from . import _C_cuda  # noqa: F401
+
+        cuda = True
+    except ImportError:
+        cuda = False
+    return {
+        "version": __version__,
+        "compiler": _C.compiler,
+        "cpu_level": _C.cpu_level(),
+        "cpu_level_detected": _C.detected_cpu_level(),
+        "openmp": bool(_C.openmp),
+        "num_threads": _C.get_num_threads(),
+        "cuda": cuda,
+    }

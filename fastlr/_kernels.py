@@ -1,0 +1,308 @@
+"""The NumPy face of the kernels: in-place optimizer updates of NumPy arrays.
+
+Every argument is one ndarray or a list of them; one call updates them all through a
+single multi-threaded C++ call. Everything is validated before any array is touched.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from . import _C
+
+__all__ = ["sgd_step", "adam_step", "rmsprop_step", "adagrad_step"]
+
+_DTYPE_CODES = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}
+
+
+# ------------------------------------------------------------- validation ---
+
+
+def _as_list(x, name, *, n=None):
+    if isinstance(x, np.ndarray):
+        arrays = [x]
+    elif isinstance(x, (list, tuple)):
+        arrays = list(x)
+    else:
+        raise TypeError(f"{name} must be a numpy.ndarray or a list of them, got {type(x).__name__}")
+    for i, a in enumerate(arrays):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name}[{i}] must be a numpy.ndarray, got {type(a).__name__}")
+    if n is not None and len(arrays) != n:
+        raise ValueError(f"{name} has {len(arrays)} arrays but params has {n}")
+    return arrays
+
+
+def _check_arrays(name, arrays, params, dtype, *, updated):
+    for i, a in enumerate(arrays):
+        if a.dtype != dtype:
+            raise TypeError(f"{name}[{i}] has dtype {a.dtype}, expected {dtype} (dtypes must not be mixed)")
+        if a.shape != params[i].shape:
+            raise ValueError(f"{name}[{i}] has shape {a.shape}, but params[{i}] has shape {params[i].shape}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name}[{i}] must be C-contiguous (updates happen in place; pass np.ascontiguousarray)")
+        if updated and not a.flags.writeable:
+            raise ValueError(f"{name}[{i}] is read-only")
+
+
+def _real(x, name):
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    x = float(x)
+    if math.isnan(x):
+        raise ValueError(f"{name} must not be NaN")
+    return x
+
+
+def _non_negative(x, name):
+    x = _real(x, name)
+    if x < 0:
+        raise ValueError(f"Invalid {name} value: {x} (must be >= 0)")
+    return x
+
+
+def _schedule_or_value(x, name, check):
+    """A Schedule is passed as its C++ encoding (value then acts as a scale of 1.0)."""
+    enc = getattr(x, "_encoding", None)
+    if enc is not None:
+        return 1.0, enc
+    return check(x, name), None
+
+
+def _step(step, name="step", *, required):
+    if step is None:
+        if required:
+            raise ValueError(f"{name} is required (the 1-based index of this update)")
+        return None
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        if not (isinstance(step, numbers.Real) and float(step).is_integer()):
+            raise TypeError(f"{name} must be an integer >= 1, got {step!r}")
+    step = int(step)
+    if step < 1:
+        raise ValueError(f"{name} must be >= 1, got {step}")
+    return step
+
+
+class _Call:
+    """Validated arrays of one call: dtype code, numels and data addresses per role."""
+
+    def __init__(self, params, grads):
+        self.params = _as_list(params, "params")
+        self.n = len(self.params)
+        self.grads = _as_list(grads, "grads", n=self.n)
+        if self.n == 0:
+            self.dtype = np.dtype(np.float32)
+        else:
+            self.dtype = self.params[0].dtype
+            if self.dtype.name not in _DTYPE_CODES:
+                raise TypeError(
+                    f"params[0] has dtype {self.dtype}; supported: float32, float64, float16, bfloat16"
+                )
+        _check_arrays("params", self.params, self.params, self.dtype, updated=True)
+        _check_arrays("grads", self.grads, self.params, self.dtype, updated=False)
+        self.code = _DTYPE_CODES[self.dtype.name]
+        self.numel = [a.size for a in self.params]
+        self._updated = [self.params]
+
+    def state(self, arrays, name):
+        """Validates an updated state list; returns None for a missing one."""
+        if arrays is None:
+            return None
+        arrays = _as_list(arrays, name, n=self.n)
+        _check_arrays(name, arrays, self.params, self.dtype, updated=True)
+        self._updated.append(arrays)
+        return arrays
+
+    def require(self, arrays, name, why):
+        if arrays is None:
+            raise ValueError(f"{name} is required when {why}")
+
+    def finish(self):
+        """Rejects the same memory updated twice; call after every state is added."""
+        seen = {}
+        for arrays in self._updated:
+            for a in arrays:
+                if a.size == 0:
+                    continue
+                addr = a.__array_interface__["data"][0]
+                if addr in seen:
+                    raise ValueError("the same array memory is passed twice among the updated arrays")
+                seen[addr] = True
+
+    @staticmethod
+    def addresses(arrays):
+        if arrays is None:
+            return None
+        return [a.__array_interface__["data"][0] for a in arrays]
+
+
+# ---------------------------------------------------------------- kernels ---
+
+
+def sgd_step(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.0,
+             nesterov=False, weight_decay=0.0, maximize=False, step=None):
+    """One step of torch.optim.SGD over NumPy arrays, in place.
+
+    ``g ← ±grad + weight_decay·θ``; with momentum ``b ← μ·b + (1−dampening)·g``
+    (``b ← g`` on the first update, ``step == 1``), ``g ← g + μ·b`` (nesterov) or ``b``;
+    then ``θ ← θ − lr·g``.
+
+    Args:
+        params, grads, momentum_buffers: an ndarray or a list of them (same dtype,
+            C-contiguous, matching shapes); ``momentum_buffers`` is required when
+            momentum is not 0.
+        lr: float or Schedule (evaluated at ``step - 1``). momentum: float or Schedule.
+        step: 1-based index of this update; ``step == 1`` initialises the momentum
+            buffers from the gradient; ``None`` takes them as initialised.
+
+    Returns:
+        The learning rate used.
+
+    Example:
+        >>> p, g, b = np.ones(3, np.float32), np.full(3, 0.5, np.float32), np.zeros(3, np.float32)
+        >>> sgd_step(p, g, b, lr=0.1, momentum=0.9, step=1)
+        0.1
+    """
+    call = _Call(params, grads)
+    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
+    momentum, mom_enc = _schedule_or_value(momentum, "momentum", _non_negative)
+    dampening = _real(dampening, "dampening")
+    weight_decay = _non_negative(weight_decay, "weight_decay")
+    step = _step(step, required=lr_enc is not None or mom_enc is not None)
+    uses_momentum = mom_enc is not None or momentum != 0.0
+    if nesterov and (not uses_momentum or dampening != 0):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+    bufs = call.state(momentum_buffers, "momentum_buffers")
+    if uses_momentum:
+        call.require(bufs, "momentum_buffers", "momentum != 0")
+    call.finish()
+    used_lr, _ = _C.sgd(call.code, call.numel, call.addresses(call.params), call.addresses(call.grads),
+                        call.addresses(bufs) if uses_momentum else None, lr, lr_enc,
+                        0 if step is None else step - 1, momentum, mom_enc, dampening, bool(nesterov),
+                        weight_decay, bool(maximize), step == 1)
+    return used_lr
+
+
+def adam_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1=0.9, beta2=0.999,
+              eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
+              max_exp_avg_sqs=None, maximize=False):
+    """One step of torch.optim.Adam (or AdamW with ``decoupled_weight_decay=True``), in place.
+
+    ``m ← lerp(m, g, 1−β1)``, ``v ← β2·v + (1−β2)·g²``,
+    ``θ ← θ − lr/(1−β1^step) · m / (√v̂/√(1−β2^step) + eps)`` with ``v̂ = v`` or the running
+    maximum (amsgrad). Weight decay is L2 (``g += wd·θ``) or decoupled (``θ *= 1 − lr·wd``).
+
+    Args:
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: an ndarray or a list of them.
+        step: the 1-based index of this update (bias correction).
+        lr: float or Schedule; beta1: float or Schedule (both evaluated at ``step - 1``).
+
+    Returns:
+        The learning rate used.
+
+    Example:
+        >>> p = np.ones(4, np.float32); g = np.ones(4, np.float32)
+        >>> m, v = np.zeros(4, np.float32), np.zeros(4, np.float32)
+        >>> adam_step(p, g, m, v, step=1, lr=1e-3)
+        0.001
+    """
+    call = _Call(params, grads)
+    step = _step(step, required=True)
+    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
+    beta1, b1_enc = _schedule_or_value(beta1, "beta1", _beta)
+    beta2 = _beta(beta2, "beta2")
+    eps = _non_negative(eps, "eps")
+    weight_decay = _non_negative(weight_decay, "weight_decay")
+    m = call.state(exp_avgs, "exp_avgs")
+    v = call.state(exp_avg_sqs, "exp_avg_sqs")
+    call.require(m, "exp_avgs", "calling adam_step")
+    call.require(v, "exp_avg_sqs", "calling adam_step")
+    vmax = call.state(max_exp_avg_sqs, "max_exp_avg_sqs")
+    if amsgrad:
+        call.require(vmax, "max_exp_avg_sqs", "amsgrad=True")
+    call.finish()
+    used_lr, _ = _C.adam(call.code, call.numel, call.addresses(call.params), call.addresses(call.grads),
+                         call.addresses(m), call.addresses(v), call.addresses(vmax) if amsgrad else None,
+                         float(step), lr, lr_enc, beta1, b1_enc, beta2, eps, weight_decay,
+                         bool(decoupled_weight_decay), bool(amsgrad), bool(maximize))
+    return used_lr
+
+
+def _beta(x, name):
+    x = _real(x, name)
+    if not 0.0 <= x < 1.0:
+        raise ValueError(f"Invalid {name} parameter: {x} (must be in [0, 1))")
+    return x
+
+
+def rmsprop_step(params, grads, square_avgs, *, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
+                 momentum=0.0, momentum_buffers=None, centered=False, grad_avgs=None,
+                 maximize=False, step=None):
+    """One step of torch.optim.RMSprop, in place.
+
+    ``v ← α·v + (1−α)·g²``; centered: ``ḡ ← lerp(ḡ, g, 1−α)``, ``avg = √(v − ḡ²) + eps``,
+    else ``avg = √v + eps``; with momentum ``b ← μ·b + g/avg``, ``θ ← θ − lr·b``, else
+    ``θ ← θ − lr·g/avg``.
+
+    Args:
+        square_avgs, grad_avgs (centered), momentum_buffers (momentum > 0): state arrays.
+        lr, momentum: float or Schedule (evaluated at ``step - 1``).
+        step: 1-based index of this update; ``step == 1`` starts the momentum buffers
+            from zero as torch does; ``None`` takes them as they are.
+
+    Returns:
+        The learning rate used.
+    """
+    call = _Call(params, grads)
+    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
+    alpha = _non_negative(alpha, "alpha")
+    eps = _non_negative(eps, "eps")
+    weight_decay = _non_negative(weight_decay, "weight_decay")
+    momentum, mom_enc = _schedule_or_value(momentum, "momentum", _non_negative)
+    step = _step(step, required=lr_enc is not None or mom_enc is not None)
+    uses_momentum = mom_enc is not None or momentum > 0
+    sq = call.state(square_avgs, "square_avgs")
+    call.require(sq, "square_avgs", "calling rmsprop_step")
+    ga = call.state(grad_avgs, "grad_avgs")
+    if centered:
+        call.require(ga, "grad_avgs", "centered=True")
+    bufs = call.state(momentum_buffers, "momentum_buffers")
+    if uses_momentum:
+        call.require(bufs, "momentum_buffers", "momentum > 0")
+    call.finish()
+    used_lr, _ = _C.rmsprop(call.code, call.numel, call.addresses(call.params), call.addresses(call.grads),
+                            call.addresses(sq), call.addresses(ga) if centered else None,
+                            call.addresses(bufs) if uses_momentum else None, lr, lr_enc,
+                            0 if step is None else step - 1, alpha, eps, weight_decay, momentum, mom_enc,
+                            bool(centered), uses_momentum, bool(maximize), step == 1)
+    return used_lr
+
+
+def adagrad_step(params, grads, state_sums, *, step, lr, lr_decay=0.0, weight_decay=0.0,
+                 eps=1e-10, maximize=False):
+    """One step of torch.optim.Adagrad, in place.
+
+    ``clr = lr / (1 + (step−1)·lr_decay)``, ``s ← s + g²``, ``θ ← θ − clr·g/(√s + eps)``.
+
+    Args:
+        state_sums: the accumulators (torch's ``sum``; start them at
+            ``initial_accumulator_value``).
+        step: 1-based index of this update. lr: float or Schedule (at ``step - 1``).
+
+    Returns:
+        The learning rate used (before ``lr_decay``).
+    """
+    call = _Call(params, grads)
+    step = _step(step, required=True)
+    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
+    lr_decay = _non_negative(lr_decay, "lr_decay")
+    weight_decay = _non_negative(weight_decay, "weight_decay")
+    eps = _non_negative(eps, "eps")
+    sums = call.state(state_sums, "state_sums")
+    call.require(sums, "state_sums", "calling adagrad_step")
+    call.finish()
+    return _C.adagrad(call.code, call.numel, call.addresses(call.params), call.addresses(call.grads),
+                      call.addresses(sums), float(step), lr, lr_enc, lr_decay, weight_decay, eps,
+                      bool(maximize))
