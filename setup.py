@@ -24,7 +24,7 @@ def cpu_extension():
         link_args.append("-fopenmp")
     return Pybind11Extension(
         "fastlr._C",
-        sources=["csrc/bindings.cpp", "csrc/kernels.cpp"],
+        sources=["csrc/bindings.cpp", "csrc/kernels.cpp", "csrc/roofline.cpp"],
         include_dirs=["csrc"],
         define_macros=[("FASTLR_VERSION", f'"{VERSION}"')],
         extra_compile_args=compile_args,

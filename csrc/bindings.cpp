@@ -13,6 +13,7 @@
 
 #include "fastlr/schedule.hpp"
 #include "kernels.hpp"
+#include "roofline.hpp"
 
 #ifndef FASTLR_VERSION
 #define FASTLR_VERSION "unknown"
@@ -287,6 +288,25 @@ PYBIND11_MODULE(_C, m) {
         }
       },
       py::arg("name"));
+  // Memory-only roofline kernel for `fastlr bench` (roofline.hpp): reads params, grads
+  // and 0-3 state lists and writes params and states back unchanged.
+  m.def(
+      "roofline",
+      [](int dtype, const py::sequence& numel, py::object params, py::object grads,
+         const py::sequence& states) {
+        const py::ssize_t k = py::len(states);
+        if (k > 3) throw py::value_error("roofline: at most 3 state lists");
+        py::object s[3] = {py::none(), py::none(), py::none()};
+        for (py::ssize_t j = 0; j < k; ++j) s[j] = states[j];
+        TensorList list = make_list(dtype, numel, {{"params", params}, {"grads", grads},
+                                                   {"states[0]", s[0]}, {"states[1]", s[1]},
+                                                   {"states[2]", s[2]}});
+        list.roles = 2 + static_cast<int>(k);
+        py::gil_scoped_release release;
+        fastlr::roofline(to_dtype(dtype), list, scratch.offsets.data());
+      },
+      py::arg("dtype"), py::arg("numel"), py::arg("params"), py::arg("grads"),
+      py::arg("states"));
   m.attr("openmp") = fastlr::openmp_enabled();
   m.attr("version") = FASTLR_VERSION;
 #if defined(__clang__)
