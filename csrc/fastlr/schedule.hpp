@@ -252,8 +252,9 @@ FASTLR_HD double schedule_at(const double* enc, int64_t t) {
         const int64_t w = as_int(enc[2]);
         const int64_t timescale = as_int(enc[3]);
         if (t < w) return factor * (enc[1] * (static_cast<double>(t) / static_cast<double>(w)));
-        const int64_t shift = timescale - w;
-        return factor * (enc[1] * (1.0 / sqrt(static_cast<double>(t + shift) /
+        // t + shift in double: exact below 2^53 (like Python's int sum), no overflow above.
+        const double shift = static_cast<double>(timescale - w);
+        return factor * (enc[1] * (1.0 / sqrt((static_cast<double>(t) + shift) /
                                               static_cast<double>(timescale))));
       }
 
