@@ -1,0 +1,175 @@
+"""`fastlr plot`: draw schedules to a PNG.
+
+    fastlr plot "OneCycle(max_lr=0.1, total_steps=1000)" "Cosine(lr=0.1, total_steps=1000)" -o lr.png
+
+Expressions are parsed with ``ast`` and built only from schedule constructors with
+literal arguments (numbers, strings, True/False/None, lists/tuples, unary minus) and
+nested schedule constructors; anything else is refused before anything runs. There is
+no ``eval``.
+"""
+from __future__ import annotations
+
+import ast
+import sys
+
+from . import schedules as _schedules
+
+_MAX_EXPRESSION = 10_000  # characters: keeps ast.parse cheap on hostile input
+
+SCHEDULE_CLASSES = {
+    name: getattr(_schedules, name)
+    for name in _schedules.__all__
+    if name not in ("Schedule", "as_schedule")
+}
+
+
+class ExpressionError(ValueError):
+    """An expression that is not a schedule constructor with literal arguments."""
+
+
+def _literal(node, expr):
+    if isinstance(node, ast.Constant):
+        if node.value is None or isinstance(node.value, (bool, int, float, str)):
+            return node.value
+        raise ExpressionError(f"unsupported constant {node.value!r} in {expr!r}")
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        if isinstance(node.operand, ast.Constant) and type(node.operand.value) in (int, float):
+            v = node.operand.value
+            return -v if isinstance(node.op, ast.USub) else v
+        raise ExpressionError(f"unary minus/plus applies only to numbers in {expr!r}")
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_literal(e, expr) for e in node.elts]
+    if isinstance(node, ast.Call):
+        return _call(node, expr)
+    raise ExpressionError(
+        f"only numbers, strings, True/False/None, lists and schedule constructors are allowed, "
+        f"got {type(node).__name__} at column {getattr(node, 'col_offset', 0) + 1} of {expr!r}"
+    )
+
+
+def _call(node, expr):
+    if not isinstance(node.func, ast.Name) or node.func.id not in SCHEDULE_CLASSES:
+        what = node.func.id if isinstance(node.func, ast.Name) else type(node.func).__name__
+        raise ExpressionError(
+            f"{what!s} is not a schedule; expected one of {', '.join(SCHEDULE_CLASSES)} (in {expr!r})"
+        )
+    cls = SCHEDULE_CLASSES[node.func.id]
+    args = []
+    for a in node.args:
+        if isinstance(a, ast.Starred):
+            raise ExpressionError(f"*args are not allowed in {expr!r}")
+        args.append(_literal(a, expr))
+    kwargs = {}
+    for k in node.keywords:
+        if k.arg is None:
+            raise ExpressionError(f"**kwargs are not allowed in {expr!r}")
+        kwargs[k.arg] = _literal(k.value, expr)
+    try:
+        return cls(*args, **kwargs)
+    except TypeError as e:
+        raise ExpressionError(f"{node.func.id}: {e}") from None
+
+
+def parse_schedule(expr):
+    """Build the schedule an expression such as ``"OneCycle(max_lr=0.1, total_steps=1000)"``
+    describes, without evaluating any code. ``repr(s)`` of every schedule parses back to
+    an equal schedule. Raises ExpressionError (a ValueError) for anything else; argument
+    errors of the constructors propagate as ValueError.
+    """
+    if not isinstance(expr, str):
+        raise TypeError(f"expression must be a str, got {type(expr).__name__}")
+    if len(expr) > _MAX_EXPRESSION:
+        raise ExpressionError(f"expression longer than {_MAX_EXPRESSION} characters")
+    try:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except SyntaxError as e:
+        raise ExpressionError(f"not a valid expression: {expr!r} ({e.msg})") from None
+    if not isinstance(tree.body, ast.Call):
+        raise ExpressionError(f"expected a schedule constructor such as 'Cosine(lr=0.1, total_steps=100)', got {expr!r}")
+    return _call(tree.body, expr)
+
+
+def add_arguments(parser):
+    """Add the `plot` arguments to an argparse (sub)parser."""
+    parser.add_argument(
+        "expressions", nargs="+", metavar="EXPR",
+        help='schedule expression, e.g. "OneCycle(max_lr=0.1, total_steps=1000)"; several overlay',
+    )
+    parser.add_argument("-o", "--output", default="schedule.png", help="PNG path (default: schedule.png)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="number of steps to draw (default: enough to show every schedule)")
+    parser.add_argument("--figsize", default=None, metavar="W,H", help="figure size in inches (default 7,4.5)")
+    parser.add_argument("--dpi", type=int, default=None, help="resolution (default 100)")
+    parser.add_argument("--title", default=None, help="figure title")
+    parser.add_argument("--logy", action="store_true", help="logarithmic y axis")
+
+
+def _fail(msg):
+    print(f"fastlr plot: error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main(args):
+    """Run `fastlr plot` for parsed argparse ``args`` (expressions, output, steps, ...).
+    Returns 0; exits with status 2 on a bad expression or without matplotlib."""
+    try:
+        scheds = [parse_schedule(e) for e in args.expressions]
+    except (ValueError, TypeError) as e:
+        _fail(str(e))
+    steps = getattr(args, "steps", None)
+    if steps is None:
+        steps = max(s._horizon() for s in scheds)
+    if steps < 1:
+        _fail(f"--steps must be >= 1, got {steps}")
+    figsize = (7.0, 4.5)
+    if getattr(args, "figsize", None):
+        try:
+            w, h = (float(x) for x in args.figsize.split(","))
+            figsize = (w, h)
+        except ValueError:
+            _fail(f"--figsize must be W,H in inches, got {args.figsize!r}")
+    dpi = getattr(args, "dpi", None) or 100
+    try:
+        import matplotlib
+    except ImportError:
+        _fail('fastlr plot needs matplotlib: pip install "fastlr[plot]"')
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    small = figsize[0] < 4
+    fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
+    ax_m = None
+    lines = []
+    for i, (expr, s) in enumerate(zip(args.expressions, scheds)):
+        y = s.values(steps)
+        label = expr if len(expr) <= 60 else expr[:57] + "..."
+        target = ax
+        if s._momentum and len(scheds) > 1 and not all(x._momentum for x in scheds):
+            if ax_m is None:
+                ax_m = ax.twinx()
+                ax_m.set_ylabel("momentum / beta1")
+            target = ax_m
+        style = "--" if target is ax_m else "-"
+        (line,) = target.plot(range(steps), y, style, color=f"C{i}", lw=1.2 if small else 1.6, label=label)
+        lines.append(line)
+    all_m = all(s._momentum for s in scheds)
+    ax.set_xlabel("step t (completed updates)")
+    ax.set_ylabel("momentum / beta1" if all_m else "learning rate")
+    if getattr(args, "logy", False):
+        ax.set_yscale("log")
+    title = getattr(args, "title", None)
+    if title is None:
+        title = type(scheds[0]).__name__ if len(scheds) == 1 else "learning-rate schedules"
+    ax.set_title(title, fontsize=9 if small else None)
+    ax.grid(alpha=0.3)
+    if small:
+        ax.tick_params(labelsize=6)
+        ax.xaxis.label.set_size(7)
+        ax.yaxis.label.set_size(7)
+    else:
+        ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(args.output, dpi=dpi)
+    plt.close(fig)
+    print(f"wrote {args.output}")
+    return 0
