@@ -9,11 +9,16 @@
 // outside the per-level code.
 #include "kernels.hpp"
 
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+
+#if defined(_OPENMP) && !defined(_WIN32)
+#include <pthread.h>
+#endif
 
 #include "fastlr/update.hpp"
 
@@ -176,6 +181,20 @@ int initial_threads() {
 
 int g_num_threads = initial_threads();
 
+// GNU OpenMP is not fork-safe: a child forked after the parent ran a parallel region
+// (ours or torch's, which shares the same libgomp) waits forever for the parent's
+// worker threads. A forked child (DataLoader worker, multiprocessing 'fork') therefore
+// runs every kernel on its calling thread, outside any OpenMP region.
+std::atomic<bool> g_forked_child{false};
+#if defined(_OPENMP) && !defined(_WIN32)
+void on_fork_child() { g_forked_child.store(true, std::memory_order_relaxed); }
+[[maybe_unused]] const bool g_atfork_registered = pthread_atfork(nullptr, nullptr, on_fork_child) == 0;
+#endif
+
+int threads_for_call() {
+  return g_forked_child.load(std::memory_order_relaxed) ? 1 : g_num_threads;
+}
+
 // Picks the copy of one leaf for the level in use.
 #if FASTLR_X86
 #define FASTLR_PICK(FN, ...)                                                     \
@@ -216,7 +235,7 @@ void sgd_typed(const TensorList& list, int64_t* offsets, const SgdArgs& a) {
                                          : Momentum::heavy_ball;
   const LeafFn leaf = a.weight_decay != 0.0 ? sgd_leaf<S, WeightDecay::coupled>(mom, a.first_step)
                                             : sgd_leaf<S, WeightDecay::none>(mom, a.first_step);
-  for_each_segment(list, offsets, leaf, &s, g_num_threads);
+  for_each_segment(list, offsets, leaf, &s, threads_for_call());
 }
 
 // ----------------------------------------------------------------- Adam ---
@@ -247,7 +266,7 @@ void adam_typed(const TensorList& list, int64_t* offsets, const AdamArgs& a) {
     case WeightDecay::coupled: leaf = adam_leaf<S, WeightDecay::coupled>(a.amsgrad); break;
     default: leaf = adam_leaf<S, WeightDecay::decoupled>(a.amsgrad); break;
   }
-  for_each_segment(list, offsets, leaf, &s, g_num_threads);
+  for_each_segment(list, offsets, leaf, &s, threads_for_call());
 }
 
 // -------------------------------------------------------------- RMSprop ---
@@ -272,7 +291,7 @@ void rmsprop_typed(const TensorList& list, int64_t* offsets, const RmspropArgs& 
   else
     leaf = a.centered ? rmsprop_leaf<S, WeightDecay::none, true>(a.use_momentum, a.first_step)
                       : rmsprop_leaf<S, WeightDecay::none, false>(a.use_momentum, a.first_step);
-  for_each_segment(list, offsets, leaf, &s, g_num_threads);
+  for_each_segment(list, offsets, leaf, &s, threads_for_call());
 }
 
 // -------------------------------------------------------------- Adagrad ---
@@ -284,7 +303,7 @@ void adagrad_typed(const TensorList& list, int64_t* offsets, const AdagradArgs& 
   const AdagradScalars<C> s{C(a.grad_mul), C(a.weight_decay), C(a.eps), C(-clr)};
   const LeafFn leaf = a.weight_decay != 0.0 ? FASTLR_PICK(adagrad, S, WeightDecay::coupled)
                                             : FASTLR_PICK(adagrad, S, WeightDecay::none);
-  for_each_segment(list, offsets, leaf, &s, g_num_threads);
+  for_each_segment(list, offsets, leaf, &s, threads_for_call());
 }
 
 template <template <class> class F, class Args>
@@ -328,7 +347,7 @@ const char* cpu_level_name(CpuLevel level) {
   }
 }
 
-int get_num_threads() { return g_num_threads; }
+int get_num_threads() { return threads_for_call(); }
 void set_num_threads(int n) {
   if (n < 1) throw std::invalid_argument("num_threads must be >= 1");
   g_num_threads = n;
