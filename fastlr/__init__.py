@@ -28,6 +28,21 @@ try:  # the schedules module is optional while it is being built
 except ImportError:  # pragma: no cover
     pass
 
+# LR finder and plateau scheduler: loaded on first use (PEP 562), so `import fastlr` stays
+# light; find_lr imports torch only when called.
+_LAZY = {"find_lr": "._lr_finder", "ReduceLROnPlateau": "._plateau"}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def get_num_threads() -> int:
     """Number of threads the kernels use (default: OpenMP's, honouring OMP_NUM_THREADS)."""
