@@ -61,6 +61,12 @@ def _schedule_values(enc, steps):
     return _C.schedule_values(enc, steps)
 
 
+def _schedule_at(enc, t):
+    from . import _C
+
+    return _C.schedule_at(enc, t)
+
+
 # ---------------------------------------------------------------------------------------
 # argument validation (TypeError for the wrong type, ValueError for a bad value; both name
 # the argument)
@@ -183,11 +189,15 @@ class Schedule:
     def __call__(self, t):
         """s(t) after ``t`` completed updates: a float for an int ``t``, an array for an
         integer array."""
-        if isinstance(t, (numbers.Integral, np.integer)) and not isinstance(t, (bool, np.bool_)):
+        if type(t) is int or (
+            isinstance(t, (numbers.Integral, np.integer)) and not isinstance(t, (bool, np.bool_))
+        ):
             t = operator.index(t)
             if t < 0:
                 raise ValueError(f"t must be >= 0, got {t}")
-            return float(_schedule_values(self._enc, np.array([t], dtype=np.int64))[0])
+            if t >= 2**63:
+                raise ValueError(f"t must be < 2**63, got {t}")
+            return _schedule_at(self._enc, t)
         return self.values(np.asarray(t))
 
     def values(self, n_or_steps):
