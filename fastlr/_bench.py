@@ -1,0 +1,633 @@
+"""``fastlr bench``: fastlr against torch.optim and NumPy, with the bandwidth roofline.
+
+For each optimizer x workload x dtype x thread count, every contender takes optimizer
+steps on the *same* tensors, round-robin within each repetition so that drift of the
+shared host hits all of them alike:
+
+- ``roofline``: the memory-only kernel (``_C.roofline``) moving the bytes the update
+  must move (DESIGN.md: Adam 28 B/el, SGD-momentum / RMSprop / Adagrad 20, centered
+  RMSprop with momentum 36, in float32) through the same multi-tensor traversal;
+- ``fastlr``: ``fastlr.optim.X``; ``fastlr_np``: the NumPy kernels (``fastlr.adam_step`` …);
+- ``forloop`` / ``foreach`` / ``fused``: ``torch.optim.X`` with ``foreach=False`` /
+  ``foreach=True`` / ``fused=True`` (where torch has it);
+- ``numpy_ref``: the straight NumPy reference (``fastlr._reference``).
+
+All contenders of a cell share one set of state tensors (preset in each optimizer's
+``state`` before its first step), so the large workload is allocated once per dtype
+and fits in memory; the values drift but stay finite, which is all a timing needs.
+Cell results: median seconds per step, spread, GB/s, % of roofline (roofline time /
+fastlr time) and speed-ups. The bfloat16 rows also check torch's fused result against
+its for-loop (torch 2.13's fused CPU SGD leaves bf16 params unchanged, pytorch#191763)
+and flag it instead of claiming a speed-up over a wrong result.
+
+This module imports neither torch nor tqdm until ``main`` runs.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+# name -> torch class, constructor kwargs, state keys (torch's names, in the order of
+# the NumPy API's state arguments), bytes per float32 element, has torch fused,
+# has a momentum / beta1 for OneCycleLR(cycle_momentum=True).
+LR = 1e-4
+OPTIMIZERS = {
+    "sgd": dict(label="SGD(m=0.9)", cls="SGD", kw=dict(lr=LR, momentum=0.9),
+                states=("momentum_buffer",), bytes=20, fused=True, momentum=True),
+    "sgd_nesterov": dict(label="SGD(m=0.9, nesterov)", cls="SGD", kw=dict(lr=LR, momentum=0.9, nesterov=True),
+                         states=("momentum_buffer",), bytes=20, fused=True, momentum=True),
+    "adam": dict(label="Adam", cls="Adam", kw=dict(lr=LR),
+                 states=("exp_avg", "exp_avg_sq"), bytes=28, fused=True, momentum=True),
+    "adamw": dict(label="AdamW(wd=0.01)", cls="AdamW", kw=dict(lr=LR, weight_decay=0.01),
+                  states=("exp_avg", "exp_avg_sq"), bytes=28, fused=True, momentum=True),
+    "rmsprop": dict(label="RMSprop", cls="RMSprop", kw=dict(lr=LR),
+                    states=("square_avg",), bytes=20, fused=False, momentum=False),
+    "rmsprop_cm": dict(label="RMSprop(centered, m=0.9)", cls="RMSprop", kw=dict(lr=LR, centered=True, momentum=0.9),
+                       states=("square_avg", "grad_avg", "momentum_buffer"), bytes=36, fused=False, momentum=True),
+    "adagrad": dict(label="Adagrad", cls="Adagrad", kw=dict(lr=LR),
+                    states=("sum",), bytes=20, fused=True, momentum=False),
+}
+BF16_OPTIMIZERS = ("sgd", "adam")
+DTYPES = ("float32", "bfloat16")
+WORKLOADS = ("large", "medium", "small")
+TORCH_IMPLS = ("forloop", "foreach", "fused")
+QUICK = dict(optimizers=("sgd", "adam", "rmsprop_cm"), workloads=("medium", "small"), dtypes=("float32",))
+
+
+# ---------------------------------------------------------------- workloads ---
+
+
+def gpt2_small_shapes():
+    """GPT-2 small (124.44M parameters, 148 tensors), in named_parameters order."""
+    d, ff, vocab, ctx = 768, 3072, 50257, 1024
+    shapes = [(vocab, d), (ctx, d)]
+    for _ in range(12):
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, ff), (ff,), (ff, d), (d,)]
+    return shapes + [(d,), (d,)]
+
+
+def resnet50_shapes():
+    """ResNet-50 (25.56M parameters, 161 tensors: 53 convs, 53 batch norms x 2, fc)."""
+    shapes = [(64, 3, 7, 7), (64,), (64,)]
+    cin = 64
+    for width, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
+        for b in range(blocks):
+            shapes += [(width, cin, 1, 1), (width,), (width,), (width, width, 3, 3), (width,), (width,),
+                       (4 * width, width, 1, 1), (4 * width,), (4 * width,)]
+            if b == 0:
+                shapes += [(4 * width, cin, 1, 1), (4 * width,), (4 * width,)]
+            cin = 4 * width
+    return shapes + [(1000, 2048), (1000,)]
+
+
+def small_shapes():
+    """50 x Linear(44, 44): 99,000 parameters in 100 tensors."""
+    return [(44, 44), (44,)] * 50
+
+
+WORKLOAD_SHAPES = {"large": gpt2_small_shapes, "medium": resnet50_shapes, "small": small_shapes}
+WORKLOAD_LABELS = {"large": "GPT-2 small", "medium": "ResNet-50", "small": "50 x Linear(44,44)"}
+
+
+def _numel(shape):
+    return math.prod(shape)
+
+
+# ------------------------------------------------------------------- timing ---
+
+
+class Contender:
+    """One way of taking a step. `step()` does one optimizer step; `inner` steps are
+    timed together so that one sample lasts at least ~2 ms."""
+
+    def __init__(self, name, step, note=None):
+        self.name = name
+        self.step = step
+        self.note = note
+        self.inner = 1
+        self.samples = []
+
+    def calibrate(self, target_s):
+        t0 = time.perf_counter()
+        self.step()  # warm-up: first-touch, lazy state, caches
+        t1 = time.perf_counter()
+        self.step()
+        t2 = time.perf_counter()
+        per = max(min(t1 - t0, t2 - t1), 1e-7)
+        self.inner = max(1, min(1000, int(math.ceil(target_s / per))))
+
+    def sample(self):
+        step, inner = self.step, self.inner
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            step()
+        self.samples.append((time.perf_counter() - t0) / inner)
+
+    def summary(self):
+        s = sorted(self.samples)
+        q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0]] * 3
+        return {"median_s": statistics.median(s), "min_s": s[0], "max_s": s[-1],
+                "q1_s": q[0], "q3_s": q[2], "samples": len(s), "inner": self.inner,
+                **({"note": self.note} if self.note else {})}
+
+
+def run_round_robin(contenders, *, min_reps, max_reps, budget_s):
+    """Samples every contender once per repetition, in an order rotated each time,
+    until each has min_reps samples and the budget is spent (or max_reps)."""
+    t_start = time.perf_counter()
+    for r in range(max_reps):
+        k = r % len(contenders)
+        for c in contenders[k:] + contenders[:k]:
+            if len(c.samples) < min_reps or (time.perf_counter() - t_start) < budget_s:
+                c.sample()
+        if r + 1 >= min_reps and time.perf_counter() - t_start >= budget_s:
+            break
+
+
+# --------------------------------------------------------------- contenders ---
+
+
+class Cell:
+    """Tensors of one (workload, dtype): params with .grad, plus NumPy views."""
+
+    def __init__(self, torch, workload, dtype_name, seed=0):
+        self.torch = torch
+        self.workload = workload
+        self.dtype_name = dtype_name
+        self.dtype = getattr(torch, dtype_name)
+        self.shapes = WORKLOAD_SHAPES[workload]()
+        gen = torch.Generator().manual_seed(seed)
+        self.params = []
+        for shape in self.shapes:
+            p = torch.nn.Parameter(torch.empty(shape, dtype=self.dtype))
+            with torch.no_grad():
+                p.normal_(0.0, 0.02, generator=gen)
+            p.grad = torch.empty(shape, dtype=self.dtype).normal_(0.0, 1e-2, generator=gen)
+            self.params.append(p)
+        self.numel = sum(p.numel() for p in self.params)
+        self.tensors = len(self.params)
+
+    def new_states(self, keys):
+        torch = self.torch
+        return {k: [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params] for k in keys}
+
+    def numpy(self, tensors):
+        return [t.detach().numpy() for t in tensors]
+
+
+def _preset_state(opt, params, states, with_step):
+    """Points each param's optimizer state at the shared state tensors."""
+    torch = sys.modules["torch"]
+    for i, p in enumerate(params):
+        st = opt.state[p]
+        if with_step and "step" not in st:
+            st["step"] = torch.tensor(0.0, dtype=torch.float32)
+        for k, lst in states.items():
+            st[k] = lst[i]
+
+
+def _uses_shared_state(opt, params, states):
+    p = params[0]
+    return all(k in opt.state[p] and opt.state[p][k].data_ptr() == lst[0].data_ptr() for k, lst in states.items())
+
+
+def torch_contender(torch, spec, impl, params, states, schedule=False):
+    cls = getattr(torch.optim, spec["cls"])
+    kw = dict(spec["kw"])
+    if impl == "forloop":
+        kw["foreach"] = False
+    elif impl == "foreach":
+        kw["foreach"] = True
+    else:
+        kw["fused"] = True
+    opt = cls(params, **kw)
+    _preset_state(opt, params, states, with_step=spec["cls"] != "SGD")
+    if not schedule:
+        return Contender(impl, opt.step), opt
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=10**7,
+                                                cycle_momentum=spec["momentum"])
+
+    def step():
+        opt.step()
+        sched.step()
+
+    return Contender(impl + "+OneCycleLR", step), opt
+
+
+def fastlr_contender(spec, params, states, schedule=False):
+    import fastlr.optim as fo
+
+    cls = getattr(fo, spec["cls"])
+    kw = dict(spec["kw"])
+    if schedule:
+        import fastlr
+
+        kw["lr"] = fastlr.OneCycle(max_lr=1e-3, total_steps=10**7)
+        if spec["momentum"]:
+            mom = fastlr.OneCycleMomentum(total_steps=10**7)
+            if spec["cls"] in ("Adam", "AdamW"):
+                kw["betas"] = (mom, 0.999)
+            else:
+                kw["momentum"] = mom
+    opt = cls(params, **kw)
+    _preset_state(opt, params, states, with_step=spec["cls"] != "SGD")
+    return Contender("fastlr+OneCycle" if schedule else "fastlr", opt.step), opt
+
+
+def numpy_contender(name, module, opt_name, spec, cell, states):
+    """fastlr's NumPy kernels or the NumPy reference (same signatures)."""
+    P = cell.numpy(cell.params)
+    G = cell.numpy([p.grad for p in cell.params])
+    S = {k: cell.numpy(v) for k, v in states.items()}
+    kw = {k: v for k, v in spec["kw"].items()}
+    counter = [0]
+    if opt_name in ("sgd", "sgd_nesterov"):
+        def step():
+            module.sgd_step(P, G, S["momentum_buffer"], **kw)
+    elif opt_name in ("adam", "adamw"):
+        kw["decoupled_weight_decay"] = opt_name == "adamw"
+
+        def step():
+            counter[0] += 1
+            module.adam_step(P, G, S["exp_avg"], S["exp_avg_sq"], step=counter[0], **kw)
+    elif opt_name == "rmsprop":
+        def step():
+            module.rmsprop_step(P, G, S["square_avg"], **kw)
+    elif opt_name == "rmsprop_cm":
+        def step():
+            module.rmsprop_step(P, G, S["square_avg"], grad_avgs=S["grad_avg"],
+                                momentum_buffers=S["momentum_buffer"], **kw)
+    else:
+        def step():
+            counter[0] += 1
+            module.adagrad_step(P, G, S["sum"], step=counter[0], **kw)
+    return Contender(name, step)
+
+
+def roofline_contender(cell, spec, states):
+    from . import _C
+
+    code = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}[cell.dtype_name]
+    numel = [p.numel() for p in cell.params]
+    params = [p.data_ptr() for p in cell.params]
+    grads = [p.grad.data_ptr() for p in cell.params]
+    st = [[t.data_ptr() for t in states[k]] for k in spec["states"]]
+
+    def step():
+        _C.roofline(code, numel, params, grads, st)
+
+    return Contender("roofline", step)
+
+
+# ----------------------------------------------------------- bf16 checking ---
+
+
+def check_torch_fused(torch, opt_name, spec, dtype, steps=3):
+    """Compares torch's fused result with its for-loop (the reference) on a few mixed-
+    size tensors. Returns (ok, detail): ok is False when more than 1 % of the elements
+    differ by more than 2 ulp of the dtype (or the fused step leaves params unchanged)."""
+    gen = torch.Generator().manual_seed(1)
+    sizes = [(44, 44), (44,), (257,), (1000,), (33, 7)]
+    p0 = [torch.randn(s, generator=gen).to(dtype) for s in sizes]
+    g0 = [torch.randn(s, generator=gen).to(dtype) for s in sizes]
+    kw = dict(spec["kw"], lr=1e-2)
+    out = {}
+    for impl, extra in (("forloop", dict(foreach=False)), ("fused", dict(fused=True))):
+        ps = [torch.nn.Parameter(p.clone()) for p in p0]
+        for p, g in zip(ps, g0):
+            p.grad = g.clone()
+        opt = getattr(torch.optim, spec["cls"])(ps, **kw, **extra)
+        for _ in range(steps):
+            opt.step()
+        out[impl] = torch.cat([p.detach().float().reshape(-1) for p in ps])
+    ref, fused = out["forloop"], out["fused"]
+    start = torch.cat([p.float().reshape(-1) for p in p0])
+    ulp = torch.finfo(dtype).eps
+    bad = ((fused - ref).abs() > 2 * ulp * ref.abs().clamp_min(1e-6)).float().mean().item()
+    moved_ref = (ref != start).float().mean().item()
+    moved_fused = (fused != start).float().mean().item()
+    ok = bad <= 0.01
+    detail = (f"torch fused vs for-loop after {steps} steps: {bad:.1%} of elements differ by > 2 ulp; "
+              f"params moved: for-loop {moved_ref:.1%}, fused {moved_fused:.1%}")
+    return ok, detail
+
+
+# --------------------------------------------------------------------- main ---
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    def csv(choices):
+        def parse(text):
+            items = [x.strip() for x in text.split(",") if x.strip()]
+            bad = [x for x in items if x not in choices]
+            if bad or not items:
+                raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)} (comma-separated)")
+            return tuple(items)
+        return parse
+
+    def threads(text):
+        try:
+            items = tuple(int(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            items = ()
+        if not items or min(items) < 1:
+            raise argparse.ArgumentTypeError("comma-separated positive integers, e.g. 1,2")
+        return items
+
+    parser.add_argument("--quick", action="store_true",
+                        help="a ~1 minute subset (SGD, Adam, centered RMSprop; medium and small; all cores; float32)")
+    parser.add_argument("--optimizer", type=csv(tuple(OPTIMIZERS)), default=None,
+                        help="comma-separated subset of: " + ", ".join(OPTIMIZERS))
+    parser.add_argument("--workload", type=csv(WORKLOADS), default=None,
+                        help="comma-separated subset of: large (GPT-2 small), medium (ResNet-50), small (50 Linear)")
+    parser.add_argument("--dtype", type=csv(DTYPES), default=None,
+                        help="float32 and/or bfloat16 (bfloat16 runs SGD and Adam)")
+    parser.add_argument("--threads", type=threads, default=None,
+                        help="comma-separated thread counts (default: 1 and all cores; --quick: all cores)")
+    parser.add_argument("--no-schedule", action="store_true",
+                        help="skip the in-kernel schedule case (OneCycle, small workload)")
+    parser.add_argument("--no-numpy", action="store_true", help="skip the NumPy contenders")
+    parser.add_argument("--reps", type=int, default=None, help="minimum samples per contender (default 5; --quick 3)")
+    parser.add_argument("--json", metavar="PATH", default=None, help="write all results as JSON to PATH")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def machine_info(torch, threads):
+    import numpy as np
+
+    import fastlr
+    from . import _C
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "cpu_level": _C.cpu_level(),
+        "cpu_level_detected": _C.detected_cpu_level(),
+        "threads": list(threads),
+        "fastlr": fastlr.__version__,
+        "compiler": _C.compiler,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _fmt_ms(s):
+    if s is None:
+        return "-"
+    ms = s * 1e3
+    return f"{ms:.3f}" if ms < 10 else f"{ms:.1f}"
+
+
+def _summarize(res):
+    """Derived numbers of one cell (in place)."""
+    c = res["contenders"]
+    med = {k: v["median_s"] for k, v in c.items()}
+    nbytes = res["bytes_per_element"] * res["numel"]
+    fl = next((k for k in ("fastlr", "fastlr+OneCycle") if k in med), None)
+    res["fastlr_key"] = fl
+    if "roofline" in med:
+        res["roofline_gbps"] = nbytes / med["roofline"] / 1e9
+        if fl:
+            res["fastlr_pct_roofline"] = 100.0 * med["roofline"] / med[fl]
+    if fl:
+        res["fastlr_gbps"] = nbytes / med[fl] / 1e9
+    torch_keys = [k for k in med if k.split("+")[0] in TORCH_IMPLS]
+    if res.get("torch_fused_correct") is False:
+        torch_keys = [k for k in torch_keys if not k.startswith("fused")]
+    if torch_keys:
+        best = min(torch_keys, key=lambda k: med[k])
+        res["torch_best"] = best
+        if fl:
+            res["speedup_vs_torch_best"] = med[best] / med[fl]
+            fused = [k for k in torch_keys if k.startswith("fused")]
+            if fused:
+                res["speedup_vs_torch_fused"] = med[fused[0]] / med[fl]
+    if "numpy_ref" in med and "fastlr_np" in med:
+        res["numpy_speedup"] = med["numpy_ref"] / med["fastlr_np"]
+
+
+def format_table(results, meta):
+    """Markdown tables, one per (case, dtype, workload, threads) group."""
+    lines = []
+    groups = {}
+    for r in results:
+        key = (r["schedule"] or "", r["dtype"], r["workload"], r["threads"])
+        groups.setdefault(key, []).append(r)
+    order = {w: i for i, w in enumerate(WORKLOADS)}
+    for key in sorted(groups, key=lambda k: (k[0], DTYPES.index(k[1]), order[k[2]], k[3])):
+        sched, dtype, workload, thr = key
+        rows = groups[key]
+        r0 = rows[0]
+        title = (f"### {workload} ({WORKLOAD_LABELS[workload]}, {r0['numel'] / 1e6:.2f}M params, "
+                 f"{r0['tensors']} tensors), {dtype}, {thr} thread{'s' if thr > 1 else ''}")
+        if sched:
+            title += ", with OneCycle: fastlr in-kernel schedule vs torch step + OneCycleLR.step()"
+        lines += ["", title, ""]
+        suffix = "+OneCycleLR" if sched else ""
+        if sched:
+            head = ["optimizer", "fastlr+OneCycle ms", "forloop", "foreach", "fused", "speed-up vs best torch"]
+        else:
+            head = ["optimizer", "B/el", "roofline ms (GB/s)", "fastlr ms", "% roofline", "forloop", "foreach",
+                    "fused", "speed-up vs best torch"]
+            if any("numpy_ref" in r["contenders"] or "fastlr_np" in r["contenders"] for r in rows):
+                head += ["fastlr NumPy ms", "NumPy ref ms", "NumPy speed-up"]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
+        for r in sorted(rows, key=lambda r: list(OPTIMIZERS).index(r["optimizer"])):
+            c = r["contenders"]
+
+            def ms(k):
+                v = c.get(k)
+                return _fmt_ms(v["median_s"]) if v else "-"
+
+            fused = ms("fused" + suffix)
+            if c.get("fused" + suffix) is None and not OPTIMIZERS[r["optimizer"]]["fused"]:
+                fused = "n/a"
+            if r.get("torch_fused_correct") is False:
+                fused += " WRONG†"
+            best = r.get("torch_best")
+            sp = r.get("speedup_vs_torch_best")
+            sp_txt = f"{sp:.2f}x ({best.split('+')[0]})" if sp else "-"
+            if sched:
+                cells = [r["label"], ms("fastlr+OneCycle"), ms("forloop" + suffix), ms("foreach" + suffix), fused,
+                         sp_txt]
+            else:
+                roof = c.get("roofline")
+                roof_txt = f"{_fmt_ms(roof['median_s'])} ({r['roofline_gbps']:.1f})" if roof else "-"
+                pct = r.get("fastlr_pct_roofline")
+                cells = [r["label"], str(r["bytes_per_element"]), roof_txt, ms("fastlr"),
+                         f"{pct:.0f}%" if pct else "-", ms("forloop"), ms("foreach"), fused, sp_txt]
+                if len(head) > 9:
+                    ns = r.get("numpy_speedup")
+                    cells += [ms("fastlr_np"), ms("numpy_ref"), f"{ns:.1f}x" if ns else "-"]
+            lines.append("| " + " | ".join(cells) + " |")
+    notes = sorted({r["fused_check"] for r in results if r.get("torch_fused_correct") is False})
+    if notes:
+        lines += ["", "† torch fused result is wrong for this dtype (pytorch#191763); excluded from the speed-up. "
+                  + "; ".join(notes)]
+    lines += ["", f"Medians of interleaved samples; CPU: {meta['cpu']} ({meta['cores']} cores, fastlr cpu_level "
+              f"{meta['cpu_level']}); torch {meta['torch']}; numpy {meta['numpy']}; fastlr {meta['fastlr']}; "
+              f"{meta['date']}. % roofline = roofline time / fastlr time."]
+    return "\n".join(lines).lstrip("\n")
+
+
+def main(args) -> int:
+    import torch
+
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+
+    import fastlr
+
+    try:
+        import fastlr.optim as _fo  # noqa: F401
+
+        have_optim = all(hasattr(_fo, OPTIMIZERS[o]["cls"]) for o in OPTIMIZERS)
+    except ImportError:
+        have_optim = False
+    try:
+        from . import _reference as reference
+    except ImportError:
+        reference = None
+
+    quick = args.quick
+    optimizers = args.optimizer or (QUICK["optimizers"] if quick else tuple(OPTIMIZERS))
+    workloads = args.workload or (QUICK["workloads"] if quick else WORKLOADS)
+    dtypes = args.dtype or (QUICK["dtypes"] if quick else DTYPES)
+    ncpu = os.cpu_count() or 1
+    threads = args.threads or ((ncpu,) if quick else tuple(sorted({1, ncpu})))
+    min_reps = args.reps or (3 if quick else 5)
+    max_reps = max(min_reps, 7 if quick else 15)
+    budget = {"large": 8.0, "medium": 3.0, "small": 1.5}
+    if quick:
+        budget = {k: v / 4 for k, v in budget.items()}
+    target_sample_s = 0.002 if quick else 0.004
+
+    # Plan: cells grouped by (dtype, workload) so the tensors are allocated once.
+    plan = []
+    for dtype in dtypes:
+        for workload in workloads:
+            for opt in optimizers:
+                if dtype == "bfloat16" and opt not in BF16_OPTIMIZERS:
+                    continue
+                plan.append((dtype, workload, opt, None))
+                if dtype == "float32" and workload == "small" and not args.no_schedule:
+                    plan.append((dtype, workload, opt, "onecycle"))
+    if not plan:
+        print("fastlr bench: nothing to run for these filters", file=sys.stderr)
+        return 2
+    meta = machine_info(torch, threads)
+    meta.update(quick=quick, min_reps=min_reps, max_reps=max_reps, lr=LR,
+                fastlr_optim=have_optim, numpy_reference=reference is not None,
+                sizes={w: {"params": sum(_numel(s) for s in WORKLOAD_SHAPES[w]()),
+                           "tensors": len(WORKLOAD_SHAPES[w]())} for w in workloads})
+    notes = []
+    if not have_optim:
+        notes.append("fastlr.optim is not available: no 'fastlr' column")
+    if reference is None:
+        notes.append("fastlr._reference is not available: no NumPy reference column")
+
+    saved = (torch.get_num_threads(), fastlr.get_num_threads())
+    results = []
+    total = len(plan) * len(threads)
+    bar = None
+    if tqdm is not None and not args.no_progress:
+        bar = tqdm(total=total, desc="fastlr bench", unit="cell", file=sys.stderr, dynamic_ncols=True)
+    t_begin = time.perf_counter()
+    fused_checks = {}
+    try:
+        cell = None
+        for dtype, workload, opt_name, sched in plan:
+            if cell is None or (cell.workload, cell.dtype_name) != (workload, dtype):
+                cell = None
+                gc.collect()
+                cell = Cell(torch, workload, dtype)
+            spec = OPTIMIZERS[opt_name]
+            states = cell.new_states(spec["states"])
+            if dtype != "float32" and spec["fused"] and (opt_name, dtype) not in fused_checks:
+                fused_checks[(opt_name, dtype)] = check_torch_fused(torch, opt_name, spec, cell.dtype)
+            contenders, opts = [], []
+            if sched is None:
+                contenders.append(roofline_contender(cell, spec, states))
+            if have_optim:
+                c, o = fastlr_contender(spec, cell.params, states, schedule=sched is not None)
+                contenders.append(c)
+                opts.append(o)
+            for impl in TORCH_IMPLS:
+                if impl == "fused" and not spec["fused"]:
+                    continue
+                c, o = torch_contender(torch, spec, impl, cell.params, states, schedule=sched is not None)
+                contenders.append(c)
+                opts.append(o)
+            use_numpy = sched is None and dtype == "float32" and not args.no_numpy
+            for thr in threads:
+                torch.set_num_threads(thr)
+                fastlr.set_num_threads(thr)
+                if bar is not None:
+                    bar.set_postfix_str(f"{workload} {dtype} {opt_name}{'+OneCycle' if sched else ''} {thr} thr")
+                cs = list(contenders)
+                if use_numpy:
+                    cs.append(numpy_contender("fastlr_np", fastlr, opt_name, spec, cell, states))
+                    # The reference is single-threaded: measured once, at the largest count.
+                    if reference is not None and thr == max(threads):
+                        cs.append(numpy_contender("numpy_ref", reference, opt_name, spec, cell, states))
+                for c in cs:
+                    c.samples = []
+                    c.calibrate(target_sample_s)
+                run_round_robin(cs, min_reps=min_reps, max_reps=max_reps, budget_s=budget[workload])
+                res = {
+                    "optimizer": opt_name, "label": spec["label"], "workload": workload, "dtype": dtype,
+                    "threads": thr, "schedule": sched, "numel": cell.numel, "tensors": cell.tensors,
+                    "bytes_per_element": spec["bytes"] * cell.params[0].element_size() // 4,
+                    "contenders": {c.name: c.summary() for c in cs},
+                }
+                if opts and have_optim:
+                    res["fastlr_shared_state"] = _uses_shared_state(opts[0], cell.params, states)
+                if (opt_name, dtype) in fused_checks:
+                    res["torch_fused_correct"], res["fused_check"] = fused_checks[(opt_name, dtype)]
+                if not all(bool(torch.isfinite(p.detach()).all()) for p in cell.params):
+                    res["warning"] = "params became non-finite"
+                _summarize(res)
+                results.append(res)
+                if bar is not None:
+                    bar.update(1)
+            del contenders, opts, states
+            gc.collect()
+    finally:
+        if bar is not None:
+            bar.close()
+        torch.set_num_threads(saved[0])
+        fastlr.set_num_threads(saved[1])
+    meta["wall_s"] = round(time.perf_counter() - t_begin, 1)
+    meta["notes"] = notes
+    table = format_table(results, meta)
+    print(table)
+    for n in notes:
+        print("note: " + n)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=1)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0

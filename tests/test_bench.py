@@ -1,0 +1,69 @@
+"""Smoke tests of `fastlr bench` and the roofline kernel. Nothing here times anything."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastlr import _C
+
+
+def test_bench_module_imports_without_torch():
+    code = "import sys, fastlr._bench; sys.exit('torch' in sys.modules or 'tqdm' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint16])
+def test_roofline_reads_and_writes_back_unchanged(k, dtype, num_threads):
+    num_threads(2)
+    rng = np.random.default_rng(k)
+    sizes = [0, 1, 17, 40_000, 70_001]
+    arrays = [[rng.integers(0, 2**15, n).astype(dtype) for n in sizes] for _ in range(k + 1)]
+    before = [[a.copy() for a in role] for role in arrays]
+    addr = [[a.ctypes.data for a in role] for role in arrays]
+    code = {np.float32: 0, np.float64: 1, np.uint16: 2}[dtype]
+    _C.roofline(code, sizes, addr[0], addr[1], addr[2:])
+    for role, ref in zip(arrays, before):
+        for a, b in zip(role, ref):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_roofline_rejects_more_than_three_states():
+    a = np.zeros(4, np.float32)
+    with pytest.raises(ValueError):
+        _C.roofline(0, [4], [a.ctypes.data], [a.ctypes.data], [[a.ctypes.data]] * 4)
+
+
+def test_bench_quick_writes_json(tmp_path, torch):
+    pytest.importorskip("tqdm")
+    from fastlr import cli
+
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--quick", "--no-progress", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    meta, results = data["meta"], data["results"]
+    assert meta["torch"] == torch.__version__ and meta["cpu_level"] == _C.cpu_level()
+    assert {r["workload"] for r in results} == {"medium", "small"}
+    for r in results:
+        assert r["contenders"], r
+        for c in r["contenders"].values():
+            assert c["samples"] >= 1 and c["median_s"] > 0
+        if r["schedule"] is None:
+            assert r["roofline_gbps"] > 0
+    assert any(r["schedule"] == "onecycle" for r in results)
+
+
+def test_bench_filters(tmp_path, torch, capsys):
+    from fastlr import cli
+
+    out = tmp_path / "b.json"
+    argv = ["bench", "--optimizer", "adagrad", "--workload", "small", "--threads", "1", "--reps", "1",
+            "--no-schedule", "--no-progress", "--json", str(out)]
+    assert cli.main(argv) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [(r["optimizer"], r["workload"], r["threads"]) for r in results] == [("adagrad", "small", 1)]
+    assert "| Adagrad |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--optimizer", "lion"])
