@@ -1,0 +1,43 @@
+"""Drop-in replacements for torch.optim's SGD, Adam, AdamW, RMSprop and Adagrad.
+
+Same constructor arguments, defaults, param groups, ``state`` and ``state_dict()`` as
+the torch class of the same name (a state_dict saved by one loads into the other); the
+update of a whole param group is one fastlr kernel call, and ``lr`` (and ``momentum`` /
+``betas[0]``) may be a fastlr Schedule evaluated from the group's step count.
+
+>>> import torch, fastlr
+>>> model = torch.nn.Linear(4, 2)
+>>> opt = fastlr.optim.Adam(model.parameters(), lr=fastlr.OneCycle(1e-2, total_steps=100))
+"""
+try:
+    import torch  # noqa: F401
+except ImportError as e:  # pragma: no cover - exercised without torch
+    raise ImportError(
+        'fastlr.optim needs PyTorch: pip install "fastlr[torch]"'
+    ) from e
+
+from .adagrad import Adagrad
+from .adam import Adam, AdamW
+from .rmsprop import RMSprop
+from .sgd import SGD
+
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
+
+
+def _allow_schedules_in_checkpoints():
+    """state_dicts of scheduled groups hold Schedule objects: let torch.load's default
+    weights_only unpickler rebuild them (they pickle as class + plain arguments)."""
+    try:
+        from .. import schedules
+        from torch.serialization import add_safe_globals
+    except ImportError:  # pragma: no cover
+        return
+    classes = [
+        obj for obj in vars(schedules).values()
+        if isinstance(obj, type) and issubclass(obj, schedules.Schedule)
+    ]
+    add_safe_globals(classes)
+
+
+_allow_schedules_in_checkpoints()
+del _allow_schedules_in_checkpoints

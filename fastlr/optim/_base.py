@@ -1,0 +1,599 @@
+"""Shared machinery of the drop-in torch optimizers: gather, validate, call the kernel.
+
+A subclass says which state tensors its update reads and writes (its *roles*), how torch
+initialises them, and how to call its ``fastlr._C`` kernel. This base turns a param group
+into kernel calls: one call per (group, dtype) in the common case.
+
+Per-step cost is kept small by caching a *plan* per param group: the params that have
+grads, their data addresses, their state tensors and addresses, numels and the buckets
+(one per dtype). Each step re-reads only what autograd may change — the grads (new
+tensors after ``zero_grad(set_to_none=True)``) — and cheaply checks that the cached facts
+still hold (param addresses, which params have grads, state tensor identity, the state
+container's version). Anything else rebuilds the plan.
+
+Per-param ``step`` counters stay 0-dim float32 CPU tensors, as torch keeps them, but are
+views into one small buffer per plan, so advancing all of them is one ``add_``.
+"""
+from __future__ import annotations
+
+import operator
+import warnings
+from collections import defaultdict
+
+import torch
+from torch.optim.optimizer import _get_scalar_dtype
+
+from .. import _C
+from . import _cuda
+
+try:  # fastlr.schedules is optional while it is being written
+    from ..schedules import Schedule as _Schedule
+except ImportError:  # pragma: no cover
+    class _Schedule:  # nothing is an instance of it
+        pass
+
+
+_CODES = {
+    torch.float32: 0,
+    torch.float64: 1,
+    torch.bfloat16: 2,
+    torch.float16: 3,
+    # complex tensors are updated as their real view (torch.view_as_real), as torch does
+    torch.complex64: 0,
+    torch.complex128: 1,
+    torch.complex32: 3,
+}
+_is_ = operator.is_
+_is_contiguous = torch.Tensor.is_contiguous
+_data_ptr = torch.Tensor.data_ptr
+
+
+class _State(defaultdict):
+    """``optimizer.state``: a ``defaultdict(dict)`` that counts its own mutations, so
+    cached plans notice a per-param state dict replaced by hand (e.g. by
+    ZeroRedundancyOptimizer) without hashing every param each step."""
+
+    def __init__(self, *args):
+        super().__init__(dict, *args)
+        self.version = 0
+
+    def __reduce__(self):  # pickles as the plain defaultdict torch uses
+        return (defaultdict, (dict, dict(self)))
+
+    def __setitem__(self, key, value):
+        self.version += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self.version += 1
+        super().__delitem__(key)
+
+    def _bump(name):  # noqa: N805 - helper building mutating methods
+        method = getattr(defaultdict, name)
+
+        def wrapper(self, *args, **kwargs):
+            self.version += 1
+            return method(self, *args, **kwargs)
+
+        wrapper.__name__ = name
+        return wrapper
+
+    clear = _bump("clear")
+    pop = _bump("pop")
+    popitem = _bump("popitem")
+    update = _bump("update")
+    setdefault = _bump("setdefault")
+    del _bump
+
+
+def _is_dense(t):
+    """True when t's elements fill its memory span exactly once in some dim order
+    (contiguous, channels_last, transposed...), so a flat walk visits each once."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for d in sorted(range(t.dim()), key=t.stride):
+        size = t.shape[d]
+        if size != 1:
+            if t.stride(d) != expected:
+                return False
+            expected *= size
+    return True
+
+
+def _same_layout(x, p, p_contiguous):
+    return x.is_contiguous() if p_contiguous else x.stride() == p.stride()
+
+
+class _Bucket:
+    """One kernel call: members of one dtype (and, for SGD, one first-step flag)."""
+
+    __slots__ = ("code", "idx", "numel", "first", "tmp", "direct")
+
+    def __init__(self, code, first):
+        self.code = code
+        self.first = first
+        self.idx = []  # indices into plan.params
+        self.numel = []
+        self.tmp = False  # some member goes through contiguous temporaries
+
+
+class _Plan:
+    """What one param group's update looks like until something changes."""
+
+    __slots__ = (
+        "group", "params_list", "n_params", "mask", "key", "state", "state_version",
+        "params", "p_addrs", "p_contig", "all_direct", "states", "roles", "role_tensors",
+        "role_addrs", "buckets", "step_buf", "step_views", "pending", "other",
+        "direct", "single", "gidx", "full", "fresh",
+    )
+
+
+class FastlrOptimizer(torch.optim.Optimizer):
+    """Base of fastlr.optim's classes (not public API)."""
+
+    _kind = ""  # "sgd" | "adam" | "rmsprop" | "adagrad"
+    _has_step = True  # keeps state["step"]
+    _momentum_key = None  # "momentum" or "betas" (index 0): may be a Schedule
+    _sparse_ok = False  # torch's class accepts sparse grads (delegated to torch)
+
+    # ------------------------------------------------------------------ setup ---
+    def __init__(self, params, defaults):
+        self._fastlr_plans = {}
+        self._fastlr_written = {}
+        self._fastlr_warned = False
+        super().__init__(params, defaults)
+        self.state = _State(self.state)
+        # GradScaler hands us grad_scale / found_inf: the kernel unscales in place of
+        # a separate pass, and a step with an inf/nan gradient is skipped.
+        self._step_supports_amp_scaling = True
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if not isinstance(self.state, _State):
+            self.state = _State(self.state)
+        self.__dict__.setdefault("_fastlr_written", {})
+        self.__dict__.setdefault("_fastlr_warned", False)
+        self._fastlr_plans = {}
+        self._step_supports_amp_scaling = True
+
+    def __getstate__(self):
+        return {
+            "defaults": self.defaults,
+            "state": defaultdict(dict, self.state),
+            "param_groups": self.param_groups,
+        }
+
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if group.get("differentiable", False):
+            raise NotImplementedError(
+                f"fastlr.optim.{type(self).__name__} does not support differentiable=True; "
+                f"use torch.optim.{type(self).__name__}"
+            )
+        self._attach_schedules(group)
+        self._fastlr_plans = {}
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self._fastlr_plans = {}
+        self._fastlr_written = {}
+
+    def _attach_schedules(self, group):
+        """Moves a Schedule given as lr / momentum / betas[0] to lr_schedule /
+        momentum_schedule and shows s(t) in the plain key."""
+        lr = group["lr"]
+        if isinstance(lr, _Schedule):
+            group["lr_schedule"] = lr
+        sched = group.get("lr_schedule")
+        if sched is not None and not isinstance(sched, _Schedule):
+            raise TypeError(f"lr_schedule must be a fastlr Schedule, got {type(sched).__name__}")
+        msched = None
+        key = self._momentum_key
+        if key is not None:
+            m = group[key][0] if key == "betas" else group[key]
+            if isinstance(m, _Schedule):
+                group["momentum_schedule"] = m
+            msched = group.get("momentum_schedule")
+            if msched is not None and not isinstance(msched, _Schedule):
+                raise TypeError(
+                    f"momentum_schedule must be a fastlr Schedule, got {type(msched).__name__}"
+                )
+        if sched is None and msched is None:
+            return
+        if sched is not None:
+            group.setdefault("lr_scale", 1.0)
+        group.setdefault("schedule_t", 0)
+        self._show_schedules(group, group["schedule_t"])
+
+    def _show_schedules(self, group, t):
+        """Writes the values update t uses into group["lr"] (and momentum / betas[0])."""
+        sched = group.get("lr_schedule")
+        lr = mom = None
+        if sched is not None:
+            lr = group["lr_scale"] * _C.schedule_at(sched._encoding, t)
+            group["lr"] = lr
+        msched = group.get("momentum_schedule")
+        if msched is not None:
+            mom = _C.schedule_at(msched._encoding, t)
+            if self._momentum_key == "betas":
+                group["betas"] = (mom, group["betas"][1])
+            else:
+                group["momentum"] = mom
+        self._fastlr_written[id(group)] = (group, lr, mom)
+
+    def _sync_schedules(self, group):
+        """Before an update: make group values equal the schedules at schedule_t; warn
+        once when something else (a torch LRScheduler) wrote them in between."""
+        t = group["schedule_t"]
+        record = self._fastlr_written.get(id(group))
+        if record is not None and record[0] is group and not self._fastlr_warned:
+            _, lr_w, mom_w = record
+            changed = []
+            if lr_w is not None and group["lr"] != lr_w:
+                sched = group["lr_schedule"]
+                if group["lr"] != group["lr_scale"] * _C.schedule_at(sched._encoding, t):
+                    changed.append("lr")
+            if mom_w is not None:
+                key = self._momentum_key
+                m = group[key][0] if key == "betas" else group[key]
+                if m != mom_w:
+                    changed.append("betas[0]" if key == "betas" else key)
+            if changed:
+                self._fastlr_warned = True
+                warnings.warn(
+                    f"fastlr.optim.{type(self).__name__}: group['{changed[0]}'] was changed "
+                    "outside the optimizer (e.g. by a torch LRScheduler) while a fastlr "
+                    "Schedule is attached; the Schedule wins and the value is overwritten. "
+                    "Scale a schedule with group['lr_scale'], or pass a float to let a torch "
+                    "scheduler drive it.",
+                    stacklevel=4,
+                )
+        self._show_schedules(group, t)
+
+    # ---------------------------------------------------------- subclass API ---
+    def _roles(self, group):
+        """State keys the kernel reads/writes for this group's options, in call order."""
+        raise NotImplementedError
+
+    def _init_state(self, group, p, state):
+        """torch's lazy state initialisation for p (any device)."""
+        raise NotImplementedError
+
+    def _call(self, group, b, addrs, step, grad_scale):
+        """Calls the kernel for bucket b; addrs = (params, grads, *roles) address lists."""
+        raise NotImplementedError
+
+    def _sparse_step(self, group, params, grads, states, grad_scale):
+        raise NotImplementedError
+
+    def _sparse_error(self):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------- step ---
+    def step(self, closure=None, *, grad_scale=None, found_inf=None):
+        """Performs a single optimization step (one kernel call per group and dtype).
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model
+                and returns the loss.
+            grad_scale, found_inf (Tensor, optional): AMP scale and inf flag; normally
+                set by ``torch.amp.GradScaler`` as attributes of the optimizer.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if grad_scale is None:
+            grad_scale = getattr(self, "grad_scale", None)
+        if found_inf is None:
+            found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and float(found_inf) != 0.0:
+            return loss  # GradScaler found inf/nan: skip the whole step, change nothing
+        gs = 1.0 if grad_scale is None else float(grad_scale)
+        with torch.no_grad():
+            for group in self.param_groups:
+                self._step_group(group, gs, grad_scale, found_inf)
+        return loss
+
+    def _step_group(self, group, gs, grad_scale, found_inf):
+        scheduled = "schedule_t" in group
+        if scheduled:
+            self._sync_schedules(group)
+        params_all = group["params"]
+        grads_all = [p.grad for p in params_all]
+        mask = [g is not None for g in grads_all]
+        roles = self._roles(group)
+        plan = self._fastlr_plans.get(id(group))
+        st = self.state
+        if (
+            plan is None
+            or plan.group is not group
+            or plan.params_list is not params_all
+            or plan.n_params != len(params_all)
+            or plan.mask != mask
+            or plan.key != roles
+            or plan.state is not st
+            or plan.state_version != st.version
+        ):
+            plan = self._build_plan(group, params_all, grads_all, mask, roles)
+        if plan is None:  # sparse grads: this step goes the slow way
+            self._step_uncached(group, params_all, grads_all, roles, gs, grad_scale, found_inf)
+        else:
+            self._run_plan(group, plan, grads_all, gs, grad_scale, found_inf)
+        if scheduled:
+            group["schedule_t"] += 1
+            self._show_schedules(group, group["schedule_t"])
+
+    def _run_plan(self, group, plan, grads_all, gs, grad_scale, found_inf):
+        if plan.other:
+            self._step_other(group, grads_all, grad_scale, found_inf)
+        if not plan.params:
+            return
+        roles = plan.key
+        # cached facts still true? (param storage swapped via .data, state tensors replaced)
+        stale = False
+        if plan.fresh:
+            plan.fresh = False
+        else:
+            stale = [p.data_ptr() for p in plan.params] != plan.p_addrs
+            if not stale:
+                for role, tensors in zip(plan.roles, plan.role_tensors):
+                    if not all(map(_is_, [s[role] for s in plan.states], tensors)):
+                        stale = True
+                        break
+                if plan.step_views is not None and not all(
+                    map(_is_, [s["step"] for s in plan.states], plan.step_views)
+                ):
+                    stale = True
+        if stale:
+            plan = self._build_plan(group, group["params"], grads_all, plan.mask, plan.key)
+            if plan is None:
+                self._step_uncached(group, group["params"], grads_all, roles, gs, grad_scale, found_inf)
+                return
+        grads = grads_all if plan.full else [grads_all[j] for j in plan.gidx]
+        try:
+            g_addrs = [g.data_ptr() for g in grads]
+            grads_ok = plan.all_direct and all(map(_is_contiguous, grads))
+        except RuntimeError:  # a sparse grad has no data pointer
+            self._fastlr_plans.pop(id(group), None)
+            self._step_uncached(group, group["params"], grads_all, plan.key, gs, grad_scale, found_inf)
+            return
+        steps = None if plan.step_buf is None else plan.step_buf.tolist()
+        if plan.single and grads_ok and (steps is None or steps.count(steps[0]) == len(steps)):
+            self._call(group, plan.buckets[0], (plan.p_addrs, g_addrs, *plan.role_addrs),
+                       None if steps is None else steps[0] + 1.0, gs)
+        else:
+            self._run_buckets(group, plan, grads, steps, gs)
+        if steps is not None:
+            plan.step_buf.add_(1.0)
+        for p, role, buf in plan.pending:
+            self.state[p][role] = buf  # torch stores the first momentum buffer after the step
+        if plan.pending:
+            self._fastlr_plans.pop(id(group), None)
+
+    def _run_buckets(self, group, plan, grads, steps, gs):
+        """General case: several dtypes, first-step buffers, temporaries for
+        non-contiguous tensors, differing step counts."""
+        params = plan.params
+        for b in plan.buckets:
+            p_mem, g_mem, r_mem, copy_back = [], [], [[] for _ in plan.roles], []
+            for i in b.idx:
+                p = params[i]
+                g = grads[i]
+                p_contig = plan.p_contig[i]
+                if plan.direct[i]:
+                    pm = p
+                    rm = [plan.role_tensors[r][i] for r in range(len(plan.roles))]
+                else:  # run through contiguous temporaries, copied back after the call
+                    pm = p.contiguous()
+                    rm = [t.contiguous() for t in (plan.role_tensors[r][i] for r in range(len(plan.roles)))]
+                    if pm is not p:
+                        copy_back.append((p, pm))
+                    for r, t in enumerate(rm):
+                        orig = plan.role_tensors[r][i]
+                        if t is not orig:
+                            copy_back.append((orig, t))
+                    p_contig = True
+                if not _same_layout(g, pm, p_contig):
+                    g = torch.empty_like(pm).copy_(g)
+                p_mem.append(pm)
+                g_mem.append(g)
+                for r in range(len(plan.roles)):
+                    r_mem[r].append(rm[r])
+            addrs = (
+                [t.data_ptr() for t in p_mem],
+                [t.data_ptr() for t in g_mem],
+                *[[t.data_ptr() for t in ts] for ts in r_mem],
+            )
+            if steps is None:
+                self._call(group, b, addrs, None, gs)
+            else:
+                # one call per distinct step count (params that missed updates lag behind)
+                by_step = {}
+                for k, i in enumerate(b.idx):
+                    by_step.setdefault(steps[i], []).append(k)
+                if len(by_step) == 1:
+                    self._call(group, b, addrs, steps[b.idx[0]] + 1.0, gs)
+                else:
+                    for s, ks in by_step.items():
+                        sub = _Bucket(b.code, b.first)
+                        sub.numel = [b.numel[k] for k in ks]
+                        sub_addrs = tuple([a[k] for k in ks] for a in addrs)
+                        self._call(group, sub, sub_addrs, s + 1.0, gs)
+            for dst, src in copy_back:
+                dst.copy_(src)
+
+    # ------------------------------------------------------------------- plan ---
+    def _build_plan(self, group, params_all, grads_all, mask, roles):
+        """Gathers, initialises and validates; None when a grad is sparse."""
+        st = self.state
+        plan = _Plan()
+        plan.group = group
+        plan.params_list = params_all
+        plan.n_params = len(params_all)
+        plan.mask = mask
+        plan.key = roles
+        plan.roles = roles
+        plan.other = False
+        plan.pending = []
+        params, gidx, states, role_tensors = [], [], [], [[] for _ in roles]
+        need_state = bool(roles) or self._has_step
+        for j, (p, g) in enumerate(zip(params_all, grads_all)):
+            if g is None:
+                continue
+            if g.is_sparse:
+                return None
+            if p.device.type != "cpu":
+                plan.other = True
+                continue
+            params.append(p)
+            gidx.append(j)
+            if need_state:
+                s = st[p]
+                if len(s) == 0:
+                    self._init_state(group, p, s)
+                states.append(s)
+        plan.params = params
+        plan.gidx = gidx
+        plan.full = len(gidx) == len(params_all)
+        plan.states = states
+        # roles, validation, layout
+        plan.p_contig = []
+        plan.direct = []
+        buckets = {}
+        for i, p in enumerate(params):
+            code = _CODES.get(p.dtype)
+            if code is None:
+                raise TypeError(
+                    f"fastlr.optim.{type(self).__name__}: params[{i}] has dtype {p.dtype}; "
+                    "supported: float32, float64, bfloat16, float16 (and complex64/128)"
+                )
+            first = False
+            tensors = []
+            for r, role in enumerate(roles):
+                t = states[i].get(role)
+                if t is None and self._kind == "sgd":
+                    # torch's first momentum step: buffer := grad (the kernel writes it)
+                    t = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    plan.pending.append((p, role, t))
+                    first = True
+                elif t is None:
+                    raise KeyError(role)
+                if t.shape != p.shape or t.dtype != p.dtype or t.device != p.device:
+                    raise RuntimeError(
+                        f"fastlr.optim.{type(self).__name__}: state['{role}'] of params[{i}] has "
+                        f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}; expected "
+                        f"{tuple(p.shape)}, {p.dtype}, {p.device} like the param"
+                    )
+                tensors.append(t)
+                role_tensors[r].append(t)
+            p_contig = p.is_contiguous()
+            direct = (p_contig or _is_dense(p)) and all(
+                _same_layout(t, p, p_contig) for t in tensors
+            )
+            plan.p_contig.append(p_contig)
+            plan.direct.append(direct)
+            n = p.numel() * (2 if p.is_complex() else 1)
+            key = (code, first)
+            b = buckets.get(key)
+            if b is None:
+                b = buckets[key] = _Bucket(code, first)
+            b.idx.append(i)
+            b.numel.append(n)
+            if not direct:
+                b.tmp = True
+        plan.buckets = list(buckets.values())
+        plan.role_tensors = role_tensors
+        plan.all_direct = all(plan.direct)
+        plan.p_addrs = [p.data_ptr() for p in params]
+        plan.role_addrs = [[t.data_ptr() for t in ts] for ts in role_tensors]
+        plan.single = len(plan.buckets) == 1 and plan.all_direct and not plan.other
+        # step counters: views into one buffer, so one add_ advances them all
+        plan.step_buf = plan.step_views = None
+        if self._has_step and params:
+            cpu_steps = [s["step"] for s in states]
+            plan.step_buf = torch.tensor(
+                [float(x) for x in cpu_steps], dtype=_get_scalar_dtype()
+            )
+            plan.step_views = list(plan.step_buf.unbind())
+            for s, v in zip(states, plan.step_views):
+                s["step"] = v
+        plan.state = st
+        plan.state_version = st.version
+        plan.fresh = True
+        self._fastlr_plans[id(group)] = plan
+        return plan
+
+    # --------------------------------------------------------- slow paths ---
+    def _step_uncached(self, group, params_all, grads_all, roles, gs, grad_scale, found_inf):
+        """A step with sparse grads: torch's own code for those (SGD/Adagrad) or torch's
+        error (Adam/RMSprop); the kernel for the rest."""
+        sparse_p, sparse_g, dense_g = [], [], []
+        for p, g in zip(params_all, grads_all):
+            if g is None:
+                continue
+            if g.is_sparse:
+                if not self._sparse_ok:
+                    raise RuntimeError(self._sparse_error())
+                sparse_p.append(p)
+                sparse_g.append(g)
+                dense_g.append(None)
+            else:
+                dense_g.append(g)
+        if sparse_p:
+            states = []
+            for p in sparse_p:
+                s = self.state[p]
+                if len(s) == 0 and (roles or self._has_step):
+                    self._init_state(group, p, s)
+                states.append(s)
+            if gs != 1.0:
+                sparse_g = [g * (1.0 / gs) for g in sparse_g]
+            self._sparse_step(group, sparse_p, sparse_g, states, grad_scale)
+        # the dense rest: a one-off plan over params whose grads are dense
+        dense_grads_all = [
+            None if (g is None or g.is_sparse) else g for g in grads_all
+        ]
+        dmask = [g is not None for g in dense_grads_all]
+        plan = self._build_plan(group, params_all, dense_grads_all, dmask, roles)
+        self._fastlr_plans.pop(id(group), None)
+        if plan is not None:
+            self._run_plan(group, plan, dense_grads_all, gs, grad_scale, found_inf)
+
+    def _step_other(self, group, grads_all, grad_scale, found_inf):
+        """Params on other devices (CUDA): fastlr/optim/_cuda.py."""
+        params, grads, states = [], [], []
+        for p, g in zip(group["params"], grads_all):
+            if g is None or p.device.type == "cpu":
+                continue
+            s = self.state[p]
+            if len(s) == 0 and (self._roles(group) or self._has_step):
+                self._init_state(group, p, s)
+            params.append(p)
+            grads.append(g)
+            states.append(s)
+        if params:
+            _cuda.step_group(self._kind, group, params, grads, states, grad_scale, found_inf)
+
+    # ----------------------------------------------------------- helpers ---
+    @staticmethod
+    def _new_step(p):
+        """torch's step tensor for the non-fused, non-capturable path: a 0-dim CPU
+        tensor (float32, float64 under a float64 default dtype); fused-style 0-dim
+        float32 on the device for params off the CPU."""
+        if p.device.type == "cpu":
+            return torch.tensor(0.0, dtype=_get_scalar_dtype())
+        return torch.zeros((), dtype=torch.float32, device=p.device)
+
+
+def _check_not_differentiable(name, differentiable):
+    if differentiable:
+        raise NotImplementedError(
+            f"fastlr.optim.{name} does not support differentiable=True; use torch.optim.{name}"
+        )
+
+
+def _scalar(x):
+    return x if type(x) is float else float(x)

@@ -1,0 +1,184 @@
+"""fastlr.optim.Adam / AdamW: torch.optim.Adam / AdamW with one fastlr kernel call per group."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import _to_scalar
+
+from .. import _C
+from ._base import FastlrOptimizer, _check_not_differentiable, _scalar, _Schedule
+
+__all__ = ["Adam", "AdamW"]
+
+
+class Adam(FastlrOptimizer):
+    """Drop-in ``torch.optim.Adam`` (same arguments, defaults, state and state_dict).
+
+    ``m ← β1·m + (1−β1)·g``, ``v ← β2·v + (1−β2)·g²``,
+    ``p ← p − lr/(1−β1^step) · m / (√v/√(1−β2^step) + eps)`` with L2 (or, with
+    ``decoupled_weight_decay=True``, AdamW's decoupled) weight decay and optional AMSGrad
+    — exactly torch.optim.Adam. ``lr`` and ``betas[0]`` may be fastlr Schedules (kept
+    under ``lr_schedule`` / ``momentum_schedule``; ``group["lr"]`` / ``group["betas"][0]``
+    show the value the next step uses). ``foreach``, ``fused`` and ``capturable`` are
+    accepted and ignored on the CPU.
+
+    >>> opt = Adam(model.parameters(), lr=Warmup(Cosine(3e-4, 10_000), 500))  # doctest: +SKIP
+    """
+
+    _kind = "adam"
+    _momentum_key = "betas"
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
+        _check_not_differentiable(type(self).__name__, differentiable)
+        lr_sched = isinstance(lr, _Schedule)
+        b1_sched = isinstance(betas[0], _Schedule)
+        if isinstance(lr, Tensor):
+            if foreach and not capturable:
+                raise ValueError(
+                    "lr as a Tensor is not supported for capturable=False and foreach=True"
+                )
+            if lr.numel() != 1:
+                raise ValueError("Tensor lr must be 1-element")
+        if not lr_sched and not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not b1_sched and not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not b1_sched and not (
+            (isinstance(betas[0], float) and isinstance(betas[1], float))
+            or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))
+        ):
+            raise ValueError("betas must be either both floats or both Tensors")
+        if isinstance(betas[0], Tensor):
+            if not capturable and foreach:
+                raise ValueError(
+                    "betas[0] as a Tensor is not supported for capturable=False and foreach=True"
+                )
+            if betas[0].numel() != 1:
+                raise ValueError("Tensor betas[0] must be 1-element")
+        if isinstance(betas[1], Tensor):
+            if not capturable and foreach:
+                raise ValueError(
+                    "betas[1] as a Tensor is not supported for capturable=False and foreach=True"
+                )
+            if betas[1].numel() != 1:
+                raise ValueError("Tensor betas[1] must be 1-element")
+        betas = tuple(b if isinstance(b, _Schedule) else _to_scalar(b) for b in betas)
+
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+            "fused": fused,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        }
+        super().__init__(params, defaults)
+
+        if fused and foreach:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("amsgrad", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("capturable", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("decoupled_weight_decay", False)
+            group.setdefault("fused", None)
+            for p in group["params"]:
+                p_state = self.state.get(p, [])
+                if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
+                    p_state["step"] = self._new_step(p).fill_(float(p_state["step"]))
+
+    def _roles(self, group):
+        if group["amsgrad"]:
+            return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+        return ("exp_avg", "exp_avg_sq")
+
+    def _init_state(self, group, p, state):
+        state["step"] = self._new_step(p)
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["amsgrad"]:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _call(self, group, b, addrs, step, grad_scale):
+        beta1, beta2 = group["betas"]
+        _C.adam(
+            b.code, b.numel, addrs[0], addrs[1], addrs[2], addrs[3],
+            addrs[4] if len(addrs) > 4 else None, step, _scalar(group["lr"]), None,
+            _scalar(beta1), None, _scalar(beta2), _scalar(group["eps"]),
+            _scalar(group["weight_decay"]), group["decoupled_weight_decay"], group["amsgrad"],
+            group["maximize"], grad_scale,
+        )
+
+    def _sparse_error(self):
+        return "Adam does not support sparse gradients, please consider SparseAdam instead"
+
+
+class AdamW(Adam):
+    """Drop-in ``torch.optim.AdamW``: :class:`Adam` with decoupled weight decay
+    (``p ← p·(1 − lr·weight_decay)`` before the Adam update), default weight_decay 1e-2."""
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=True,
+        )
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True
