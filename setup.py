@@ -1,5 +1,6 @@
 """Builds fastlr._C: the header-only core in csrc/fastlr plus one kernel file and the
 pybind11 bindings. No torch at build time. FASTLR_CUDA=1 also builds fastlr._C_cuda."""
+import glob
 import os
 import re
 import sys
@@ -26,6 +27,8 @@ def cpu_extension():
         "fastlr._C",
         sources=["csrc/bindings.cpp", "csrc/kernels.cpp", "csrc/roofline.cpp"],
         include_dirs=["csrc"],
+        # headers, so that an in-place rebuild notices a changed rule or schedule
+        depends=sorted(glob.glob("csrc/*.hpp") + glob.glob("csrc/fastlr/*.hpp")),
         define_macros=[("FASTLR_VERSION", f'"{VERSION}"')],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
