@@ -13,6 +13,8 @@ No validation beyond what the rule needs: the kernels validate, this is the form
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 __all__ = ["sgd_step", "adam_step", "rmsprop_step", "adagrad_step"]
@@ -47,6 +49,17 @@ def _store(originals, computed):
             dst[...] = src
 
 
+def _quiet(fn):
+    """Overflow to inf and NaN propagate silently, as in torch."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def _lerp_(start, end, weight):
     """torch's ``start.lerp_(end, weight)`` with a scalar weight: exact at both ends."""
     w = start.dtype.type(weight)
@@ -56,6 +69,7 @@ def _lerp_(start, end, weight):
         start[...] = end - (end - start) * (1 - w)
 
 
+@_quiet
 def sgd_step(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.0,
              nesterov=False, weight_decay=0.0, maximize=False, step=None):
     """torch.optim.SGD: ``g = ±grad + wd·θ``; ``b = g`` (first) or ``μ·b + (1−dampening)·g``;
@@ -83,6 +97,7 @@ def sgd_step(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampenin
     return lr
 
 
+@_quiet
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1=0.9, beta2=0.999,
               eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
               max_exp_avg_sqs=None, maximize=False):
@@ -119,6 +134,7 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1=0.9, beta
     return lr
 
 
+@_quiet
 def rmsprop_step(params, grads, square_avgs, *, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
                  momentum=0.0, momentum_buffers=None, centered=False, grad_avgs=None,
                  maximize=False, step=None):
@@ -156,6 +172,7 @@ def rmsprop_step(params, grads, square_avgs, *, lr, alpha=0.99, eps=1e-8, weight
     return lr
 
 
+@_quiet
 def adagrad_step(params, grads, state_sums, *, step, lr, lr_decay=0.0, weight_decay=0.0,
                  eps=1e-10, maximize=False):
     """torch.optim.Adagrad: ``clr = lr/(1 + (step−1)·lr_decay)``, ``s += g²``,
