@@ -186,18 +186,6 @@ def _is_fastlr_optimizer(optimizer):
     return type(optimizer).__module__.startswith("fastlr.")
 
 
-def _group_step(optimizer, group):
-    """Completed steps of a fastlr param group (the schedule index t of its next update)."""
-    fn = getattr(optimizer, "_group_step", None)
-    if fn is not None:
-        return int(fn(group))
-    for p in group["params"]:
-        st = optimizer.state.get(p)
-        if st and "step" in st:
-            return int(float(st["step"]))
-    return 0
-
-
 def find_lr(model, optimizer, loss_fn, data, start_lr=1e-7, end_lr=10, num_steps=100, mode="exp",
             smooth=0.05, diverge=5.0):
     """The LR range test (Smith, arXiv:1506.01186 §3.3; fastai ``lr_find``).
@@ -293,13 +281,13 @@ def find_lr(model, optimizer, loss_fn, data, start_lr=1e-7, end_lr=10, num_steps
     stop_reason = "completed"
     try:
         if fastlr_opt:
+            # fastlr.optim evaluates group["lr_scale"] * lr_schedule(schedule_t) in the kernel
+            # and counts schedule_t per group: the sweep's ramp starts at its own t = 0.
             for group in optimizer.param_groups:
-                t0 = _group_step(optimizer, group)
-                # The kernel evaluates s(t) from the group's own step count t: shift the
-                # ramp so that the sweep's first update (t = t0) uses start_lr.
-                group["lr_schedule"] = schedule if t0 == 0 else _shifted(schedule, t0)
+                group["lr_schedule"] = schedule
                 group["lr_scale"] = 1.0
-                group["lr"] = start_lr
+                group["schedule_t"] = 0
+                group["lr"] = schedule(0)
         model.train()
         beta = 1.0 - smooth
         avg = 0.0
@@ -355,12 +343,6 @@ def find_lr(model, optimizer, loss_fn, data, start_lr=1e-7, end_lr=10, num_steps
         _drop_sweep_state(optimizer, saved_opt)
         model.train(was_training)
     return LRFinderResult(lrs, losses, raw, num_steps, stop_reason)
-
-
-def _shifted(schedule, t0):
-    from .schedules import Constant, Sequential
-
-    return Sequential([Constant(schedule(0)), schedule], milestones=[t0])
 
 
 def _drop_sweep_state(optimizer, saved_opt):

@@ -182,7 +182,11 @@ class ReduceLROnPlateau:
             else:  # the floor binds
                 new_scale = scale * (new_lr / old_lr)
             group["lr_scale"] = new_scale
-            _set_lr(group, new_scale * (old_lr / scale) if scale > 0 else new_lr)
+            t = group.get("schedule_t")  # fastlr.optim's count of the group's updates
+            if t is not None:  # the same product the optimizer shows, to the last bit
+                _set_lr(group, new_scale * group["lr_schedule"](int(t)))
+            else:
+                _set_lr(group, new_scale * (old_lr / scale))
 
     @property
     def in_cooldown(self):

@@ -45,12 +45,12 @@ def test_matches_torch_every_step(mode, threshold_mode, kind):
     configs = itertools.product(
         [0, 1, 3],  # patience
         [0, 2],  # cooldown
-        [0, 0.02, [0.05, 0.001]],  # min_lr
+        [0, [0.05, 0.001]],  # min_lr
         [1e-4, 0.05],  # threshold
-        [0.5, 0.1],  # factor
     )
     total_reductions = 0
-    for k, (patience, cooldown, min_lr, threshold, factor) in enumerate(configs):
+    for k, (patience, cooldown, min_lr, threshold) in enumerate(configs):
+        factor = (0.5, 0.1)[k % 2]
         metrics = _metrics(kind, 80, seed=k)
         if mode == "max":
             metrics = [-m for m in metrics]
@@ -128,22 +128,29 @@ def test_state_dict_round_trip_and_torch_interchange():
 
 
 class _ScheduledGroups:
-    """The fastlr.optim contract in miniature: lr in use = lr_scale * s(t), and
-    group["lr"] shows the value of the next update."""
+    """The fastlr.optim contract in miniature: lr in use = lr_scale * s(t), t counted in
+    group["schedule_t"], and group["lr"] shows the value of the next update."""
 
-    def __init__(self, schedules):
+    def __init__(self, schedules, with_t=True):
         self.param_groups = [{"params": [], "lr_schedule": s, "lr_scale": 1.0, "lr": s(0)} for s in schedules]
+        self.with_t = with_t
         self.t = 0
+        if with_t:
+            for g in self.param_groups:
+                g["schedule_t"] = 0
 
     def step(self):
         self.t += 1
         for g in self.param_groups:
+            if self.with_t:
+                g["schedule_t"] += 1
             g["lr"] = g["lr_scale"] * g["lr_schedule"](self.t)
 
 
-def test_schedule_attached_scales_it():
+@pytest.mark.parametrize("with_t", [True, False])
+def test_schedule_attached_scales_it(with_t):
     cos = Cosine(lr=1.0, total_steps=100, min_lr=0.0)
-    opt = _ScheduledGroups([cos, Constant(0.5)])
+    opt = _ScheduledGroups([cos, Constant(0.5)], with_t)
     s = ReduceLROnPlateau(opt, factor=0.5, patience=1)
     scales = []
     for epoch in range(6):
@@ -152,7 +159,8 @@ def test_schedule_attached_scales_it():
         s.step(1.0)  # flat: reductions at epochs 2 and 4 (0-based)
         scales.append(opt.param_groups[0]["lr_scale"])
         for g in opt.param_groups:  # lr refreshed to scale * s(t), the schedule untouched
-            assert g["lr"] == pytest.approx(g["lr_scale"] * g["lr_schedule"](opt.t), rel=1e-15)
+            expected = g["lr_scale"] * g["lr_schedule"](opt.t)
+            assert g["lr"] == (expected if with_t else pytest.approx(expected, rel=1e-15))
             assert g["lr_schedule"] in (cos, Constant(0.5))
     assert scales == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
     assert opt.param_groups[1]["lr_scale"] == 0.25
@@ -211,3 +219,70 @@ def test_nan_metric_is_never_better():
     s.step(1.0)
     s.step(math.nan)
     assert s.get_last_lr() == [0.5]
+
+
+def _fastlr_optim():
+    try:
+        import fastlr.optim as fo
+
+        return fo if hasattr(fo, "SGD") else None
+    except ImportError:
+        return None
+
+
+@pytest.mark.skipif(_fastlr_optim() is None, reason="fastlr.optim not built")
+def test_with_fastlr_sgd_and_cosine_schedule():
+    import warnings
+
+    fo = _fastlr_optim()
+    w = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    cos = Cosine(lr=0.2, total_steps=40, min_lr=0.01)
+    opt = fo.SGD([w], lr=cos)
+    s = ReduceLROnPlateau(opt, factor=0.5, patience=1, min_lr=0.02)
+    scale = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the optimizer must not see a foreign lr write
+        for t in range(40):
+            w.grad = torch.ones(3, dtype=torch.float64)
+            before = w.detach().clone()
+            opt.step()
+            used = float((before - w.detach())[0])  # grad 1: the step is the lr used
+            assert used == pytest.approx(scale * cos(t), rel=1e-12)
+            if t % 4 == 3:
+                s.step(1.0)  # flat metric, patience 1: reductions at calls 3, 5, 7, ...
+                calls = t // 4 + 1
+                lr_now = scale * cos(t + 1)
+                expected = scale
+                if calls >= 3 and calls % 2 == 1:
+                    new_lr = max(lr_now * 0.5, 0.02)
+                    if lr_now - new_lr > 1e-8:
+                        expected = scale * 0.5 if new_lr == lr_now * 0.5 else scale * (new_lr / lr_now)
+                new = opt.param_groups[0]["lr_scale"]
+                assert new == pytest.approx(expected, rel=1e-15)
+                assert opt.param_groups[0]["lr"] == new * cos(t + 1)
+                assert opt.param_groups[0]["lr"] >= 0.02 or new == scale
+                scale = new
+    assert scale <= 0.25 and opt.param_groups[0]["lr_schedule"] == cos
+
+
+@pytest.mark.skipif(_fastlr_optim() is None, reason="fastlr.optim not built")
+def test_with_fastlr_sgd_float_lr_matches_torch():
+    fo = _fastlr_optim()
+    torch.manual_seed(0)
+    w0 = torch.randn(5, dtype=torch.float64)
+    runs = []
+    for optim_mod, sched_cls in ((fo, ReduceLROnPlateau), (torch.optim, torch.optim.lr_scheduler.ReduceLROnPlateau)):
+        w = torch.nn.Parameter(w0.clone())
+        opt = optim_mod.SGD([w], lr=0.3, momentum=0.5)
+        s = sched_cls(opt, factor=0.3, patience=2, threshold=0.05)
+        lrs = []
+        for _ in range(30):
+            opt.zero_grad()
+            loss = (w ** 2).sum()
+            loss.backward()
+            opt.step()
+            s.step(float(loss) + 1.0)
+            lrs.append(opt.param_groups[0]["lr"])
+        runs.append((lrs, w.detach().clone()))
+    assert runs[0][0] == runs[1][0]
+    torch.testing.assert_close(runs[0][1], runs[1][1], rtol=1e-14, atol=1e-300)
