@@ -281,7 +281,7 @@ def test_with_fastlr_sgd_float_lr_matches_torch():
             loss = (w ** 2).sum()
             loss.backward()
             opt.step()
-            s.step(float(loss) + 1.0)
+            s.step(loss.item() + 1.0)
             lrs.append(opt.param_groups[0]["lr"])
         runs.append((lrs, w.detach().clone()))
     assert runs[0][0] == runs[1][0]
