@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import _C
 from ._kernels import adagrad_step, adam_step, rmsprop_step, sgd_step
+from . import numpy  # fastlr.numpy.SGD ...: stateful optimizers over NumPy arrays
 from ._version import __version__
 
 __all__ = [

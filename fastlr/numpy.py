@@ -1,0 +1,535 @@
+"""Small stateful optimizers over lists of NumPy arrays, for code that computes its own
+gradients: ``fastlr.numpy.SGD / Adam / AdamW / RMSprop / Adagrad``.
+
+The constructors take torch.optim's keyword arguments and defaults; the state and
+``state_dict()`` follow torch's layout (``{"state": {i: {...}}, "param_groups": [...]}``
+with torch's state keys), so a torch.optim state_dict loads here. Each step is one
+fastlr kernel call per param group (and dtype), updating the arrays in place.
+
+``lr`` (and ``momentum`` / ``betas[0]``) may be a fastlr Schedule: the group keeps it under
+``"lr_schedule"`` (``"momentum_schedule"``) with a float ``"lr_scale"`` (1.0), counts its
+completed steps in ``"schedule_t"``, and after each step ``group["lr"]`` shows the value
+the next update uses — the contract of ``fastlr.optim``.
+
+>>> import numpy as np
+>>> from fastlr.numpy import Adam
+>>> w = np.zeros(3, np.float32)
+>>> opt = Adam([w], lr=0.1)
+>>> opt.step([np.ones(3, np.float32)])
+>>> w
+array([-0.1, -0.1, -0.1], dtype=float32)
+"""
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+
+import numpy as np
+
+from . import _C, _kernels
+
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
+
+_SUPPORTED = ("float32", "float64", "float16", "bfloat16")
+
+
+# ------------------------------------------------------------------ checks ---
+
+
+def _is_schedule(x):
+    return getattr(x, "_encoding", None) is not None
+
+
+def _real(x, name, *, lo=None, hi=None, hi_open=False, what="value"):
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    x = float(x)
+    if math.isnan(x) or (lo is not None and x < lo) or (hi is not None and (x > hi or (hi_open and x == hi))):
+        raise ValueError(f"Invalid {what}: {x}")
+    return x
+
+
+def _flag(x, name):
+    if not isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(x).__name__}")
+    return bool(x)
+
+
+def _optional_flag(x, name):
+    return None if x is None else _flag(x, name)
+
+
+def _param(a, where):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{where} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype.name not in _SUPPORTED:
+        raise TypeError(f"{where} has dtype {a.dtype}; supported: {', '.join(_SUPPORTED)}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{where} must be C-contiguous (it is updated in place)")
+    if not a.flags.writeable:
+        raise ValueError(f"{where} is read-only")
+    return a
+
+
+def _span(a):
+    start = a.__array_interface__["data"][0]
+    return start, start + a.nbytes
+
+
+class _Optimizer:
+    """Param groups, state and the step driver; subclasses name the kernel and state."""
+
+    _momentum_key = None  # "momentum" or "betas": the value a momentum schedule drives
+
+    def __init__(self, params, defaults):
+        if defaults.get("differentiable"):
+            raise NotImplementedError(f"fastlr.numpy.{type(self).__name__} does not support differentiable=True")
+        self.defaults = defaults
+        self.param_groups = []
+        self.state = {}
+        if isinstance(params, np.ndarray):
+            params = [params]
+        elif isinstance(params, dict) or not hasattr(params, "__iter__"):
+            raise TypeError(f"params must be an ndarray, a list of them or a list of dicts, got {type(params).__name__}")
+        groups = list(params)
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for g in groups:
+            self.add_param_group(g)
+
+    # -- groups -------------------------------------------------------------------------
+    @property
+    def _params(self):
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def add_param_group(self, param_group):
+        """Adds a group ({"params": [...], hyper-parameters overriding the defaults})."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        params = param_group.get("params")
+        if isinstance(params, np.ndarray):
+            params = [params]
+        if not isinstance(params, (list, tuple)):
+            raise TypeError("param_group['params'] must be an ndarray or a list of them")
+        first = len(self._params)
+        params = [_param(p, f"params[{first + i}]") for i, p in enumerate(params)]
+        spans = sorted((*_span(p), i) for i, p in enumerate(self._params + params) if p.size)
+        for (_, end, i), (start, _, j) in zip(spans, spans[1:]):
+            if start < end:
+                raise ValueError(f"params[{max(i, j)}] shares memory with params[{min(i, j)}]: "
+                                 "some parameters appear more than once")
+        group = {k: v for k, v in param_group.items() if k != "params"}
+        for k, v in self.defaults.items():
+            group.setdefault(k, v)
+        group = self._checked_group(group, len(self.param_groups))
+        group["params"] = params
+        self.param_groups.append(group)
+        for i in range(first, first + len(params)):
+            self.state[i] = {}
+            self._init_state(i, group)
+
+    def _checked_group(self, group, index):
+        """A validated copy of a group's hyper-parameters, schedules moved to their keys."""
+        group = dict(group)
+        where = f"param_groups[{index}]"
+        if group.get("differentiable"):
+            raise NotImplementedError(f"fastlr.numpy.{type(self).__name__} does not support differentiable=True")
+        for key in ("foreach", "fused"):
+            _optional_flag(group.get(key), f"{where}['{key}']")
+        if _is_schedule(group["lr"]):
+            group["lr_schedule"] = group["lr"]
+        key = self._momentum_key
+        if key is not None:
+            m = group[key]
+            if key == "betas":
+                if not isinstance(m, (tuple, list)) or len(m) != 2:
+                    raise TypeError(f"{where}['betas'] must be a pair of floats")
+                m = m[0]
+            if _is_schedule(m):
+                group["momentum_schedule"] = m
+        for skey in ("lr_schedule", "momentum_schedule"):
+            if skey in group and not _is_schedule(group[skey]):
+                raise TypeError(f"{where}['{skey}'] must be a fastlr Schedule, got {type(group[skey]).__name__}")
+        if "lr_schedule" in group or "momentum_schedule" in group:
+            if "lr_schedule" in group:
+                group["lr_scale"] = _real(group.get("lr_scale", 1.0), f"{where}['lr_scale']", lo=0.0,
+                                          what="lr_scale")
+            t = group.setdefault("schedule_t", 0)
+            if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0:
+                raise ValueError(f"{where}['schedule_t'] must be an int >= 0, got {t!r}")
+            self._show_schedules(group)
+        self._check(group, where)
+        return group
+
+    def _show_schedules(self, group):
+        t = group["schedule_t"]
+        if "lr_schedule" in group:
+            group["lr"] = group["lr_scale"] * _C.schedule_at(group["lr_schedule"]._encoding, t)
+        if "momentum_schedule" in group:
+            m = _C.schedule_at(group["momentum_schedule"]._encoding, t)
+            key = self._momentum_key
+            group[key] = (m, group[key][1]) if key == "betas" else m
+
+    # -- stepping -----------------------------------------------------------------------
+    def step(self, grads):
+        """One update of every param whose gradient is not None.
+
+        Args:
+            grads: one gradient per parameter, in the order of the params of every group
+                (an ndarray alone when there is one parameter); ``None`` skips a param.
+        """
+        params = self._params
+        if isinstance(grads, np.ndarray):
+            grads = [grads]
+        if not isinstance(grads, (list, tuple)):
+            raise TypeError(f"grads must be a list of numpy.ndarray (or None), got {type(grads).__name__}")
+        if len(grads) != len(params):
+            raise ValueError(f"grads has {len(grads)} entries but the optimizer has {len(params)} params")
+        checked = []
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if g is not None:
+                if not isinstance(g, np.ndarray):
+                    raise TypeError(f"grads[{i}] must be a numpy.ndarray or None, got {type(g).__name__}")
+                if g.dtype != p.dtype:
+                    raise TypeError(f"grads[{i}] has dtype {g.dtype}, but params[{i}] has dtype {p.dtype}")
+                if g.shape != p.shape:
+                    raise ValueError(f"grads[{i}] has shape {g.shape}, but params[{i}] has shape {p.shape}")
+                g = np.ascontiguousarray(g)  # read only: a copy is fine
+            checked.append(g)
+        for k, group in enumerate(self.param_groups):  # users may have edited a group
+            self._check(group, f"param_groups[{k}]")
+        index = 0
+        for group in self.param_groups:
+            n = len(group["params"])
+            idx = [i for i in range(index, index + n) if checked[i] is not None]
+            index += n
+            if not idx:
+                continue
+            buckets = {}
+            for i in idx:
+                key = (params[i].dtype.name, self._bucket_key(i, group))
+                buckets.setdefault(key, []).append(i)
+            for (_, key), members in buckets.items():
+                self._update(group, key, [params[i] for i in members], [checked[i] for i in members],
+                             [self.state[i] for i in members])
+            if "schedule_t" in group:
+                group["schedule_t"] += 1
+                self._show_schedules(group)
+
+    def _hyper(self, group):
+        """(lr, momentum-or-beta1) this update uses: the schedules' values at schedule_t."""
+        if "schedule_t" in group:
+            self._show_schedules(group)
+        key = self._momentum_key
+        mom = None if key is None else (group[key][0] if key == "betas" else group[key])
+        return float(group["lr"]), None if mom is None else float(mom)
+
+    # -- state_dict ---------------------------------------------------------------------
+    def state_dict(self):
+        """{"state": {param index: {key: value}}, "param_groups": [{..., "params": [indices]}]},
+        torch's layout; arrays are copies."""
+        state = {i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
+                 for i, s in self.state.items() if s}
+        groups, start = [], 0
+        for g in self.param_groups:
+            d = {k: copy.copy(v) for k, v in g.items() if k != "params"}
+            d["params"] = list(range(start, start + len(g["params"])))
+            start += len(g["params"])
+            groups.append(d)
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Loads a state_dict of this class or of the torch.optim class of the same name
+        (tensors are accepted). Everything is validated before anything changes."""
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise TypeError("state_dict must be a dict with 'state' and 'param_groups'")
+        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(saved_groups, (list, tuple)) or not isinstance(saved_state, dict):
+            raise TypeError("state_dict['param_groups'] must be a list and state_dict['state'] a dict")
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        id_map, new_groups = {}, []
+        start = 0
+        for k, (saved, ours) in enumerate(zip(saved_groups, self.param_groups)):
+            if not isinstance(saved, dict) or not isinstance(saved.get("params"), (list, tuple)):
+                raise TypeError(f"state_dict['param_groups'][{k}] must be a dict with a 'params' list")
+            if len(saved["params"]) != len(ours["params"]):
+                raise ValueError(f"loaded state dict contains a parameter group ({k}) that doesn't match "
+                                 "the size of optimizer's group")
+            for j, pid in enumerate(saved["params"]):
+                id_map[pid] = start + j
+            start += len(ours["params"])
+            group = dict(self.defaults)
+            group.update((key, copy.copy(v)) for key, v in saved.items() if key != "params")
+            group = self._checked_group(group, k)
+            group["params"] = ours["params"]
+            new_groups.append(group)
+        params = self._params
+        new_state = {i: {} for i in range(len(params))}
+        for pid, entry in saved_state.items():
+            if pid not in id_map:
+                raise ValueError(f"state_dict['state'] has an entry for unknown param {pid!r}")
+            i = id_map[pid]
+            if not isinstance(entry, dict):
+                raise TypeError(f"state_dict['state'][{pid!r}] must be a dict")
+            new_state[i] = {key: self._load_value(v, params[i], f"state[{pid!r}][{key!r}]", key)
+                            for key, v in entry.items() if v is not None}
+        for k, group in enumerate(new_groups):
+            for i in range(sum(len(g["params"]) for g in new_groups[:k]),
+                           sum(len(g["params"]) for g in new_groups[: k + 1])):
+                self._check_state(new_state[i], group, f"state[{i}]")
+        self.param_groups = new_groups
+        self.state = new_state
+
+    @staticmethod
+    def _load_value(v, p, where, key):
+        if key == "step":
+            try:
+                s = float(v)
+            except (TypeError, ValueError):
+                raise TypeError(f"{where} must be a number, got {type(v).__name__}") from None
+            if not (s >= 0 and s.is_integer()):
+                raise ValueError(f"{where} must be an integer >= 0, got {s}")
+            return int(s)
+        if hasattr(v, "detach"):  # a torch tensor (float64 holds every value of a smaller type)
+            v = v.detach().cpu().double().numpy()
+        try:
+            a = np.asarray(v)
+        except Exception:
+            raise TypeError(f"{where} must be an array, got {type(v).__name__}") from None
+        if a.shape != p.shape:
+            raise ValueError(f"{where} has shape {a.shape}, but the param has shape {p.shape}")
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"{where} has dtype {a.dtype}, expected a floating dtype")
+        return np.array(a, dtype=p.dtype, order="C", copy=True)
+
+    def _require(self, state, keys, where):
+        for key in keys:
+            if key not in state:
+                raise ValueError(f"{where} is missing '{key}'")
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for k, g in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {k}")
+            lines += [f"    {key}: {v}" for key, v in sorted(g.items()) if key != "params"]
+        return "\n".join(lines + [")"])
+
+
+# -------------------------------------------------------------- optimizers ---
+
+
+class SGD(_Optimizer):
+    """torch.optim.SGD over NumPy arrays (state: ``momentum_buffer``)."""
+
+    _momentum_key = "momentum"
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
+                 maximize=False, foreach=None, differentiable=False, fused=None):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov, maximize=maximize, foreach=foreach,
+                                      differentiable=differentiable, fused=fused))
+
+    def _check(self, g, where):
+        if not _is_schedule(g["lr"]):
+            _real(g["lr"], f"{where}['lr']", lo=0.0, what="learning rate")
+        if not _is_schedule(g["momentum"]):
+            _real(g["momentum"], f"{where}['momentum']", lo=0.0, what="momentum value")
+        _real(g["dampening"], f"{where}['dampening']", what="dampening value")
+        _real(g["weight_decay"], f"{where}['weight_decay']", lo=0.0, what="weight_decay value")
+        for key in ("nesterov", "maximize"):
+            _flag(g[key], f"{where}['{key}']")
+        if g["nesterov"] and (not self._uses_momentum(g) or g["dampening"] != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+
+    @staticmethod
+    def _uses_momentum(g):
+        return "momentum_schedule" in g or g["momentum"] != 0
+
+    def _init_state(self, i, group):
+        pass
+
+    def _bucket_key(self, i, group):
+        return self._uses_momentum(group) and "momentum_buffer" not in self.state[i]
+
+    def _check_state(self, state, group, where):
+        pass
+
+    def _update(self, group, first, params, grads, states):
+        lr, momentum = self._hyper(group)
+        bufs = None
+        if self._uses_momentum(group):
+            for s, p in zip(states, params):
+                s.setdefault("momentum_buffer", np.zeros_like(p))
+            bufs = [s["momentum_buffer"] for s in states]
+        _kernels.sgd_step(params, grads, bufs, lr=lr, momentum=momentum, dampening=group["dampening"],
+                          nesterov=group["nesterov"], weight_decay=group["weight_decay"],
+                          maximize=group["maximize"], step=1 if first else None)
+
+
+class Adam(_Optimizer):
+    """torch.optim.Adam over NumPy arrays (state: ``step``, ``exp_avg``, ``exp_avg_sq``,
+    ``max_exp_avg_sq``)."""
+
+    _momentum_key = "betas"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
+                 foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
+                 decoupled_weight_decay=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                                      foreach=foreach, maximize=maximize, capturable=capturable,
+                                      differentiable=differentiable, fused=fused,
+                                      decoupled_weight_decay=decoupled_weight_decay))
+
+    def _check(self, g, where):
+        if not _is_schedule(g["lr"]):
+            _real(g["lr"], f"{where}['lr']", lo=0.0, what="learning rate")
+        _real(g["eps"], f"{where}['eps']", lo=0.0, what="epsilon value")
+        betas = g["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"{where}['betas'] must be a pair of floats")
+        for k in (0, 1):
+            if not (k == 0 and _is_schedule(betas[0])):
+                _real(betas[k], f"{where}['betas'][{k}]", lo=0.0, hi=1.0, hi_open=True,
+                      what=f"beta parameter at index {k}")
+        _real(g["weight_decay"], f"{where}['weight_decay']", lo=0.0, what="weight_decay value")
+        for key in ("amsgrad", "maximize", "decoupled_weight_decay", "capturable"):
+            _flag(g[key], f"{where}['{key}']")
+
+    def _init_state(self, i, group):
+        pass
+
+    def _bucket_key(self, i, group):
+        return self.state[i].get("step", 0)
+
+    def _check_state(self, state, group, where):
+        if state:
+            self._require(state, ["step", "exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else []),
+                          where)
+
+    def _update(self, group, step, params, grads, states):
+        lr, beta1 = self._hyper(group)
+        for s, p in zip(states, params):
+            if not s:
+                s.update(step=0, exp_avg=np.zeros_like(p), exp_avg_sq=np.zeros_like(p))
+            if group["amsgrad"] and "max_exp_avg_sq" not in s:
+                s["max_exp_avg_sq"] = np.zeros_like(p)
+        _kernels.adam_step(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                           step=step + 1, lr=lr, beta1=beta1, beta2=group["betas"][1], eps=group["eps"],
+                           weight_decay=group["weight_decay"],
+                           decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"],
+                           max_exp_avg_sqs=[s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else None,
+                           maximize=group["maximize"])
+        for s in states:
+            s["step"] = step + 1
+
+
+class AdamW(Adam):
+    """torch.optim.AdamW: Adam with decoupled weight decay (default 1e-2)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
+                 maximize=False, foreach=None, capturable=False, differentiable=False, fused=None):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                         foreach=foreach, maximize=maximize, capturable=capturable,
+                         differentiable=differentiable, fused=fused, decoupled_weight_decay=True)
+
+
+class RMSprop(_Optimizer):
+    """torch.optim.RMSprop over NumPy arrays (state: ``step``, ``square_avg``,
+    ``momentum_buffer``, ``grad_avg``)."""
+
+    _momentum_key = "momentum"
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
+                 capturable=False, foreach=None, maximize=False, differentiable=False):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                                      centered=centered, capturable=capturable, foreach=foreach,
+                                      maximize=maximize, differentiable=differentiable))
+
+    def _check(self, g, where):
+        if not _is_schedule(g["lr"]):
+            _real(g["lr"], f"{where}['lr']", lo=0.0, what="learning rate")
+        _real(g["eps"], f"{where}['eps']", lo=0.0, what="epsilon value")
+        if not _is_schedule(g["momentum"]):
+            _real(g["momentum"], f"{where}['momentum']", lo=0.0, what="momentum value")
+        _real(g["weight_decay"], f"{where}['weight_decay']", lo=0.0, what="weight_decay value")
+        _real(g["alpha"], f"{where}['alpha']", lo=0.0, what="alpha value")
+        for key in ("centered", "maximize", "capturable"):
+            _flag(g[key], f"{where}['{key}']")
+
+    @staticmethod
+    def _uses_momentum(g):
+        return "momentum_schedule" in g or g["momentum"] > 0
+
+    def _init_state(self, i, group):
+        pass
+
+    def _bucket_key(self, i, group):
+        return None
+
+    def _check_state(self, state, group, where):
+        if state:
+            self._require(state, ["step", "square_avg"] + (["momentum_buffer"] if self._uses_momentum(group) else [])
+                          + (["grad_avg"] if group["centered"] else []), where)
+
+    def _update(self, group, _, params, grads, states):
+        lr, momentum = self._hyper(group)
+        mom = self._uses_momentum(group)
+        for s, p in zip(states, params):
+            if not s:
+                s.update(step=0, square_avg=np.zeros_like(p))
+            if mom and "momentum_buffer" not in s:
+                s["momentum_buffer"] = np.zeros_like(p)
+            if group["centered"] and "grad_avg" not in s:
+                s["grad_avg"] = np.zeros_like(p)
+        _kernels.rmsprop_step(params, grads, [s["square_avg"] for s in states], lr=lr, alpha=group["alpha"],
+                              eps=group["eps"], weight_decay=group["weight_decay"], momentum=momentum,
+                              momentum_buffers=[s["momentum_buffer"] for s in states] if mom else None,
+                              centered=group["centered"],
+                              grad_avgs=[s["grad_avg"] for s in states] if group["centered"] else None,
+                              maximize=group["maximize"])
+        for s in states:
+            s["step"] += 1
+
+
+class Adagrad(_Optimizer):
+    """torch.optim.Adagrad over NumPy arrays (state: ``step``, ``sum``, created at
+    construction as torch does)."""
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
+                 foreach=None, *, maximize=False, differentiable=False, fused=None):
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value, eps=eps,
+                                      foreach=foreach, maximize=maximize, differentiable=differentiable,
+                                      fused=fused))
+
+    def _check(self, g, where):
+        if not _is_schedule(g["lr"]):
+            _real(g["lr"], f"{where}['lr']", lo=0.0, what="learning rate")
+        _real(g["lr_decay"], f"{where}['lr_decay']", lo=0.0, what="lr_decay value")
+        _real(g["weight_decay"], f"{where}['weight_decay']", lo=0.0, what="weight_decay value")
+        _real(g["initial_accumulator_value"], f"{where}['initial_accumulator_value']", lo=0.0,
+              what="initial_accumulator_value value")
+        _real(g["eps"], f"{where}['eps']", lo=0.0, what="epsilon value")
+        _flag(g["maximize"], f"{where}['maximize']")
+
+    def _init_state(self, i, group):
+        p = self._params[i]
+        self.state[i] = {"step": 0, "sum": np.full_like(p, group["initial_accumulator_value"])}
+
+    def _bucket_key(self, i, group):
+        return self.state[i]["step"]
+
+    def _check_state(self, state, group, where):
+        self._require(state, ["step", "sum"], where)
+
+    def _update(self, group, step, params, grads, states):
+        lr, _ = self._hyper(group)
+        _kernels.adagrad_step(params, grads, [s["sum"] for s in states], step=step + 1, lr=lr,
+                              lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
+                              maximize=group["maximize"])
+        for s in states:
+            s["step"] = step + 1
