@@ -1,0 +1,183 @@
+"""Bad input to the NumPy kernels raises TypeError/ValueError naming the argument (and
+the list index) before ANY array of the call is modified: every array is snapshotted
+before the call and compared bit for bit after it. The bad entry is put last in a list
+where possible, so a kernel validating lazily would already have updated the first."""
+import numpy as np
+import pytest
+
+import fastlr
+
+STATES = {
+    "sgd_step": ["momentum_buffers"],
+    "adam_step": ["exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"],
+    "rmsprop_step": ["square_avgs", "grad_avgs", "momentum_buffers"],
+    "adagrad_step": ["state_sums"],
+}
+OPTIONS = {
+    "sgd_step": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.1, "step": 2},
+    "adam_step": {"lr": 0.1, "amsgrad": True, "weight_decay": 0.1, "step": 3},
+    "rmsprop_step": {"lr": 0.1, "momentum": 0.9, "centered": True, "step": 2},
+    "adagrad_step": {"lr": 0.1, "lr_decay": 0.1, "step": 2},
+}
+# Which state list each option needs (dropping it must raise).
+REQUIRED = {
+    "sgd_step": ["momentum_buffers"],
+    "adam_step": ["exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"],
+    "rmsprop_step": ["square_avgs", "grad_avgs", "momentum_buffers"],
+    "adagrad_step": ["state_sums"],
+}
+HYPER = {
+    "sgd_step": [("lr", -0.1), ("lr", float("nan")), ("momentum", -0.5), ("weight_decay", -1.0),
+                 ("dampening", float("nan"))],
+    "adam_step": [("lr", -0.1), ("lr", float("nan")), ("beta1", 1.0), ("beta1", -0.1), ("beta2", 1.5),
+                  ("beta2", float("nan")), ("eps", -1e-8), ("weight_decay", -1.0)],
+    "rmsprop_step": [("lr", -0.1), ("alpha", -0.5), ("eps", float("nan")), ("momentum", -0.1),
+                     ("weight_decay", -1.0)],
+    "adagrad_step": [("lr", -0.1), ("lr_decay", -0.1), ("eps", -1.0), ("weight_decay", float("nan"))],
+}
+KERNELS = sorted(STATES)
+SIZES = (5, 33)
+
+
+def make_call(kernel, dtype=np.float32):
+    rng = np.random.default_rng(0)
+    call = {"params": [rng.standard_normal(n).astype(dtype) for n in SIZES],
+            "grads": [rng.standard_normal(n).astype(dtype) for n in SIZES]}
+    for role in STATES[kernel]:
+        call[role] = [np.abs(rng.standard_normal(n)).astype(dtype) for n in SIZES]
+    call.update(OPTIONS[kernel])
+    return call
+
+
+def arrays_in(call):
+    out = []
+    for v in call.values():
+        if isinstance(v, np.ndarray):
+            out.append(v)
+        elif isinstance(v, (list, tuple)):
+            out += [a for a in v if isinstance(a, np.ndarray)]
+    return out
+
+
+def assert_rejected(kernel, call, exc, match):
+    arrays = arrays_in(call)
+    before = [a.copy() for a in arrays]
+    with pytest.raises(exc, match=match):
+        getattr(fastlr, kernel)(**call)
+    for a, b in zip(arrays, before):
+        np.testing.assert_array_equal(np.ascontiguousarray(a).view(np.uint8), b.view(np.uint8))
+
+
+def test_valid_call_updates_every_array():
+    """Sanity: the base calls are valid and do update params and states."""
+    for kernel in KERNELS:
+        call = make_call(kernel)
+        grads = [g.copy() for g in call["grads"]]
+        before = [a.copy() for a in arrays_in(call)]
+        getattr(fastlr, kernel)(**call)
+        changed = [not np.array_equal(a, b) for a, b in zip(arrays_in(call), before)]
+        assert changed[0] and changed[1]  # both params
+        for g, g0 in zip(call["grads"], grads):
+            np.testing.assert_array_equal(g, g0)  # grads are never written
+
+
+# --------------------------------------------------------------------- arrays ---
+
+
+def _cases():
+    cases = []
+    for k in KERNELS:
+        roles = ["params", "grads"] + STATES[k]
+
+        def add(name, mutate, exc, match, k=k):
+            cases.append(pytest.param(k, mutate, exc, match, id=f"{k}-{name}"))
+
+        add("unsupported-dtype", lambda c, roles=roles: {**c, **{r: [a.astype(np.int32) for a in c[r]] for r in roles}},
+            TypeError, r"params\[0\].*dtype")
+        add("complex-dtype", lambda c, roles=roles: {**c, **{r: [a.astype(np.complex64) for a in c[r]] for r in roles}},
+            TypeError, r"params\[0\].*dtype")
+        for role in roles:
+            def set1(c, value, role=role):
+                c = dict(c)
+                c[role] = [c[role][0], value(c[role][1])]
+                return c
+
+            add(f"{role}-mixed-dtype", lambda c, s=set1: s(c, lambda a: a.astype(np.float64)),
+                TypeError, rf"{role}\[1\].*float64")
+            add(f"{role}-float16-among-float32", lambda c, s=set1: s(c, lambda a: a.astype(np.float16)),
+                TypeError, rf"{role}\[1\]")
+            if role != "params":
+                add(f"{role}-shape", lambda c, s=set1: s(c, lambda a: np.zeros(a.size + 1, a.dtype)),
+                    ValueError, rf"{role}\[1\].*shape")
+                add(f"{role}-shape-2d", lambda c, s=set1: s(c, lambda a: a.reshape(1, -1).copy()),
+                    ValueError, rf"{role}\[1\].*shape")
+                add(f"{role}-too-few", lambda c, role=role: {**c, role: c[role][:1]}, ValueError, role)
+                add(f"{role}-too-many", lambda c, role=role: {**c, role: c[role] + c[role][:1]}, ValueError, role)
+            add(f"{role}-not-array", lambda c, s=set1: s(c, lambda a: a.tolist()), TypeError, rf"{role}\[1\]")
+            add(f"{role}-wrong-type", lambda c, role=role: {**c, role: 3.0}, TypeError, role)
+            add(f"{role}-non-contiguous", lambda c, s=set1: s(c, lambda a: np.repeat(a, 2)[::2]),
+                ValueError, rf"{role}\[1\].*contiguous")
+            if role != "grads":
+                def read_only(a):
+                    a = a.copy()
+                    a.setflags(write=False)
+                    return a
+
+                add(f"{role}-read-only", lambda c, s=set1, f=read_only: s(c, f), ValueError, rf"{role}\[1\].*read-only")
+        for role in REQUIRED[k]:
+            add(f"missing-{role}", lambda c, role=role: {**c, role: None}, ValueError, role)
+        for name, value in HYPER[k]:
+            add(f"{name}={value}", lambda c, name=name, value=value: {**c, name: value}, ValueError, name)
+            add(f"{name}-type", lambda c, name=name: {**c, name: "0.1"}, TypeError, name)
+        add("step=0", lambda c: {**c, "step": 0}, ValueError, "step")
+        add("step=-3", lambda c: {**c, "step": -3}, ValueError, "step")
+        add("step=1.5", lambda c: {**c, "step": 1.5}, TypeError, "step")
+        add("step=str", lambda c: {**c, "step": "2"}, TypeError, "step")
+        add("step=True", lambda c: {**c, "step": True}, TypeError, "step")
+        if k in ("adam_step", "adagrad_step"):
+            add("step-missing", lambda c: {**c, "step": None}, ValueError, "step")
+        first_state = STATES[k][0]
+        add("state-aliases-param", lambda c, r=first_state: {**c, r: [c[r][0], c["params"][1]]},
+            ValueError, "twice")
+        if len(STATES[k]) > 1:
+            r0, r1 = STATES[k][:2]
+            add("same-state-twice", lambda c, r0=r0, r1=r1: {**c, r1: [c[r1][0], c[r0][1]]}, ValueError, "twice")
+        add("overlapping-views", lambda c, r=first_state: {**c, r: [c[r][0], c["params"][1][:]]}, ValueError, "twice")
+        add("params-empty-list-vs-grads", lambda c: {**c, "params": []}, ValueError, "grads")
+    cases.append(pytest.param("sgd_step", lambda c: {**c, "nesterov": True, "dampening": 0.5}, ValueError,
+                              "[Nn]esterov", id="sgd_step-nesterov-dampening"))
+    cases.append(pytest.param("sgd_step", lambda c: {**c, "nesterov": True, "momentum": 0.0}, ValueError,
+                              "[Nn]esterov", id="sgd_step-nesterov-no-momentum"))
+    return cases
+
+
+@pytest.mark.parametrize("kernel,mutate,exc,match", _cases())
+def test_rejected_before_any_change(kernel, mutate, exc, match):
+    assert_rejected(kernel, mutate(make_call(kernel)), exc, match)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_read_only_grads_are_fine(kernel):
+    call = make_call(kernel)
+    for g in call["grads"]:
+        g.setflags(write=False)
+    getattr(fastlr, kernel)(**call)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_empty_and_zero_size(kernel):
+    """An empty list, and zero-size arrays (which may share an address), are no-ops."""
+    call = make_call(kernel)
+    empty = {k: ([] if isinstance(v, list) else v) for k, v in call.items()}
+    getattr(fastlr, kernel)(**empty)
+    z = np.zeros(0, np.float32)
+    zeros = {k: ([z, z] if isinstance(v, list) else v) for k, v in call.items()}
+    getattr(fastlr, kernel)(**zeros)
+
+
+def test_schedule_without_step_changes_nothing():
+    S = pytest.importorskip("fastlr.schedules")
+    if not hasattr(S, "StepDecay"):
+        pytest.skip("fastlr.schedules has no StepDecay yet")
+    call = make_call("sgd_step")
+    assert_rejected("sgd_step", {**call, "lr": S.StepDecay(0.1, step_size=2), "step": None}, ValueError, "step")
