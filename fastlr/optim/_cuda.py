@@ -12,6 +12,10 @@ from __future__ import annotations
 import warnings
 
 import torch
+from torch.optim.adagrad import adagrad as _adagrad
+from torch.optim.adam import adam as _adam
+from torch.optim.rmsprop import rmsprop as _rmsprop
+from torch.optim.sgd import sgd as _sgd
 
 _warned = False
 
@@ -50,7 +54,7 @@ def step_group(kind, group, params, grads, states, grad_scale=None, found_inf=No
     if kind == "sgd":
         use_momentum = group["momentum"] != 0 or "momentum_schedule" in group
         bufs = [s.get("momentum_buffer") for s in states] if use_momentum else []
-        torch.optim.sgd.sgd(
+        _sgd(
             params, grads, bufs, foreach=not fused, fused=fused, grad_scale=grad_scale,
             found_inf=found_inf, weight_decay=group["weight_decay"], momentum=group["momentum"],
             lr=group["lr"], dampening=group["dampening"], nesterov=group["nesterov"],
@@ -62,7 +66,7 @@ def step_group(kind, group, params, grads, states, grad_scale=None, found_inf=No
     elif kind == "adam":
         beta1, beta2 = group["betas"]
         amsgrad = group["amsgrad"]
-        torch.optim.adam.adam(
+        _adam(
             params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
             [s["max_exp_avg_sq"] for s in states] if amsgrad else [],
             _steps_on(params, states) if fused else [s["step"] for s in states],
@@ -77,7 +81,7 @@ def step_group(kind, group, params, grads, states, grad_scale=None, found_inf=No
         use_momentum = "momentum_schedule" in group or momentum > 0
         if grad_scale is not None:
             grads = [g / grad_scale for g in grads]
-        torch.optim.rmsprop.rmsprop(
+        _rmsprop(
             params, grads, [s["square_avg"] for s in states],
             [s["grad_avg"] for s in states] if group["centered"] else [],
             [s["momentum_buffer"] for s in states] if use_momentum else [],
@@ -87,7 +91,7 @@ def step_group(kind, group, params, grads, states, grad_scale=None, found_inf=No
             momentum=momentum, centered=group["centered"],
         )
     elif kind == "adagrad":
-        torch.optim.adagrad.adagrad(
+        _adagrad(
             params, grads, [s["sum"] for s in states],
             _steps_on(params, states) if fused else [s["step"] for s in states],
             fused=fused, foreach=not fused, grad_scale=grad_scale, found_inf=found_inf,

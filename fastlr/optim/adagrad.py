@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.optim.adagrad import adagrad as _torch_adagrad
 
 from .. import _C
 from ._base import FastlrOptimizer, _check_not_differentiable, _scalar, _Schedule
@@ -110,7 +111,7 @@ class Adagrad(FastlrOptimizer):
         )
 
     def _sparse_step(self, group, params, grads, states, grad_scale):
-        torch.optim.adagrad.adagrad(
+        _torch_adagrad(
             params, grads, [s["sum"] for s in states], [s["step"] for s in states],
             has_sparse_grad=True, foreach=False, fused=False, lr=group["lr"],
             weight_decay=group["weight_decay"], lr_decay=group["lr_decay"], eps=group["eps"],

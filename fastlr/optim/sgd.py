@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.optim.sgd import sgd as _torch_sgd
 
 from .. import _C
 from ._base import FastlrOptimizer, _check_not_differentiable, _scalar, _Schedule
@@ -102,7 +103,7 @@ class SGD(FastlrOptimizer):
     def _sparse_step(self, group, params, grads, states, grad_scale):
         use_momentum = bool(self._roles(group))
         bufs = [s.get("momentum_buffer") for s in states] if use_momentum else []
-        torch.optim.sgd.sgd(
+        _torch_sgd(
             params, grads, bufs, has_sparse_grad=True, foreach=False, fused=False,
             weight_decay=group["weight_decay"], momentum=group["momentum"], lr=group["lr"],
             dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"],
