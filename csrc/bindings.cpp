@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <stdexcept>
@@ -60,7 +61,9 @@ void read_role(TensorList& list, int r, const py::object& addresses, const char*
   if (py::len(seq) != static_cast<size_t>(list.size))
     throw py::value_error(std::string(name) + ": expected " + std::to_string(list.size) +
                           " addresses, got " + std::to_string(py::len(seq)));
-  out.resize(static_cast<size_t>(list.size));
+  // At least one slot: a given list, even an empty one, needs a non-null base (null
+  // means "not given"), and an empty vector's data() may be null.
+  out.resize(static_cast<size_t>(std::max<int64_t>(list.size, 1)));
   for (int64_t i = 0; i < list.size; ++i) {
     PyObject* item = PySequence_Fast_GET_ITEM(seq.ptr(), i);
     void* p = PyLong_AsVoidPtr(item);
@@ -191,14 +194,17 @@ PYBIND11_MODULE(_C, m) {
           throw py::value_error("grad_avgs are required when centered=True");
         if (use_momentum && list.base[4] == nullptr)
           throw py::value_error("momentum_buffers are required when momentum > 0");
+        // torch tests `momentum > 0` at every step: a momentum schedule that reaches 0
+        // leaves the buffers alone (and a stale inf/NaN buffer out of the update).
+        const double momentum_used = eval(momentum_schedule, momentum, t);
         fastlr::RmspropArgs a{eval(lr_schedule, lr, t),
                               alpha,
                               eps,
                               weight_decay,
-                              eval(momentum_schedule, momentum, t),
+                              momentum_used,
                               (maximize ? -1.0 : 1.0) / grad_scale,
                               centered,
-                              use_momentum,
+                              use_momentum && momentum_used > 0.0,
                               first_step};
         {
           py::gil_scoped_release release;

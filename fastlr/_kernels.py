@@ -15,6 +15,7 @@ from . import _C
 __all__ = ["sgd_step", "adam_step", "rmsprop_step", "adagrad_step"]
 
 _DTYPE_CODES = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}
+_MAX_STEP = 2**53
 
 
 # ------------------------------------------------------------- validation ---
@@ -76,12 +77,15 @@ def _step(step, name="step", *, required):
         if required:
             raise ValueError(f"{name} is required (the 1-based index of this update)")
         return None
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
-        if not (isinstance(step, numbers.Real) and float(step).is_integer()):
-            raise TypeError(f"{name} must be an integer >= 1, got {step!r}")
+    integral = isinstance(step, numbers.Integral) or (
+        isinstance(step, numbers.Real) and float(step).is_integer())
+    if isinstance(step, (bool, np.bool_)) or not integral:
+        raise TypeError(f"{name} must be an integer >= 1, got {step!r}")
     step = int(step)
     if step < 1:
         raise ValueError(f"{name} must be >= 1, got {step}")
+    if step > _MAX_STEP:  # the kernels take step as a double; beyond 2**53 it is inexact
+        raise ValueError(f"{name} must be <= 2**53, got {step}")
     return step
 
 
@@ -120,16 +124,16 @@ class _Call:
             raise ValueError(f"{name} is required when {why}")
 
     def finish(self):
-        """Rejects the same memory updated twice; call after every state is added."""
-        seen = {}
-        for arrays in self._updated:
-            for a in arrays:
-                if a.size == 0:
-                    continue
-                addr = a.__array_interface__["data"][0]
-                if addr in seen:
-                    raise ValueError("the same array memory is passed twice among the updated arrays")
-                seen[addr] = True
+        """Rejects updated arrays that share memory (the same array twice, or overlapping
+        views: the result would depend on the thread split); call after every state is added."""
+        spans = sorted(
+            (a.__array_interface__["data"][0], a.__array_interface__["data"][0] + a.nbytes)
+            for arrays in self._updated for a in arrays if a.size
+        )
+        for (_, end), (start, _) in zip(spans, spans[1:]):
+            if start < end:
+                raise ValueError("the same array memory is passed twice among the updated arrays "
+                                 "(or two of them overlap)")
 
     @staticmethod
     def addresses(arrays):
