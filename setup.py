@@ -36,6 +36,64 @@ def cpu_extension():
     )
 
 
-ext_modules = [cpu_extension()]
+# ----------------------------------------------------------------------- CUDA ---
+# FASTLR_CUDA=1 with nvcc on PATH also builds fastlr._C_cuda: csrc/cuda/*.cu compiled
+# by nvcc (one process per file, in parallel), linked with the static CUDA runtime and
+# no libtorch. FASTLR_CUDA_ARCH picks the targets (default "80;90": A100, H100/H200).
+CUDA_SOURCES = sorted(glob.glob("csrc/cuda/*.cu"))
 
-setup(version=VERSION, ext_modules=ext_modules, cmdclass={"build_ext": build_ext})
+
+def cuda_wanted():
+    import shutil
+
+    return os.environ.get("FASTLR_CUDA", "0") == "1" and shutil.which("nvcc") is not None
+
+
+def cuda_extension():
+    return Pybind11Extension(
+        "fastlr._C_cuda",
+        sources=["csrc/cuda/bindings.cpp"],
+        include_dirs=["csrc"],
+        depends=CUDA_SOURCES + glob.glob("csrc/cuda/*.h*") + glob.glob("csrc/fastlr/*.hpp"),
+        define_macros=[("FASTLR_VERSION", f'"{VERSION}"')],
+        extra_compile_args=["-O2", "-fvisibility=hidden"],
+        cxx_std=17,
+    )
+
+
+class build_ext_cuda(build_ext):
+    def build_extension(self, ext):
+        if ext.name == "fastlr._C_cuda":
+            self._compile_cuda(ext)
+        super().build_extension(ext)
+
+    def _compile_cuda(self, ext):
+        import subprocess
+        from concurrent.futures import ThreadPoolExecutor
+
+        archs = [a for a in os.environ.get("FASTLR_CUDA_ARCH", "80;90").replace(",", ";").split(";") if a]
+        gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+        # -fmad=false: the CPU kernels' operation order (update.hpp; no FMA contraction).
+        flags = ["-std=c++17", "-O3", "-fmad=false", "-Icsrc", "-Xcompiler", "-fPIC,-fvisibility=hidden"]
+        out_dir = os.path.join(self.build_temp, "cuda")
+        os.makedirs(out_dir, exist_ok=True)
+        objects = [os.path.join(out_dir, os.path.basename(s) + ".o") for s in CUDA_SOURCES]
+        cmds = [["nvcc", *flags, *gencode, "-c", s, "-o", o] for s, o in zip(CUDA_SOURCES, objects)]
+        with ThreadPoolExecutor(max_workers=max(os.cpu_count() or 1, 1)) as pool:
+            for cmd, rc in zip(cmds, pool.map(lambda c: subprocess.call(c), cmds)):
+                if rc != 0:
+                    raise RuntimeError("nvcc failed: " + " ".join(cmd))
+        dryrun = subprocess.run(["nvcc", "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                                capture_output=True, text=True).stderr
+        lib_dirs = [d for d in re.findall(r'-L"?([^" ]+)"?', dryrun) if not d.rstrip("/").endswith("stubs")]
+        ext.extra_objects = objects
+        ext.library_dirs = lib_dirs
+        ext.libraries = ["cudart_static", "dl", "rt", "pthread"]
+        ext.define_macros.append(("FASTLR_CUDA_ARCHS", '"' + ";".join(archs) + '"'))
+
+
+ext_modules = [cpu_extension()]
+if cuda_wanted():
+    ext_modules.append(cuda_extension())
+
+setup(version=VERSION, ext_modules=ext_modules, cmdclass={"build_ext": build_ext_cuda})
