@@ -17,6 +17,7 @@ views into one small buffer per plan, so advancing all of them is one ``add_``.
 from __future__ import annotations
 
 import operator
+import sys
 import warnings
 from collections import defaultdict
 
@@ -101,6 +102,22 @@ def _is_dense(t):
     return True
 
 
+def _dtensor_class():
+    """torch's DTensor class if something has imported it (FSDP2, tensor parallel), else
+    None: no DTensor can exist before, and importing it here would cost seconds."""
+    return getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+
+
+def _local_grad(g, p):
+    """The local shard of DTensor grad g laid out like param p. The update is elementwise,
+    so each rank updates its shard of p with its shard of the grad and state, no gather."""
+    if not hasattr(g, "_local_tensor"):  # a plain tensor (a group mixing both kinds)
+        return g
+    if g.placements != p.placements or g.device_mesh != p.device_mesh:
+        g = g.redistribute(p.device_mesh, p.placements)
+    return g._local_tensor
+
+
 def _same_layout(x, p, p_contiguous):
     return x.is_contiguous() if p_contiguous else x.stride() == p.stride()
 
@@ -125,7 +142,7 @@ class _Plan:
         "group", "params_list", "n_params", "mask", "key", "state", "state_version",
         "params", "p_addrs", "p_contig", "all_direct", "states", "roles", "role_tensors",
         "role_addrs", "buckets", "step_buf", "step_views", "pending", "other",
-        "direct", "single", "gidx", "full", "fresh",
+        "direct", "single", "gidx", "full", "fresh", "dtensor",
     )
 
 
@@ -340,7 +357,10 @@ class FastlrOptimizer(torch.optim.Optimizer):
             stale = [p.data_ptr() for p in plan.params] != plan.p_addrs
             if not stale:
                 for role, tensors in zip(plan.roles, plan.role_tensors):
-                    if not all(map(_is_, [s[role] for s in plan.states], tensors)):
+                    current = [s[role] for s in plan.states]
+                    if plan.dtensor:
+                        current = [getattr(t, "_local_tensor", t) for t in current]
+                    if not all(map(_is_, current, tensors)):
                         stale = True
                         break
                 if plan.step_views is not None and not all(
@@ -353,6 +373,8 @@ class FastlrOptimizer(torch.optim.Optimizer):
                 self._step_uncached(group, group["params"], grads_all, roles, gs, grad_scale, found_inf)
                 return
         grads = grads_all if plan.full else [grads_all[j] for j in plan.gidx]
+        if plan.dtensor:
+            grads = [_local_grad(g, p) for g, p in zip(grads, plan.dtensor)]
         try:
             g_addrs = [g.data_ptr() for g in grads]
             grads_ok = plan.all_direct and all(map(_is_contiguous, grads))
@@ -455,6 +477,13 @@ class FastlrOptimizer(torch.optim.Optimizer):
                 if len(s) == 0:
                     self._init_state(group, p, s)
                 states.append(s)
+        # DTensor params (FSDP2): the kernel sees local shards of params, grads and state;
+        # plan.dtensor keeps the DTensors (state keys, grad placements)
+        dt = _dtensor_class()
+        plan.dtensor = None
+        if dt is not None and any(isinstance(p, dt) for p in params):
+            plan.dtensor = params
+            params = [getattr(p, "_local_tensor", p) for p in params]
         plan.params = params
         plan.gidx = gidx
         plan.full = len(gidx) == len(params_all)
@@ -476,11 +505,14 @@ class FastlrOptimizer(torch.optim.Optimizer):
                 t = states[i].get(role)
                 if t is None and self._kind == "sgd":
                     # torch's first momentum step: buffer := grad (the kernel writes it)
-                    t = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    plan.pending.append((p, role, t))
+                    key_p = p if plan.dtensor is None else plan.dtensor[i]
+                    t = torch.zeros_like(key_p, memory_format=torch.preserve_format)
+                    plan.pending.append((key_p, role, t))
                     first = True
                 elif t is None:
                     raise KeyError(role)
+                if plan.dtensor is not None:
+                    t = getattr(t, "_local_tensor", t)
                 if t.shape != p.shape or t.dtype != p.dtype or t.device != p.device:
                     raise RuntimeError(
                         f"fastlr.optim.{type(self).__name__}: state['{role}'] of params[{i}] has "
