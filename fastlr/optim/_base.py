@@ -243,6 +243,14 @@ class FastlrOptimizer(torch.optim.Optimizer):
     def _sync_schedules(self, group):
         """Before an update: make group values equal the schedules at schedule_t; warn
         once when something else (a torch LRScheduler) wrote them in between."""
+        key = self._momentum_key
+        m = None if key is None else (group[key][0] if key == "betas" else group[key])
+        if isinstance(group["lr"], _Schedule) or isinstance(m, _Schedule):
+            # a Schedule written into lr / momentum is the one to use from now on, not a
+            # foreign value: ZeroRedundancyOptimizer writes back the constructor's Schedule
+            # before the first step of a group added with add_param_group
+            self._attach_schedules(group)
+            return
         t = group["schedule_t"]
         record = self._fastlr_written.get(id(group))
         if record is not None and record[0] is group and not self._fastlr_warned:
