@@ -37,7 +37,7 @@ def _warn_once():
         _warned = True
         warnings.warn(
             "fastlr.optim: fastlr's CUDA kernels are not built; params on the GPU are "
-            "updated by torch's fused (RMSprop: foreach) implementation",
+            "updated by torch's fused (RMSprop, Adagrad: foreach) implementation",
             stacklevel=5,
         )
 
@@ -63,7 +63,8 @@ def step_group(kind, group, params, grads, states, grad_scale=None, found_inf=No
     if _fc._C_cuda is not None and _kernel_step(kind, group, params, grads, states, grad_scale, found_inf):
         return
     _warn_once()
-    fused = params[0].device.type == "cuda"
+    # torch has no fused RMSprop, and its fused Adagrad is CPU-only: foreach for those
+    fused = params[0].device.type == "cuda" and kind in ("sgd", "adam")
     if kind == "sgd":
         use_momentum = group["momentum"] != 0 or "momentum_schedule" in group
         bufs = [s.get("momentum_buffer") for s in states] if use_momentum else []
