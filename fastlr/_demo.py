@@ -205,7 +205,9 @@ def _plot(plt, path, title, runs, sweep_lrs=None):
     for r in runs:
         axes[0].plot(epochs, r["test_acc"], lw=1.5, label=r["label"])
         axes[1].plot(epochs, r["lr"], lw=1.5, label=r["label"])
-    axes[0].set(xlabel="epoch", ylabel="test accuracy", ylim=(0.0, 1.0), title="accuracy")
+    lowest = min(min(r["test_acc"]) for r in runs)
+    axes[0].set(xlabel="epoch", ylabel="test accuracy", title="accuracy",
+                ylim=(max(0.0, math.floor(20 * lowest - 0.5) / 20), 1.0))
     axes[0].axhline(0.9, color="0.6", lw=0.8, ls="--")
     axes[1].set(xlabel="epoch", ylabel="learning rate", yscale="log", title="learning rate")
     axes[0].legend(fontsize=7, loc="lower right")
