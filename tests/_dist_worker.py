@@ -1,0 +1,339 @@
+"""Worker side of tests/test_distributed.py: one process per rank (gloo, CPU).
+
+``launch(scenario, outdir)`` spawns ``WORLD`` processes running ``_main(rank, ...)``; each
+runs one scenario (``ddp``, ``zero``, ``fsdp2``) and saves what it recorded to
+``outdir/<scenario>-<rank>.pt`` for the test to compare with single-process references
+computed by the same helpers (``make_model``, ``batch``, ``train``).
+"""
+import os
+import socket
+import sys
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+import fastlr
+import fastlr.optim
+
+WORLD = 2
+STEPS = 6
+RESUME_AT = 3
+GLOBAL_BATCH = 8
+DTYPE = torch.float64  # float64 so that the order of the gradient sums hardly shows
+
+# one config per optimizer: float lr, so torch.optim runs the same trajectory
+CONFIGS = {
+    "SGD": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-2},
+    "Adam": {"lr": 1e-2, "amsgrad": True, "weight_decay": 1e-3},
+    "AdamW": {"lr": 1e-2, "weight_decay": 0.1},
+    "RMSprop": {"lr": 1e-2, "momentum": 0.5, "centered": True},
+    "Adagrad": {"lr": 0.1, "lr_decay": 1e-2},
+}
+
+
+def scheduled():
+    """AdamW kwargs with a fastlr Schedule as lr (no torch.optim twin: fastlr only)."""
+    return {"lr": fastlr.Warmup(fastlr.Cosine(2e-2, STEPS), 3), "weight_decay": 0.1}
+
+
+def config(name):
+    """(class name, kwargs) of a config; "AdamW-sched" is AdamW with a Schedule."""
+    if name == "AdamW-sched":
+        return "AdamW", scheduled()
+    return name, dict(CONFIGS[name])
+
+
+def make_model():
+    """An MLP whose dim-0 sizes (9, 5, 1) shard unevenly over 2 ranks (one shard empty)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 9), torch.nn.Tanh(),
+        torch.nn.Linear(9, 5), torch.nn.Tanh(),
+        torch.nn.Linear(5, 1),
+    ).to(DTYPE)
+
+
+def batch(step, rank=None):
+    """The global batch of a step, or rank's equal share of it."""
+    g = torch.Generator().manual_seed(1000 + step)
+    x = torch.randn(GLOBAL_BATCH, 6, generator=g, dtype=DTYPE)
+    y = torch.randn(GLOBAL_BATCH, 1, generator=g, dtype=DTYPE)
+    if rank is not None:
+        n = GLOBAL_BATCH // WORLD
+        x, y = x[rank * n:(rank + 1) * n], y[rank * n:(rank + 1) * n]
+    return x, y
+
+
+def snapshot(model):
+    """Each parameter's value on this rank (a DTensor's local shard: no communication)."""
+    return [getattr(p, "_local_tensor", p).detach().clone() for p in model.parameters()]
+
+
+def train(model, opt, steps, start=0, rank=None):
+    """`steps` steps of MSE regression from step `start`. Returns the trajectory, one
+    (steps, *shape) tensor per parameter, and the lr of group 0 after each step."""
+    traj, lrs = [], []
+    for step in range(start, start + steps):
+        x, y = batch(step, rank)
+        opt.zero_grad(set_to_none=True)
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+        traj.append(snapshot(model))
+        lrs.append(float(opt.param_groups[0]["lr"]))
+    return [torch.stack(ps) for ps in zip(*traj)], lrs
+
+
+def join(*trajs):
+    """Trajectories one after the other (resumed training)."""
+    return [torch.cat(ps) for ps in zip(*(t for t, _ in trajs))], [x for _, lrs in trajs for x in lrs]
+
+
+def flat(traj, shards=None):
+    """(steps, n) of a trajectory; `shards`: the ranks' trajectories of dim-0 shards."""
+    if shards is not None:
+        traj = [torch.cat(ps, dim=1) for ps in zip(*shards)]
+    return torch.cat([t.reshape(t.shape[0], -1) for t in traj], dim=1)
+
+
+def make_opt(lib, name, params):
+    cls, kw = config(name)
+    mod = fastlr.optim if lib == "fastlr" else torch.optim
+    return getattr(mod, cls)(params, **kw)
+
+
+def reference(name, lib="fastlr", steps=STEPS):
+    """Single-process training on the global batch."""
+    model = make_model()
+    return train(model, make_opt(lib, name, model.parameters()), steps)
+
+
+# ----------------------------------------------------------------------- DDP ---
+def scenario_ddp(rank, outdir):
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    res = {}
+    for name in [*CONFIGS, "AdamW-sched"]:
+        model = DDP(make_model())
+        res["fastlr", name] = train(model, make_opt("fastlr", name, model.parameters()), STEPS, rank=rank)
+    # checkpoint after RESUME_AT steps (rank 0 writes), then fresh objects resume
+    for name in ("SGD", "AdamW-sched"):
+        path = os.path.join(outdir, f"ddp-{name}.pt")
+        model = DDP(make_model())
+        opt = make_opt("fastlr", name, model.parameters())
+        head = train(model, opt, RESUME_AT, rank=rank)
+        if rank == 0:
+            torch.save({"model": model.module.state_dict(), "optim": opt.state_dict()}, path)
+        torch.distributed.barrier()
+        ckpt = torch.load(path)  # weights_only: fastlr registers its Schedules as safe
+        inner = make_model()
+        inner.load_state_dict(ckpt["model"])
+        model = DDP(inner)
+        opt = make_opt("fastlr", name, model.parameters())
+        opt.load_state_dict(ckpt["optim"])
+        tail = train(model, opt, STEPS - RESUME_AT, start=RESUME_AT, rank=rank)
+        res["resume", name] = join(head, tail)
+    return res
+
+
+# ---------------------------------------------------------------------- ZeRO ---
+def _zero(lib, lr=1e-2):
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = DDP(make_model())
+    cls = fastlr.optim.AdamW if lib == "fastlr" else torch.optim.AdamW
+    params = list(model.parameters())
+    # the last layer joins through add_param_group (ZeRO forwards it to the rank owning it)
+    opt = ZeroRedundancyOptimizer(params[:4], optimizer_class=cls, lr=lr, weight_decay=0.1)
+    opt.add_param_group({"params": params[4:], "weight_decay": 0.0})
+    return model, opt
+
+
+def scenario_zero(rank, outdir):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = _scenario_zero(rank, outdir)
+    res["warnings"] = [str(x.message) for x in caught if "fastlr" in str(x.message)]
+    return res
+
+
+def _scenario_zero(rank, outdir):
+    res = {}
+    for lib in ("fastlr", "torch"):
+        model, opt = _zero(lib)
+        res[lib] = train(model, opt, STEPS, rank=rank)
+        res[lib, "optim_class"] = type(opt.optim).__module__
+    for name, lr in (("float", 1e-2), ("sched", scheduled()["lr"])):
+        path = os.path.join(outdir, f"zero-{name}.pt")
+        model, opt = _zero("fastlr", lr)
+        if name == "sched":
+            res["fastlr", name] = train(model, opt, STEPS, rank=rank)
+            model, opt = _zero("fastlr", lr)
+        head = train(model, opt, RESUME_AT, rank=rank)
+        opt.consolidate_state_dict(to=0)  # every rank takes part; rank 0 receives
+        if rank == 0:
+            sd = opt.state_dict()
+            res["consolidated", name] = sorted(sd["state"])
+            torch.save({"model": model.module.state_dict(), "optim": sd}, path)
+        torch.distributed.barrier()
+        ckpt = torch.load(path)
+        model, opt = _zero("fastlr", lr)
+        model.module.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optim"])
+        tail = train(model, opt, STEPS - RESUME_AT, start=RESUME_AT, rank=rank)
+        res["resume", name] = join(head, tail)
+    return res
+
+
+# --------------------------------------------------------------------- FSDP2 ---
+def _fsdp2_unavailable():
+    """None when fully_shard can train on CPU/gloo here, else the reason."""
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+    except ImportError as e:
+        return f"torch {torch.__version__} has no FSDP2 fully_shard ({e})"
+    try:
+        mesh = init_device_mesh("cpu", (WORLD,))
+        m = fully_shard(torch.nn.Linear(2, 3), mesh=mesh)
+        m(torch.ones(1, 2)).sum().backward()
+        torch.optim.SGD(m.parameters(), lr=0.1).step()
+    except Exception as e:  # noqa: BLE001 - the reason is reported as the skip
+        return f"fully_shard does not run on CPU/gloo in torch {torch.__version__}: {type(e).__name__}: {e}"
+    return None
+
+
+def _sharded(mesh):
+    from torch.distributed.fsdp import fully_shard
+
+    model = make_model()
+    for layer in (model[0], model[2], model[4]):
+        fully_shard(layer, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def scenario_fsdp2(rank, outdir):
+    reason = _fsdp2_unavailable()
+    if reason is not None:
+        return {"skip": reason}
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    res = {}
+    for name in [*CONFIGS, "AdamW-sched"]:
+        for lib in ("fastlr", "torch"):
+            if lib == "torch" and name == "AdamW-sched":
+                continue
+            model = _sharded(mesh)
+            opt = make_opt(lib, name, model.parameters())
+            res[lib, name] = train(model, opt, STEPS, rank=rank)
+            if lib == "fastlr":
+                # state like torch's: DTensors sharded like their param, plain step counters
+                kinds = set()
+                for p in model.parameters():
+                    for key, v in opt.state[p].items():
+                        kinds.add((key, type(v).__name__,
+                                   isinstance(v, DTensor) and v.placements == p.placements))
+                res["state_kinds", name] = sorted(kinds)
+    # mid-training DCP checkpoint (sharded, both ranks write) and resume
+    ckpt = os.path.join(outdir, "dcp")
+    model = _sharded(mesh)
+    opt = make_opt("fastlr", "AdamW-sched", model.parameters())
+    head = train(model, opt, RESUME_AT, rank=rank)
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=ckpt)
+    model = _sharded(mesh)
+    opt = make_opt("fastlr", "AdamW-sched", model.parameters())
+    msd, osd = get_state_dict(model, opt)
+    dcp.load({"model": msd, "optim": osd}, checkpoint_id=ckpt)
+    set_state_dict(model, opt, model_state_dict=msd, optim_state_dict=osd)
+    tail = train(model, opt, STEPS - RESUME_AT, start=RESUME_AT, rank=rank)
+    res["resume", "AdamW-sched"] = join(head, tail)
+    return res
+
+
+SCENARIOS = {"ddp": scenario_ddp, "zero": scenario_zero, "fsdp2": scenario_fsdp2}
+
+
+# --------------------------------------------------------------------- launch ---
+def _main(rank, scenarios, port, outdir):
+    import datetime
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    fastlr.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    try:
+        for scenario in scenarios:
+            # each scenario's results are saved as soon as it is done: a later failure
+            # (which stops every rank) leaves the earlier ones to their tests
+            t0 = time.perf_counter()
+            res = SCENARIOS[scenario](rank, outdir)
+            res["seconds"] = time.perf_counter() - t0
+            torch.save(res, os.path.join(outdir, f"{scenario}-{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 now (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(scenarios, outdir, timeout=55.0):
+    """Runs the scenarios one after the other on WORLD spawned processes. Raises on a
+    worker's error (with its traceback) or after `timeout` s, always reaping the workers;
+    ``results(scenario, outdir)`` then reads what each finished scenario saved."""
+    import torch.multiprocessing as mp
+
+    # one OpenMP thread per worker (the children read the environment at spawn)
+    omp = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        ctx = mp.start_processes(
+            _main, args=(list(scenarios), free_port(), outdir), nprocs=WORLD, join=False,
+            start_method="spawn",
+        )
+    finally:
+        if omp is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = omp
+    deadline = time.monotonic() + timeout
+    try:
+        while not ctx.join(timeout=0.2):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{list(scenarios)} did not finish in {timeout:.0f} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+            p.join(5)
+
+
+def results(scenario, outdir):
+    """The per-rank results a scenario saved, or None when it did not finish."""
+    paths = [os.path.join(outdir, f"{scenario}-{r}.pt") for r in range(WORLD)]
+    if not all(os.path.exists(p) for p in paths):
+        return None
+    return [torch.load(p, weights_only=False) for p in paths]
+
+
+if __name__ == "__main__":  # manual run: python tests/_dist_worker.py OUTDIR [SCENARIO...]
+    os.makedirs(sys.argv[1], exist_ok=True)
+    t0 = time.perf_counter()
+    launch(sys.argv[2:] or list(SCENARIOS), sys.argv[1])
+    for name in sys.argv[2:] or SCENARIOS:
+        print(name, round(results(name, sys.argv[1])[0]["seconds"], 2), "s")
+    print("total", round(time.perf_counter() - t0, 2), "s")
