@@ -664,12 +664,8 @@ def test_import_optim_without_torch_says_how_to_install():
 
 
 def _schedules():
-    try:
-        from fastlr import schedules
-    except ImportError:  # pragma: no cover
-        pytest.skip("fastlr.schedules is not available yet")
-    if not hasattr(schedules, "OneCycleMomentum"):  # pragma: no cover
-        pytest.skip("fastlr.schedules is not complete yet")
+    from fastlr import schedules
+
     return schedules
 
 

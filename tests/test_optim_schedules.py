@@ -13,13 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import fastlr.optim as fo  # noqa: E402
-
-try:
-    from fastlr import schedules as S
-except ImportError:  # pragma: no cover
-    S = None
-if S is None or not hasattr(S, "OneCycleMomentum"):  # pragma: no cover
-    pytest.skip("fastlr.schedules is not available yet", allow_module_level=True)
+from fastlr import schedules as S  # noqa: E402
 
 TOL = dict(rtol=1e-12, atol=1e-12)
 
