@@ -239,10 +239,14 @@ def _range_test(torch, problem, backend, num_steps):
 
 
 def main(args):
-    import torch
+    try:
+        import matplotlib
+        import torch
 
-    import matplotlib
-
+        import fastlr.optim  # noqa: F401
+    except ImportError as exc:
+        print(f"fastlr demo needs torch and matplotlib (pip install \"fastlr[torch,plot]\"): {exc}")
+        return 2
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -1,4 +1,5 @@
 """`fastlr demo`: the data, the light import, and a --quick run producing tables and PNGs."""
+import re
 import subprocess
 import sys
 
@@ -47,9 +48,10 @@ def test_quick_run(tmp_path, capsys):
     tables = (out / "tables.txt").read_text()
     assert "(a) lr sensitivity" in tables and "one-cycle" in tables
     # fastlr.optim and torch.optim ran the same trajectories
-    for line in tables.splitlines():
-        if line.strip().startswith("(") and "x " in line:
-            assert float(line.split()[-1]) <= 0.01, line
+    rows = [line for line in tables.splitlines() if re.match(r"\s*\([a-f]\)\s+\d+\s", line)]
+    assert len(rows) == 6
+    for line in rows:
+        assert float(line.split()[-1]) <= 0.01, line
 
 
 def test_bad_epochs(tmp_path):
