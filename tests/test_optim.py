@@ -435,7 +435,6 @@ def test_mismatched_state_shape_raises():
 
 
 def test_unsupported_dtype_raises():
-    p = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64)).to(torch.int32)
     p = torch.zeros(3, dtype=torch.int32)
     p.grad = torch.zeros(3, dtype=torch.int32)
     with pytest.raises(TypeError, match="int32"):

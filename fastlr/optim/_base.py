@@ -46,7 +46,6 @@ _CODES = {
 }
 _is_ = operator.is_
 _is_contiguous = torch.Tensor.is_contiguous
-_data_ptr = torch.Tensor.data_ptr
 
 
 class _State(defaultdict):
@@ -125,7 +124,7 @@ def _same_layout(x, p, p_contiguous):
 class _Bucket:
     """One kernel call: members of one dtype (and, for SGD, one first-step flag)."""
 
-    __slots__ = ("code", "idx", "numel", "first", "tmp", "direct")
+    __slots__ = ("code", "idx", "numel", "first", "tmp")
 
     def __init__(self, code, first):
         self.code = code
