@@ -169,7 +169,8 @@ CpuLevel parse_level(const char* name) {
 
 namespace {
 
-CpuLevel g_level = detect();
+// Atomic: set_cpu_level / set_num_threads may run while another Python thread steps.
+std::atomic<CpuLevel> g_level{detect()};
 
 int initial_threads() {
 #if defined(_OPENMP)
@@ -179,7 +180,7 @@ int initial_threads() {
 #endif
 }
 
-int g_num_threads = initial_threads();
+std::atomic<int> g_num_threads{initial_threads()};
 
 // GNU OpenMP is not fork-safe: a child forked after the parent ran a parallel region
 // (ours or torch's, which shares the same libgomp) waits forever for the parent's
@@ -192,7 +193,8 @@ void on_fork_child() { g_forked_child.store(true, std::memory_order_relaxed); }
 #endif
 
 int threads_for_call() {
-  return g_forked_child.load(std::memory_order_relaxed) ? 1 : g_num_threads;
+  if (g_forked_child.load(std::memory_order_relaxed)) return 1;
+  return g_num_threads.load(std::memory_order_relaxed);
 }
 
 // Picks the copy of one leaf for the level in use.
