@@ -324,3 +324,30 @@ def test_plot(tmp_path):
 
     plt.close(ax.figure)
     assert "suggestion" in repr(res)
+
+
+@pytest.mark.skipif(fastlr_optim is None, reason="fastlr.optim not built")
+def test_fastlr_scheduled_group_restored():
+    from fastlr.schedules import Cosine
+
+    model = Quadratic()
+    sched = Cosine(lr=0.1, total_steps=50)
+    opt = fastlr_optim.SGD(model.parameters(), lr=sched, momentum=0.9)
+    for _ in range(7):
+        opt.zero_grad()
+        quad_loss(1.0)(model(None), QUAD_DATA[0][1]).backward()
+        opt.step()
+    opt.param_groups[0]["lr_scale"] = 0.5  # as a plateau reduction leaves it
+    opt.param_groups[0]["lr"] = 0.5 * sched(7)
+    group_before = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    w_before = model.w.detach().clone()
+    res = find_lr(model, opt, quad_loss(1.0), QUAD_DATA, num_steps=20)
+    assert len(res.lrs) > 3
+    group_after = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    assert group_after == group_before  # lr_schedule, lr_scale, schedule_t, lr
+    assert torch.equal(model.w, w_before)
+    opt.zero_grad()
+    quad_loss(1.0)(model(None), QUAD_DATA[0][1]).backward()
+    opt.step()  # continues the cosine at t = 7 with scale 0.5
+    assert opt.param_groups[0]["schedule_t"] == 8
+    assert opt.param_groups[0]["lr"] == 0.5 * sched(8)
