@@ -105,23 +105,25 @@ def _run(fn, role_names, roles, *, steps, schedule_step, increment, grad_scale, 
     if not isinstance(p0, torch.Tensor) or p0.device.type != "cuda":
         raise TypeError("params[0] must be a CUDA tensor")
     device = p0.device
+    index = p0.get_device()
     groups = {}
-    for i, p in enumerate(params):
-        code = _DTYPES.get(p.dtype)
+    used = [(name, lst) for name, lst in zip(role_names, roles) if lst is not None]
+    for i, p in enumerate(params):  # the per-step host cost: keep it to cheap checks
+        dtype = p.dtype
+        code = _DTYPES.get(dtype)
         if code is None:
-            raise TypeError(f"params[{i}]: unsupported dtype {p.dtype}")
-        for name, lst in zip(role_names, roles):
-            if lst is None:
-                continue
+            raise TypeError(f"params[{i}]: unsupported dtype {dtype}")
+        shape = p.shape
+        for name, lst in used:
             t = lst[i]
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"{name}[{i}] must be a tensor, got {type(t).__name__}")
-            if t.device != device:
+            if t.get_device() != index:
                 raise ValueError(f"{name}[{i}] is on {t.device}, expected {device}")
-            if t.dtype != p.dtype:
-                raise TypeError(f"{name}[{i}] has dtype {t.dtype}, expected {p.dtype}")
-            if t.shape != p.shape:
-                raise ValueError(f"{name}[{i}] has shape {tuple(t.shape)}, expected {tuple(p.shape)}")
+            if t.dtype != dtype:
+                raise TypeError(f"{name}[{i}] has dtype {t.dtype}, expected {dtype}")
+            if t.shape != shape:
+                raise ValueError(f"{name}[{i}] has shape {tuple(t.shape)}, expected {tuple(shape)}")
             if not t.is_contiguous():
                 raise ValueError(f"{name}[{i}] must be contiguous")
         groups.setdefault(code, []).append(i)

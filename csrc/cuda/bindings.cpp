@@ -30,16 +30,19 @@ struct Scratch {
 };
 thread_local Scratch scratch;
 
-void* address(PyObject* item, const char* name, size_t i) {
+// An empty tensor may have a null address (torch gives 0 for numel 0); numel: null
+// when every address must be valid.
+void* address(PyObject* item, const char* name, size_t i, const int64_t* numel) {
   void* p = PyLong_AsVoidPtr(item);
   if (p == nullptr && PyErr_Occurred()) throw py::error_already_set();
-  if (p == nullptr)
+  if (p == nullptr && (numel == nullptr || numel[i] != 0))
     throw py::value_error(std::string(name) + "[" + std::to_string(i) + "] is a null pointer");
   return p;
 }
 
 template <class T>
-void read_addresses(const py::object& seq_obj, size_t n, std::vector<T>& out, const char* name) {
+void read_addresses(const py::object& seq_obj, size_t n, std::vector<T>& out, const char* name,
+                    const int64_t* numel = nullptr) {
   const py::sequence seq = seq_obj.cast<py::sequence>();
   if (py::len(seq) != n)
     throw py::value_error(std::string(name) + ": expected " + std::to_string(n) +
@@ -47,7 +50,7 @@ void read_addresses(const py::object& seq_obj, size_t n, std::vector<T>& out, co
   out.resize(n);
   for (size_t i = 0; i < n; ++i) {
     py::object item = seq[i];
-    out[i] = static_cast<T>(address(item.ptr(), name, i));
+    out[i] = static_cast<T>(address(item.ptr(), name, i, numel));
   }
 }
 
@@ -69,7 +72,7 @@ fc::Lists make_lists(const py::sequence& numels,
   int r = 0;
   for (const auto& role : roles) {
     if (!role.second.is_none()) {
-      read_addresses(role.second, n, scratch.ptrs[r], role.first);
+      read_addresses(role.second, n, scratch.ptrs[r], role.first, scratch.numel.data());
       l.ptrs[r] = scratch.ptrs[r].data();
     }
     ++r;
