@@ -145,16 +145,6 @@ def _schedule_counter(group, device):
     return entry[1]
 
 
-def _device_steps(params, states):
-    steps = []
-    for p, s in zip(params, states):
-        t = s["step"]
-        if t.device != p.device or t.dtype != torch.float32:
-            t = s["step"] = t.to(device=p.device, dtype=torch.float32)
-        steps.append(t)
-    return steps
-
-
 def _kernel_step(kind, group, params, grads, states, grad_scale, found_inf):
     """The update by fastlr's CUDA kernels; False (nothing done) for what they do not take."""
     device = params[0].device
@@ -196,7 +186,7 @@ def _kernel_step(kind, group, params, grads, states, grad_scale, found_inf):
         _fc.adam(P, G, [_real(s["exp_avg"]) for s in states],
                  [_real(s["exp_avg_sq"]) for s in states],
                  [_real(s["max_exp_avg_sq"]) for s in states] if amsgrad else None,
-                 steps=_device_steps(params, states),
+                 steps=_steps_on(params, states),
                  beta1=1.0 if m_sched is not None else float(group["betas"][0]),
                  beta1_schedule=m_sched, beta2=float(group["betas"][1]), eps=float(group["eps"]),
                  weight_decay=float(group["weight_decay"]),
@@ -211,11 +201,11 @@ def _kernel_step(kind, group, params, grads, states, grad_scale, found_inf):
             grad_avgs=[_real(s["grad_avg"]) for s in states] if centered else None,
             momentum_buffers=[_real(s["momentum_buffer"]) for s in states] if use_momentum else None,
             momentum=1.0 if m_sched is not None else float(momentum), momentum_schedule=m_sched,
-            steps=_device_steps(params, states), alpha=float(group["alpha"]),
+            steps=_steps_on(params, states), alpha=float(group["alpha"]),
             eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
             centered=bool(centered), maximize=bool(group["maximize"]), **common)
     elif kind == "adagrad":
-        _fc.adagrad(P, G, [_real(s["sum"]) for s in states], steps=_device_steps(params, states),
+        _fc.adagrad(P, G, [_real(s["sum"]) for s in states], steps=_steps_on(params, states),
                     lr_decay=float(group["lr_decay"]), weight_decay=float(group["weight_decay"]),
                     eps=float(group["eps"]), maximize=bool(group["maximize"]), **common)
     else:  # pragma: no cover
