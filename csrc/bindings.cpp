@@ -109,6 +109,15 @@ void check_t(int64_t t) {
   if (t < 0) throw py::value_error("t (completed updates) must be >= 0");
 }
 
+// t = step - 1 for a 1-based step that arrives as a double (torch keeps it in a float
+// tensor). Past 2**53 a double is no exact integer, and past 2**63 the conversion to
+// int64 would be undefined behaviour (UBSan's float-cast-overflow).
+int64_t completed_updates(double step) {
+  if (!(step >= 1.0 && step <= 9007199254740992.0))
+    throw py::value_error("step must be in [1, 2**53]");
+  return static_cast<int64_t>(step) - 1;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -151,8 +160,7 @@ PYBIND11_MODULE(_C, m) {
          double lr, Schedule lr_schedule, double beta1, Schedule beta1_schedule, double beta2,
          double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad,
          bool maximize, double grad_scale) {
-        if (!(step >= 1)) throw py::value_error("step must be >= 1");
-        const int64_t t = static_cast<int64_t>(step) - 1;
+        const int64_t t = completed_updates(step);
         TensorList list = make_list(dtype, numel,
                                     {{"params", params}, {"grads", grads}, {"exp_avgs", exp_avgs},
                                      {"exp_avg_sqs", exp_avg_sqs},
@@ -224,8 +232,7 @@ PYBIND11_MODULE(_C, m) {
       [](int dtype, const py::sequence& numel, py::object params, py::object grads,
          py::object state_sums, double step, double lr, Schedule lr_schedule, double lr_decay,
          double weight_decay, double eps, bool maximize, double grad_scale) {
-        if (!(step >= 1)) throw py::value_error("step must be >= 1");
-        const int64_t t = static_cast<int64_t>(step) - 1;
+        const int64_t t = completed_updates(step);
         TensorList list = make_list(dtype, numel, {{"params", params}, {"grads", grads},
                                                    {"state_sums", state_sums}});
         if (list.base[2] == nullptr) throw py::value_error("state_sums are required");

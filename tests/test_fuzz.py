@@ -410,3 +410,20 @@ def test_step_beyond_2_53_is_refused(step):
     with pytest.raises((TypeError, ValueError), match="step"):
         fastlr.adagrad_step(p, g, v, step=step, lr=0.1)
     np.testing.assert_array_equal(p, 1)
+
+
+@pytest.mark.parametrize("step", [0.0, 0.5, 2.0**53 + 2, 1e30, math.inf, math.nan])
+def test_binding_checks_step_itself(step):
+    """fastlr.optim hands the kernels torch's float step tensor: the binding validates it
+    (an out-of-range double -> int64 conversion is undefined behaviour)."""
+    from fastlr import _C
+
+    p, g = np.ones(4, np.float32), np.ones(4, np.float32)
+    m, v = np.zeros(4, np.float32), np.zeros(4, np.float32)
+    a = [x.__array_interface__["data"][0] for x in (p, g, m, v)]
+    with pytest.raises(ValueError, match="step"):
+        _C.adam(0, [4], [a[0]], [a[1]], [a[2]], [a[3]], None, step, 0.1, None, 0.9, None, 0.999,
+                1e-8, 0.0, False, False, False)
+    with pytest.raises(ValueError, match="step"):
+        _C.adagrad(0, [4], [a[0]], [a[1]], [a[2]], step, 0.1, None, 0.0, 0.0, 1e-10, False)
+    np.testing.assert_array_equal(p, 1)
