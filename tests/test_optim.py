@@ -425,7 +425,10 @@ def test_mismatched_state_shape_raises():
     sd = opt.state_dict()
     sd["state"][0]["exp_avg"] = torch.zeros(4)
     opt2 = fo.Adam([p])
-    opt2.load_state_dict(sd)
+    with pytest.raises(ValueError, match="exp_avg"):  # refused at load (test_checkpoint_errors.py)
+        opt2.load_state_dict(sd)
+    opt2.step()
+    opt2.state[p]["exp_avg"] = torch.zeros(4)  # replaced by hand: caught at the step
     with pytest.raises(RuntimeError, match="exp_avg"):
         opt2.step()
     topt = torch.optim.Adam([p], foreach=False)

@@ -25,7 +25,7 @@ import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
 from .. import _C
-from . import _cuda
+from . import _checkpoint, _cuda
 
 try:  # fastlr.schedules is optional while it is being written
     from ..schedules import Schedule as _Schedule
@@ -192,6 +192,8 @@ class FastlrOptimizer(torch.optim.Optimizer):
         self._fastlr_plans = {}
 
     def load_state_dict(self, state_dict):
+        # Refuse a state_dict the kernels cannot use before anything is modified.
+        _checkpoint.check_state_dict(self, state_dict)
         super().load_state_dict(state_dict)
         self._fastlr_plans = {}
         self._fastlr_written = {}
