@@ -396,6 +396,10 @@ def machine_info(torch, threads):
         "numpy": np.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        # libgomp's wait policy decides how long an idle worker takes to join the next
+        # parallel region; torch's per-tensor regions are sensitive to it (see README).
+        "env": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS",
+                                           "FASTLR_CPU_LEVEL") if k in os.environ},
     }
 
 
@@ -495,7 +499,9 @@ def format_table(results, meta):
                   + "; ".join(notes)]
     lines += ["", f"Medians of interleaved samples; CPU: {meta['cpu']} ({meta['cores']} cores, fastlr cpu_level "
               f"{meta['cpu_level']}); torch {meta['torch']}; numpy {meta['numpy']}; fastlr {meta['fastlr']}; "
-              f"{meta['date']}. % roofline = roofline time / fastlr time."]
+              f"{meta['date']}; environment: "
+              + (", ".join(f"{k}={v}" for k, v in meta["env"].items()) or "OMP_WAIT_POLICY unset")
+              + ". % roofline = roofline time / fastlr time."]
     return "\n".join(lines).lstrip("\n")
 
 
