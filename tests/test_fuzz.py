@@ -427,3 +427,180 @@ def test_binding_checks_step_itself(step):
     with pytest.raises(ValueError, match="step"):
         _C.adagrad(0, [4], [a[0]], [a[1]], [a[2]], step, 0.1, None, 0.0, 0.0, 1e-10, False)
     np.testing.assert_array_equal(p, 1)
+
+
+# --------------------------------------------------- optimizer constructors ---
+# fastlr.optim.X and fastlr.numpy.X against torch.optim.X as the oracle: what torch
+# refuses, fastlr refuses with TypeError/ValueError; what torch accepts, fastlr accepts,
+# and two steps then give torch's result (NaN/inf where torch has them). A Schedule is
+# compared with torch given the schedule's first values.
+
+_HP_VALUES = [0, 0.0, 1e-3, 0.5, 0.9, 1, 2.0, 1e30, INF, -INF, math.nan, -1.0, -0.0, True, "0.1", None]
+_BETAS = [(0.9, 0.999), (0.0, 0.0), (0.5, 0.99999), (1.0, 0.9), (0.9, 1.0), (-0.1, 0.9), (0.5, math.nan),
+          (INF, 0.9), (0.9,), (0.9, 0.999, 0.5), "ab", None, [0.8, 0.9]]
+_CTOR_KEYS = {
+    "SGD": ["lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"],
+    "Adam": ["lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"],
+    "AdamW": ["lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"],
+    "RMSprop": ["lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize"],
+    "Adagrad": ["lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize"],
+}
+_BOOL_KEYS = {"nesterov", "maximize", "amsgrad", "centered"}
+
+
+@st.composite
+def _ctor_kwargs(draw, name):
+    kw = {}
+    for key in _CTOR_KEYS[name]:
+        if not draw(st.booleans()):
+            continue
+        if key in _BOOL_KEYS:
+            kw[key] = draw(st.booleans())
+        elif key == "betas":
+            kw[key] = draw(st.one_of(st.sampled_from(_BETAS),
+                                     _schedule.map(lambda s: (s, 0.999))))
+        elif key in ("lr", "momentum") and draw(st.integers(0, 5)) == 0:
+            kw[key] = draw(_schedule)
+        else:
+            kw[key] = draw(st.sampled_from(_HP_VALUES))
+    return kw
+
+
+def _torch_kwargs(kw):
+    """The kwargs torch sees: a Schedule replaced by its value at t = 0."""
+    out = dict(kw)
+    for k, v in kw.items():
+        if isinstance(v, fastlr.Schedule):
+            out[k] = float(v(0))
+        elif k == "betas" and isinstance(v, tuple) and v and isinstance(v[0], fastlr.Schedule):
+            out[k] = (float(v[0](0)),) + v[1:]
+    return out
+
+
+def _outcome(fn):
+    try:
+        return fn(), None
+    except Exception as e:  # noqa: BLE001 - classified by the caller
+        return None, e
+
+
+def _close_nonfinite(ours, theirs):
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+    fin = np.isfinite(theirs)
+    np.testing.assert_array_equal(ours[~fin & ~np.isnan(theirs)], theirs[~fin & ~np.isnan(theirs)])
+    np.testing.assert_allclose(ours[fin], theirs[fin], rtol=1e-5, atol=1e-6)
+
+
+_CTOR_COUNTS = {"accepted": 0, "refused": 0}
+
+
+def _mistyped(kw, front):
+    """A numeric option given as None, a string, a list, NaN or (fastlr.numpy) a bool:
+    fastlr may refuse these although torch tolerates them where it never reads them."""
+    for k, v in kw.items():
+        if k in _BOOL_KEYS or k == "betas" or isinstance(v, fastlr.Schedule):
+            continue
+        if v is None or isinstance(v, (str, list, tuple)) or (front == "numpy" and isinstance(v, bool)):
+            return True
+        if isinstance(v, float) and math.isnan(v):
+            return True
+    return False
+
+
+def _reference_rmsprop(p0, grads, kw):
+    """Centered RMSprop through fastlr._reference (unfused, as fastlr computes)."""
+    kw = dict(kw)
+    kw.setdefault("lr", 1e-2)
+    p = p0.copy()
+    sq, ga, b = np.zeros_like(p), np.zeros_like(p), np.zeros_like(p)
+    for k, g in enumerate(grads):
+        ref.rmsprop_step(p, g, sq, grad_avgs=ga, momentum_buffers=b, step=k + 1, **kw)
+    return p
+
+
+@pytest.mark.parametrize("front", ["optim", "numpy"])
+@pytest.mark.parametrize("name", sorted(_CTOR_KEYS))
+@FUZZ
+@given(data=st.data())
+def test_fuzz_constructor(front, name, data):
+    torch = pytest.importorskip("torch")
+    kw = data.draw(_ctor_kwargs(name))
+    p0 = np.linspace(-1, 1, 7, dtype=np.float32)
+    grads = [np.cos(3 * p0 + k).astype(np.float32) for k in range(2)]
+    if _torch_kwargs(kw) != kw:
+        grads = grads[:1]  # torch gets the schedule's first value only
+
+    def make_torch():
+        p = torch.nn.Parameter(torch.tensor(p0))
+        return p, getattr(torch.optim, name)([p], foreach=False, **_torch_kwargs(kw))
+
+    def run_torch(made):
+        p, opt = made
+        for g in grads:
+            p.grad = torch.tensor(g)
+            opt.step()
+        return p.detach().numpy().copy()
+
+    if front == "optim":
+        optim = pytest.importorskip("fastlr.optim")
+
+        def make():
+            p = torch.nn.Parameter(torch.tensor(p0))
+            return p, getattr(optim, name)([p], **kw)
+
+        def run(made):
+            p, opt = made
+            for g in grads:
+                p.grad = torch.tensor(g)
+                opt.step()
+            return p.detach().numpy().copy()
+    else:
+        import fastlr.numpy as fnp
+
+        def make():
+            p = p0.copy()
+            return p, getattr(fnp, name)([p], **kw)
+
+        def run(made):
+            p, opt = made
+            for g in grads:
+                opt.step([g.copy()])
+            return p
+
+    with np.errstate(all="ignore"):
+        torch_made, torch_error = _outcome(make_torch)  # torch's constructor
+        expected, torch_step_error = (None, None) if torch_error else _outcome(lambda: run_torch(torch_made))
+        made, error = _outcome(make)
+        got, step_error = (None, None) if error else _outcome(lambda: run(made))
+    if error is not None:
+        assert isinstance(error, (TypeError, ValueError)), f"{kw}: {type(error).__name__}: {error}"
+        assert str(error)
+        # refused where torch refuses, or fails at its first step (betas=(a, b, c):
+        # "too many values to unpack"), or for a value of the wrong type that torch only
+        # tolerates because these options never read it (dampening=None without momentum)
+        assert torch_error or torch_step_error or _mistyped(kw, front), (
+            f"torch accepts {kw}, fastlr refuses: {error}")
+        _CTOR_COUNTS["refused"] += 1
+        return
+    if torch_error is not None:
+        # torch's constructor refused: fastlr must refuse too, at the latest at its step
+        assert step_error is not None and isinstance(step_error, (TypeError, ValueError, RuntimeError)), (
+            f"torch refuses {kw} ({type(torch_error).__name__}: {torch_error}), fastlr accepts it")
+        _CTOR_COUNTS["refused"] += 1
+        return
+    if step_error is not None:  # accepted, then refused at the step: only where torch's step fails too
+        assert torch_step_error is not None or _mistyped(kw, front), f"{kw}: {type(step_error).__name__}: {step_error}"
+        assert isinstance(step_error, (TypeError, ValueError)), f"{kw}: {type(step_error).__name__}: {step_error}"
+        _CTOR_COUNTS["refused"] += 1
+        return
+    _CTOR_COUNTS["accepted"] += 1
+    # torch's own step may fail where fastlr's works (weight_decay=True: "Boolean alpha
+    # only supported for Boolean results"): nothing to compare with then
+    if torch_step_error is None:
+        if name == "RMSprop" and kw.get("centered"):
+            # square_avg - grad_avg**2 cancels (small alpha) or overflows (inf - inf), and
+            # torch's AVX2 addcmul fuses it into an FMA: its result depends on its CPU
+            # capability (see test_nonfinite.py). The unfused reference is the oracle.
+            expected = _reference_rmsprop(p0, grads, kw)
+        _close_nonfinite(got, expected)

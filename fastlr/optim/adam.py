@@ -45,6 +45,8 @@ class Adam(FastlrOptimizer):
         decoupled_weight_decay: bool = False,
     ) -> None:
         _check_not_differentiable(type(self).__name__, differentiable)
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")  # not IndexError
         lr_sched = isinstance(lr, _Schedule)
         b1_sched = isinstance(betas[0], _Schedule)
         if isinstance(lr, Tensor):
