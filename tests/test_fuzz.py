@@ -51,24 +51,26 @@ _non_neg_valid = st.one_of(
     st.floats(0, 1e6),
 )
 _invalid_any = st.sampled_from([math.nan, np.float64("nan"), "0.1", None, True, 1j, [0.1]])
+# Valid values are drawn about 4 times in 5 (a branch is picked uniformly), so that whole
+# calls with several hyper-parameters are valid often enough.
 _non_neg = st.one_of(
-    _non_neg_valid.map(lambda v: (v, True)),
+    *[_non_neg_valid.map(lambda v: (v, True))] * 8,
     st.sampled_from([-1e-300, -0.5, -1.0, -INF]).map(lambda v: (v, False)),
     _invalid_any.map(lambda v: (v, False)),
 )
 _beta = st.one_of(
-    st.sampled_from([0.0, 1e-12, 0.5, 0.9, 0.999, 0.9999999999999999]).map(lambda v: (v, True)),
-    st.floats(0, 1, exclude_max=True).map(lambda v: (v, True)),
+    *[st.sampled_from([0.0, 1e-12, 0.5, 0.9, 0.999, 0.9999999999999999]).map(lambda v: (v, True))] * 4,
+    *[st.floats(0, 1, exclude_max=True).map(lambda v: (v, True))] * 4,
     st.sampled_from([1.0, 1.5, -0.1, INF, -INF]).map(lambda v: (v, False)),
     _invalid_any.map(lambda v: (v, False)),
 )
 _real = st.one_of(
-    st.sampled_from([0.0, 0.1, 0.5, 1.0, -0.5, -1e30, 1e30, INF, -INF]).map(lambda v: (v, True)),
+    *[st.sampled_from([0.0, 0.1, 0.5, 1.0, -0.5, -1e30, 1e30, INF, -INF]).map(lambda v: (v, True))] * 8,
     _invalid_any.map(lambda v: (v, False)),
 )
 _step_valid = st.one_of(st.integers(1, 50), st.sampled_from([1, 2, 1000, 2**31, 2**53, 7.0]))
 _step_invalid = st.sampled_from([0, -1, -(2**40), 1.5, INF, math.nan, True, "1", None, 2**53 + 1, 2**63, 2**64])
-_step = st.one_of(_step_valid.map(lambda v: (v, True)), _step_invalid.map(lambda v: (v, False)))
+_step = st.one_of(*[_step_valid.map(lambda v: (v, True))] * 4, _step_invalid.map(lambda v: (v, False)))
 _schedule = st.sampled_from([fastlr.Constant(0.05), fastlr.Cosine(0.1, 10), fastlr.StepDecay(0.2, 3)])
 
 
@@ -180,8 +182,8 @@ def cases(draw, kernel):
     step_given = draw(st.booleans()) or STEP_REQUIRED[kernel]
     if step_given:
         step, ok = draw(_step)
-        if step is None and STEP_REQUIRED[kernel]:
-            ok = False
+        if step is None:
+            ok = not STEP_REQUIRED[kernel]  # None: "buffers already initialised"
         kw["step"] = step
         full["step"] = step
         valid &= ok
@@ -484,14 +486,6 @@ def _outcome(fn):
         return None, e
 
 
-def _close_nonfinite(ours, theirs):
-    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
-    fin = np.isfinite(theirs)
-    np.testing.assert_array_equal(ours[~fin & ~np.isnan(theirs)], theirs[~fin & ~np.isnan(theirs)])
-    np.testing.assert_allclose(ours[fin], theirs[fin], rtol=1e-5, atol=1e-6)
-
-
 _CTOR_COUNTS = {"accepted": 0, "refused": 0}
 
 
@@ -508,14 +502,38 @@ def _mistyped(kw, front):
     return False
 
 
-def _reference_rmsprop(p0, grads, kw):
-    """Centered RMSprop through fastlr._reference (unfused, as fastlr computes)."""
+_TORCH_LR = {"SGD": 1e-3, "Adam": 1e-3, "AdamW": 1e-3, "RMSprop": 1e-2, "Adagrad": 1e-2}
+
+
+def _reference_run(name, p0, grads, kw):
+    """The same steps through fastlr._reference (torch's formulas, unfused), with torch's
+    defaults: the value oracle. torch itself fuses some operations into FMAs on AVX2, which
+    moves results that cancel (RMSprop, weight decay against the gradient) by more than any
+    fixed tolerance; fastlr matches the unfused order bit for bit."""
     kw = dict(kw)
-    kw.setdefault("lr", 1e-2)
+    kw.setdefault("lr", _TORCH_LR[name])
     p = p0.copy()
-    sq, ga, b = np.zeros_like(p), np.zeros_like(p), np.zeros_like(p)
-    for k, g in enumerate(grads):
-        ref.rmsprop_step(p, g, sq, grad_avgs=ga, momentum_buffers=b, step=k + 1, **kw)
+    zeros = lambda: np.zeros_like(p)  # noqa: E731
+    if name in ("Adam", "AdamW"):
+        beta1, beta2 = kw.pop("betas", (0.9, 0.999))
+        if name == "AdamW":
+            kw.setdefault("weight_decay", 1e-2)
+            kw["decoupled_weight_decay"] = True
+        m, v, vmax = zeros(), zeros(), zeros()
+        for k, g in enumerate(grads):
+            ref.adam_step(p, g, m, v, max_exp_avg_sqs=vmax, step=k + 1, beta1=beta1, beta2=beta2, **kw)
+    elif name == "SGD":
+        b = zeros()
+        for k, g in enumerate(grads):
+            ref.sgd_step(p, g, b, step=k + 1, **kw)
+    elif name == "RMSprop":
+        sq, ga, b = zeros(), zeros(), zeros()
+        for k, g in enumerate(grads):
+            ref.rmsprop_step(p, g, sq, grad_avgs=ga, momentum_buffers=b, step=k + 1, **kw)
+    else:
+        s = np.full_like(p, kw.pop("initial_accumulator_value", 0.0))
+        for k, g in enumerate(grads):
+            ref.adagrad_step(p, g, s, step=k + 1, **kw)
     return p
 
 
@@ -570,7 +588,7 @@ def test_fuzz_constructor(front, name, data):
 
     with np.errstate(all="ignore"):
         torch_made, torch_error = _outcome(make_torch)  # torch's constructor
-        expected, torch_step_error = (None, None) if torch_error else _outcome(lambda: run_torch(torch_made))
+        _, torch_step_error = (None, None) if torch_error else _outcome(lambda: run_torch(torch_made))
         made, error = _outcome(make)
         got, step_error = (None, None) if error else _outcome(lambda: run(made))
     if error is not None:
@@ -595,12 +613,10 @@ def test_fuzz_constructor(front, name, data):
         _CTOR_COUNTS["refused"] += 1
         return
     _CTOR_COUNTS["accepted"] += 1
+    if torch_step_error is not None and _mistyped(kw, front):
+        return  # lenient where torch fails late (float("0.1") for dampening): no oracle
     # torch's own step may fail where fastlr's works (weight_decay=True: "Boolean alpha
-    # only supported for Boolean results"): nothing to compare with then
-    if torch_step_error is None:
-        if name == "RMSprop" and kw.get("centered"):
-            # square_avg - grad_avg**2 cancels (small alpha) or overflows (inf - inf), and
-            # torch's AVX2 addcmul fuses it into an FMA: its result depends on its CPU
-            # capability (see test_nonfinite.py). The unfused reference is the oracle.
-            expected = _reference_rmsprop(p0, grads, kw)
-        _close_nonfinite(got, expected)
+    # only supported for Boolean results"); the values come from the reference anyway.
+    with np.errstate(all="ignore"):
+        want = _reference_run(name, p0, grads, kw)
+    np.testing.assert_array_equal(got, want, err_msg=f"{kw}")
