@@ -337,9 +337,11 @@ def _check(kernel, kw, arrays, valid, corruption):
     fn = getattr(fastlr, kernel)
     if valid:
         ref_arrays = {k: (_copies(v) if v is not None else None) for k, v in arrays.items()}
-        ref_kw = dict(kw)
+        # the kernels take every hyper-parameter as a double: give the reference Python
+        # floats too (NumPy 2 keeps np.float32(0.25) * 0 in float32), and step 7.0 as 7
+        ref_kw = {k: float(v) if isinstance(v, np.number) else v for k, v in kw.items()}
         if ref_kw.get("step") is not None:
-            ref_kw["step"] = int(ref_kw["step"])  # 7.0 is accepted as step 7
+            ref_kw["step"] = int(ref_kw["step"])
         with np.errstate(all="ignore"):
             getattr(ref, kernel)(**ref_arrays, **ref_kw)
     try:
