@@ -41,7 +41,8 @@ def test_bench_quick_writes_json(tmp_path, torch):
     from fastlr import cli
 
     out = tmp_path / "bench.json"
-    assert cli.main(["bench", "--quick", "--no-progress", "--json", str(out)]) == 0
+    # --reps 1 keeps the smoke test short; the budget loop still takes several samples
+    assert cli.main(["bench", "--quick", "--reps", "1", "--no-progress", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     meta, results = data["meta"], data["results"]
     assert meta["torch"] == torch.__version__ and meta["cpu_level"] == _C.cpu_level()
