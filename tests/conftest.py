@@ -1,8 +1,23 @@
 """Shared fixtures: CPU levels, thread counts, optional torch and bfloat16."""
+import os
+import pathlib
+import tempfile
+
 import numpy as np
 import pytest
 
+import fastlr
 from fastlr import _C
+
+
+def subprocess_kwargs():
+    """cwd and env for a child Python that must import the fastlr under test: run it
+    outside the checkout (whose uncompiled fastlr/ would shadow an installed one) with
+    the tested package's parent directory first on its path."""
+    env = dict(os.environ)
+    parent = str(pathlib.Path(fastlr.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [parent, env.get("PYTHONPATH")]))
+    return {"cwd": tempfile.gettempdir(), "env": env}
 
 _LEVELS = ("baseline", "avx2", "avx512")
 

@@ -6,12 +6,13 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import subprocess_kwargs
 from fastlr import _C
 
 
 def test_bench_module_imports_without_torch():
     code = "import sys, fastlr._bench; sys.exit('torch' in sys.modules or 'tqdm' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], **subprocess_kwargs()).returncode == 0
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])

@@ -6,13 +6,14 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import subprocess_kwargs
 from fastlr import _demo
 
 
 def test_import_is_light():
     code = ("import sys, fastlr._demo, fastlr.cli; "
             "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, sorted(sys.modules)")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, **subprocess_kwargs())
 
 
 def test_make_blobs():

@@ -28,6 +28,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import fastlr  # noqa: E402
+from conftest import subprocess_kwargs  # noqa: E402
 import fastlr.optim as fo  # noqa: E402
 
 try:  # torch's test helpers need expecttest (in our test extra)
@@ -648,7 +649,8 @@ def test_add_param_group():
 
 
 def _run(code):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          **subprocess_kwargs())
 
 
 def test_import_fastlr_does_not_import_torch():

@@ -6,16 +6,16 @@ import sys
 
 import pytest
 
+from conftest import subprocess_kwargs
 from fastlr import _plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "fastlr", "plot", *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        capture_output=True, text=True, timeout=120, **subprocess_kwargs(),
     )
 
 
