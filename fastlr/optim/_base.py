@@ -16,6 +16,7 @@ views into one small buffer per plan, so advancing all of them is one ``add_``.
 """
 from __future__ import annotations
 
+import itertools
 import operator
 import sys
 import warnings
@@ -45,7 +46,13 @@ _CODES = {
     torch.complex32: 3,
 }
 _is_ = operator.is_
+_is_not = operator.is_not
 _is_contiguous = torch.Tensor.is_contiguous
+_data_ptr = torch.Tensor.data_ptr
+_get_grad = operator.attrgetter("grad")
+_NONE = itertools.repeat(None)  # map(_is_not, xs, _NONE): [x is not None for x in xs]
+# largest step count below which a float32 counter advanced by add_(1.0) stays exact
+_EXACT_STEPS = float(2**24)
 
 
 class _State(defaultdict):
@@ -142,6 +149,9 @@ class _Plan:
         "params", "p_addrs", "p_contig", "all_direct", "states", "roles", "role_tensors",
         "role_addrs", "buckets", "step_buf", "step_views", "pending", "other",
         "direct", "single", "gidx", "full", "fresh", "dtensor",
+        # cheap per-step checks: state keys with the tensors they must still hold; the
+        # common step count while the step buffer is untouched
+        "checks", "step_track", "step_ver", "step_common",
     )
 
 
@@ -328,8 +338,8 @@ class FastlrOptimizer(torch.optim.Optimizer):
         if scheduled:
             self._sync_schedules(group)
         params_all = group["params"]
-        grads_all = [p.grad for p in params_all]
-        mask = [g is not None for g in grads_all]
+        grads_all = list(map(_get_grad, params_all))
+        mask = list(map(_is_not, grads_all, _NONE))
         roles = self._roles(group)
         plan = self._fastlr_plans.get(id(group))
         st = self.state
@@ -363,8 +373,17 @@ class FastlrOptimizer(torch.optim.Optimizer):
         if plan.fresh:
             plan.fresh = False
         else:
-            stale = [p.data_ptr() for p in plan.params] != plan.p_addrs
-            if not stale:
+            stale = list(map(_data_ptr, plan.params)) != plan.p_addrs
+            if not stale and plan.checks is not None:
+                states = plan.states
+                try:
+                    for getter, tensors in plan.checks:
+                        if not all(map(_is_, map(getter, states), tensors)):
+                            stale = True
+                            break
+                except KeyError:  # a state entry deleted by hand: rebuild (re-initialises)
+                    stale = True
+            elif not stale:  # DTensor params: compare local shards
                 for role, tensors in zip(plan.roles, plan.role_tensors):
                     current = [s[role] for s in plan.states]
                     if plan.dtensor:
@@ -385,22 +404,41 @@ class FastlrOptimizer(torch.optim.Optimizer):
         if plan.dtensor:
             grads = [_local_grad(g, p) for g, p in zip(grads, plan.dtensor)]
         try:
-            g_addrs = [g.data_ptr() for g in grads]
-            grads_ok = plan.all_direct and all(map(_is_contiguous, grads))
+            g_addrs = list(map(_data_ptr, grads))
         except RuntimeError:  # a sparse grad has no data pointer
             self._fastlr_plans.pop(id(group), None)
             self._step_uncached(group, group["params"], grads_all, plan.key, gs, grad_scale, found_inf)
             return
-        steps = None if plan.step_buf is None else plan.step_buf.tolist()
-        if plan.single and grads_ok and (steps is None or steps.count(steps[0]) == len(steps)):
+        # (a grad object seen contiguous before may not be now: `g.data = g.data.t()`)
+        grads_ok = plan.all_direct and all(map(_is_contiguous, grads))
+        # step counts: a Python mirror of the common count while nothing but our add_
+        # touched the buffer (its version counter is shared by the step views)
+        buf = plan.step_buf
+        steps = common = None
+        if buf is not None:
+            if plan.step_track and plan.step_ver == buf._version:
+                common = plan.step_common
+            if common is None:
+                steps = buf.tolist()
+                if steps.count(steps[0]) == len(steps):
+                    common = steps[0]
+        if plan.single and grads_ok and (buf is None or common is not None):
             self._call(group, plan.buckets[0], (plan.p_addrs, g_addrs, *plan.role_addrs),
-                       None if steps is None else steps[0] + 1.0, gs)
+                       None if buf is None else common + 1.0, gs)
         else:
+            if buf is not None and steps is None:
+                steps = buf.tolist()
             self._run_buckets(group, plan, grads, steps, gs)
-        if steps is not None:
-            plan.step_buf.add_(1.0)
-        for p, role, buf in plan.pending:
-            self.state[p][role] = buf  # torch stores the first momentum buffer after the step
+        if buf is not None:
+            buf.add_(1.0)
+            if plan.step_track:
+                nxt = None if common is None else common + 1.0
+                if nxt is not None and not (nxt.is_integer() and 0.0 < nxt < _EXACT_STEPS):
+                    nxt = None
+                plan.step_common = nxt
+                plan.step_ver = buf._version
+        for p, role, t in plan.pending:
+            self.state[p][role] = t  # torch stores the first momentum buffer after the step
         if plan.pending:
             self._fastlr_plans.pop(id(group), None)
 
@@ -561,6 +599,16 @@ class FastlrOptimizer(torch.optim.Optimizer):
             plan.step_views = list(plan.step_buf.unbind())
             for s, v in zip(states, plan.step_views):
                 s["step"] = v
+        plan.step_track = plan.step_buf is not None and not plan.step_buf.is_inference()
+        plan.step_ver = -1
+        plan.step_common = None
+        plan.checks = None
+        if plan.dtensor is None:
+            plan.checks = [
+                (operator.itemgetter(role), tensors) for role, tensors in zip(roles, role_tensors)
+            ]
+            if plan.step_views is not None:
+                plan.checks.append((operator.itemgetter("step"), plan.step_views))
         plan.state = st
         plan.state_version = st.version
         plan.fresh = True
