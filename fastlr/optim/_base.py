@@ -16,6 +16,7 @@ views into one small buffer per plan, so advancing all of them is one ``add_``.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import operator
 import sys
@@ -23,7 +24,13 @@ import warnings
 from collections import defaultdict
 
 import torch
+from torch.optim import optimizer as _torch_optimizer
 from torch.optim.optimizer import _get_scalar_dtype
+
+try:  # the C++ RecordFunction behind record_function, without its op dispatch
+    from torch._C._profiler import _RecordFunctionFast as _record_function
+except ImportError:  # pragma: no cover
+    _record_function = torch.autograd.profiler.record_function
 
 from .. import _C
 from . import _checkpoint, _cuda
@@ -53,6 +60,44 @@ _get_grad = operator.attrgetter("grad")
 _NONE = itertools.repeat(None)  # map(_is_not, xs, _NONE): [x is not None for x in xs]
 # largest step count below which a float32 counter advanced by add_(1.0) stays exact
 _EXACT_STEPS = float(2**24)
+
+
+def _profile_hook_step(func):
+    """torch's ``Optimizer.profile_hook_step`` (the profiler range
+    ``Optimizer.step#<class>.step`` and the global and per-optimizer step pre/post hooks,
+    in torch's order), with the C++ range object instead of ``record_function``'s op calls.
+    Marked ``hooked`` so torch does not wrap it again."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        self = args[0]
+        with _record_function(f"Optimizer.step#{self.__class__.__name__}.step"):
+            if _torch_optimizer._global_optimizer_pre_hooks or self._optimizer_step_pre_hooks:
+                for pre_hook in itertools.chain(
+                    _torch_optimizer._global_optimizer_pre_hooks.values(),
+                    self._optimizer_step_pre_hooks.values(),
+                ):
+                    result = pre_hook(self, args, kwargs)
+                    if result is not None:
+                        if isinstance(result, tuple) and len(result) == 2:
+                            args, kwargs = result
+                        else:
+                            raise RuntimeError(
+                                f"{func} must return None or a tuple of (new_args, new_kwargs), "
+                                f"but got {result}."
+                            )
+            out = func(*args, **kwargs)
+            self._optimizer_step_code()
+            if self._optimizer_step_post_hooks or _torch_optimizer._global_optimizer_post_hooks:
+                for post_hook in itertools.chain(
+                    self._optimizer_step_post_hooks.values(),
+                    _torch_optimizer._global_optimizer_post_hooks.values(),
+                ):
+                    post_hook(self, args, kwargs)
+            return out
+
+    wrapper.hooked = True
+    return wrapper
 
 
 class _State(defaultdict):
@@ -308,6 +353,7 @@ class FastlrOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     # ------------------------------------------------------------------- step ---
+    @_profile_hook_step
     def step(self, closure=None, *, grad_scale=None, found_inf=None):
         """Performs a single optimization step (one kernel call per group and dtype).
 
@@ -328,9 +374,13 @@ class FastlrOptimizer(torch.optim.Optimizer):
         if found_inf is not None and float(found_inf) != 0.0:
             return loss  # GradScaler found inf/nan: skip the whole step, change nothing
         gs = 1.0 if grad_scale is None else float(grad_scale)
-        with torch.no_grad():
+        prev = torch.is_grad_enabled()  # torch.no_grad(), without its Python object
+        torch._C._set_grad_enabled(False)
+        try:
             for group in self.param_groups:
                 self._step_group(group, gs, grad_scale, found_inf)
+        finally:
+            torch._C._set_grad_enabled(prev)
         return loss
 
     def _step_group(self, group, gs, grad_scale, found_inf):
