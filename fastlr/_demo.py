@@ -269,20 +269,22 @@ def main(args):
             print(text, flush=True)
             out_tables.append(text)
 
-        def run_both(spec):
-            ours = _train(torch, problem, "fastlr", spec)
-            ref = _train(torch, problem, "torch", spec) if compare else None
-            return ours, ref
-
-        for key, title, png, specs in _experiments(quick):
+        def run_all(specs):
+            """Trains each spec with fastlr (and torch.optim when comparing); returns the
+            fastlr runs, both optimizer-step times and the largest final-accuracy gap."""
             runs, t_ours, t_ref, diff = [], 0.0, 0.0, 0.0
             for spec in specs:
-                ours, ref = run_both(spec)
+                ours = _train(torch, problem, "fastlr", spec)
                 runs.append(ours)
                 t_ours += ours["opt_time"]
-                if ref is not None:
+                if compare:
+                    ref = _train(torch, problem, "torch", spec)
                     t_ref += ref["opt_time"]
                     diff = max(diff, abs(ours["test_acc"][-1] - ref["test_acc"][-1]))
+            return runs, t_ours, t_ref, diff
+
+        for key, title, png, specs in _experiments(quick):
+            runs, t_ours, t_ref, diff = run_all(specs)
             emit(_table(f"\n({key}) {title}", runs, epochs, problem.steps_per_epoch))
             timing.append((key, title, len(specs), t_ours, t_ref, diff))
             _plot(plt, os.path.join(args.out, png), f"({key}) {title}", runs,
@@ -301,14 +303,7 @@ def main(args):
                  dict(label=f"constant lr={lr_min:.3g}", opt="SGD", lr=lr_min, kw=dict(momentum=0.9))]
         if quick:
             specs = specs[:2]
-        runs, t_ours, t_ref, diff = [], 0.0, 0.0, 0.0
-        for spec in specs:
-            ours, ref = run_both(spec)
-            runs.append(ours)
-            t_ours += ours["opt_time"]
-            if ref is not None:
-                t_ref += ref["opt_time"]
-                diff = max(diff, abs(ours["test_acc"][-1] - ref["test_acc"][-1]))
+        runs, t_ours, t_ref, diff = run_all(specs)
         title = "LR range test (SGD, momentum 0.9), then one-cycle at its suggestions"
         emit(f"\n(f) {title}\n  range test: {len(res.lrs)} steps ({res.stop_reason}), suggestion (steepest) "
              f"{res.suggestion:.3g}, min/10 {res.suggestion_min:.3g}, valley {res.suggestion_valley:.3g}")
