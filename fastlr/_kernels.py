@@ -5,6 +5,7 @@ single multi-threaded C++ call. Everything is validated before any array is touc
 """
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
 
@@ -104,6 +105,9 @@ class _Call:
                 raise TypeError(
                     f"params[0] has dtype {self.dtype}; supported: float32, float64, float16, bfloat16"
                 )
+            if not self.dtype.isnative:  # '>f4' is named float32 too; the kernels read native order
+                raise TypeError(f"params[0] has non-native byte order ({self.dtype.str}); "
+                                "convert with a.astype(a.dtype.newbyteorder('='))")
         _check_arrays("params", self.params, self.params, self.dtype, updated=True)
         _check_arrays("grads", self.grads, self.params, self.dtype, updated=False)
         self.code = _DTYPE_CODES[self.dtype.name]
@@ -125,21 +129,37 @@ class _Call:
 
     def finish(self):
         """Rejects updated arrays that share memory (the same array twice, or overlapping
-        views: the result would depend on the thread split); call after every state is added."""
-        spans = sorted(
-            (a.__array_interface__["data"][0], a.__array_interface__["data"][0] + a.nbytes)
-            for arrays in self._updated for a in arrays if a.size
-        )
+        views: the result would depend on the thread split), and grads that overlap an
+        updated array other than exactly (each element's grad is read before its param or
+        state is written, so a grad that *is* one of them is fine; a shifted view would read
+        values already updated). Call after every state is added."""
+        spans = sorted(_span(a) for arrays in self._updated for a in arrays if a.size)
         for (_, end), (start, _) in zip(spans, spans[1:]):
             if start < end:
                 raise ValueError("the same array memory is passed twice among the updated arrays "
                                  "(or two of them overlap)")
+        starts = [start for start, _ in spans]
+        for i, g in enumerate(self.grads):
+            if not g.size:
+                continue
+            start, end = _span(g)
+            # the updated spans are disjoint and sorted: only the last one starting before
+            # `end` can overlap, or an earlier one reaching past `start`
+            j = bisect.bisect_left(starts, end) - 1
+            if j >= 0 and spans[j][1] > start and spans[j] != (start, end):
+                raise ValueError(f"grads[{i}] partly overlaps an updated array (a grad may be "
+                                 "the very same memory as its param or state, not a shifted view)")
 
     @staticmethod
     def addresses(arrays):
         if arrays is None:
             return None
         return [a.__array_interface__["data"][0] for a in arrays]
+
+
+def _span(a):
+    start = a.__array_interface__["data"][0]
+    return start, start + a.nbytes
 
 
 # ---------------------------------------------------------------- kernels ---

@@ -21,6 +21,7 @@ array([-0.1, -0.1, -0.1], dtype=float32)
 """
 from __future__ import annotations
 
+import bisect
 import copy
 import math
 import numbers
@@ -65,11 +66,24 @@ def _param(a, where):
         raise TypeError(f"{where} must be a numpy.ndarray, got {type(a).__name__}")
     if a.dtype.name not in _SUPPORTED:
         raise TypeError(f"{where} has dtype {a.dtype}; supported: {', '.join(_SUPPORTED)}")
+    if not a.dtype.isnative:
+        raise TypeError(f"{where} has non-native byte order ({a.dtype.str}); "
+                        "convert with a.astype(a.dtype.newbyteorder('='))")
     if not a.flags.c_contiguous:
         raise ValueError(f"{where} must be C-contiguous (it is updated in place)")
     if not a.flags.writeable:
         raise ValueError(f"{where} is read-only")
     return a
+
+
+def _plain(v):
+    """A copy of a loaded hyper-parameter, 1-element torch tensors (torch's tensor lr or
+    betas) as floats."""
+    if hasattr(v, "detach") and v.numel() == 1:
+        return float(v)
+    if isinstance(v, tuple):
+        return tuple(_plain(x) for x in v)
+    return copy.copy(v)
 
 
 def _span(a):
@@ -197,8 +211,10 @@ class _Optimizer:
                     raise TypeError(f"grads[{i}] has dtype {g.dtype}, but params[{i}] has dtype {p.dtype}")
                 if g.shape != p.shape:
                     raise ValueError(f"grads[{i}] has shape {g.shape}, but params[{i}] has shape {p.shape}")
+                _param(p, f"params[{i}]")  # its flags may have changed since it was added
                 g = np.ascontiguousarray(g)  # read only: a copy is fine
             checked.append(g)
+        self._copy_overlapping_grads(params, checked)
         for k, group in enumerate(self.param_groups):  # users may have edited a group
             self._check(group, f"param_groups[{k}]")
         index = 0
@@ -218,6 +234,21 @@ class _Optimizer:
             if "schedule_t" in group:
                 group["schedule_t"] += 1
                 self._show_schedules(group)
+
+    @staticmethod
+    def _copy_overlapping_grads(params, grads):
+        """Copies each grad that overlaps a param other than exactly (a shifted view would
+        read values the same call already updated), so that every check the kernels make
+        passes before the first group is updated."""
+        spans = sorted(_span(p) for p in params if p.size)
+        starts = [start for start, _ in spans]
+        for i, g in enumerate(grads):
+            if g is None or not g.size:
+                continue
+            start, end = _span(g)
+            j = bisect.bisect_left(starts, end) - 1  # params are disjoint: the last one before `end`
+            if j >= 0 and spans[j][1] > start and spans[j] != (start, end):
+                grads[i] = g.copy()
 
     def _hyper(self, group):
         """(lr, momentum-or-beta1) this update uses: the schedules' values at schedule_t."""
@@ -263,7 +294,7 @@ class _Optimizer:
                 id_map[pid] = start + j
             start += len(ours["params"])
             group = dict(self.defaults)
-            group.update((key, copy.copy(v)) for key, v in saved.items() if key != "params")
+            group.update((key, _plain(v)) for key, v in saved.items() if key != "params")
             group = self._checked_group(group, k)
             group["params"] = ours["params"]
             new_groups.append(group)

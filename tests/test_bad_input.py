@@ -144,6 +144,16 @@ def _cases():
             add("same-state-twice", lambda c, r0=r0, r1=r1: {**c, r1: [c[r1][0], c[r0][1]]}, ValueError, "twice")
         add("overlapping-views", lambda c, r=first_state: {**c, r: [c[r][0], c["params"][1][:]]}, ValueError, "twice")
         add("params-empty-list-vs-grads", lambda c: {**c, "params": []}, ValueError, "grads")
+        # '>f4' is also named float32: read in native order it would be garbage
+        add("big-endian", lambda c: {k: [a.astype(a.dtype.newbyteorder(">")) for a in v]
+                                     if isinstance(v, list) else v for k, v in c.items()}, TypeError, "byte order")
+
+        def shifted_grad(c):  # grads[1] reads params[1] one element ahead
+            p = c["params"][1]
+            base = np.concatenate([p, p[-1:]])
+            return {**c, "params": [c["params"][0], base[:-1]], "grads": [c["grads"][0], base[1:]]}
+
+        add("grad-overlaps-param", shifted_grad, ValueError, r"grads\[1\] partly overlaps")
     cases.append(pytest.param("sgd_step", lambda c: {**c, "nesterov": True, "dampening": 0.5}, ValueError,
                               "[Nn]esterov", id="sgd_step-nesterov-dampening"))
     cases.append(pytest.param("sgd_step", lambda c: {**c, "nesterov": True, "momentum": 0.0}, ValueError,
@@ -162,6 +172,22 @@ def test_read_only_grads_are_fine(kernel):
     for g in call["grads"]:
         g.setflags(write=False)
     getattr(fastlr, kernel)(**call)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_grad_that_is_its_param_is_fine(kernel):
+    """A grad that is exactly its param's memory reads each element before it is written:
+    the same result as a copy of it (the huge-tensor tests rely on this)."""
+    call = make_call(kernel)
+    expected = {k: ([a.copy() for a in v] if isinstance(v, list) else v) for k, v in call.items()}
+    expected["grads"] = [p.copy() for p in expected["params"]]
+    getattr(fastlr, kernel)(**expected)
+    call["grads"] = call["params"]
+    getattr(fastlr, kernel)(**call)
+    for role, arrays in expected.items():
+        if isinstance(arrays, list) and role != "grads":
+            for got, want in zip(call[role], arrays):
+                np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -245,3 +245,47 @@ def test_bad_state_dict_changes_nothing():
         with pytest.raises(exc):
             opt.load_state_dict(sd)
         assert pickle.dumps(opt.state_dict()) == before
+
+
+def test_a_later_bad_param_changes_nothing():
+    """Every param is re-checked before the first group is updated: no group is updated and
+    no state is created when a later one is rejected (torch's first-step momentum init
+    still happens on the next good step)."""
+    a, b = np.ones(3), np.ones(3)
+    opt = FN.SGD([{"params": [a]}, {"params": [b]}], lr=0.1, momentum=0.9, dampening=0.5)
+    b.setflags(write=False)
+    with pytest.raises(ValueError, match=r"params\[1\] is read-only"):
+        opt.step([np.ones(3), np.ones(3)])
+    np.testing.assert_array_equal(a, 1.0)
+    assert opt.state[0] == {}
+    b.setflags(write=True)
+    opt.step([np.ones(3), np.ones(3)])
+    np.testing.assert_array_equal(a, 0.9)  # buf = g on the first update, as torch
+
+
+def test_big_endian_params_are_rejected():
+    with pytest.raises(TypeError, match="byte order"):
+        FN.Adam([np.ones(3, ">f4")])
+
+
+def test_grad_overlapping_a_param_is_read_as_before_the_step():
+    buf = np.arange(10.0)
+    p, g = buf[1:9], buf[0:8]
+    expected = p - 0.1 * g
+    FN.SGD([p], lr=0.1).step([g])
+    np.testing.assert_array_equal(p, expected)
+
+
+def test_loads_torch_state_dict_with_tensor_lr(torch):
+    t = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    topt = torch.optim.Adam([t], lr=torch.tensor(0.01), betas=(torch.tensor(0.8), torch.tensor(0.99)))
+    t.grad = torch.ones(2, dtype=torch.float64)
+    topt.step()
+    p = t.detach().numpy().copy()
+    opt = FN.Adam([p])
+    opt.load_state_dict(topt.state_dict())
+    assert opt.param_groups[0]["lr"] == float(torch.tensor(0.01))
+    assert opt.param_groups[0]["betas"] == (float(torch.tensor(0.8)), float(torch.tensor(0.99)))
+    opt.step([np.ones(2)])
+    topt.step()
+    np.testing.assert_allclose(p, t.detach().numpy(), rtol=1e-6)
