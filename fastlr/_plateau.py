@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 __all__ = ["ReduceLROnPlateau"]
 
@@ -137,11 +138,19 @@ class ReduceLROnPlateau:
         self.cooldown_counter = 0
         self.num_bad_epochs = 0
 
-    def step(self, metrics):
+    def step(self, metrics, epoch=None):
         """Records one value of the monitored metric (a number or a 0-dim tensor) and
-        reduces the lr if it has not improved for more than ``patience`` steps."""
+        reduces the lr if it has not improved for more than ``patience`` steps. ``epoch``
+        (deprecated in torch, accepted with its warning) sets ``last_epoch``."""
         current = float(metrics)
-        self.last_epoch += 1
+        if epoch is None:
+            self.last_epoch += 1
+        else:
+            warnings.warn("The epoch parameter in `scheduler.step()` was not necessary and is being "
+                          "deprecated where possible. Please use `scheduler.step()` to step the scheduler. "
+                          "During the deprecation, if epoch is different from None, the closed form is "
+                          "used instead of the new chainable form, where available.", UserWarning)
+            self.last_epoch = epoch
         if self._is_better(current, self.best):
             self.best = current
             self.num_bad_epochs = 0

@@ -286,3 +286,16 @@ def test_with_fastlr_sgd_float_lr_matches_torch():
         runs.append((lrs, w.detach().clone()))
     assert runs[0][0] == runs[1][0]
     torch.testing.assert_close(runs[0][1], runs[1][1], rtol=1e-14, atol=1e-300)
+
+
+def test_step_with_epoch_sets_last_epoch_as_torch():
+    ours, theirs = _optimizers(), _optimizers()
+    a = ReduceLROnPlateau(ours, patience=1)
+    b = torch.optim.lr_scheduler.ReduceLROnPlateau(theirs, patience=1)
+    for epoch, m in zip([5, 6, 9, 10], [1.0, 2.0, 2.0, 2.0]):
+        with pytest.warns(UserWarning, match="epoch"):
+            a.step(m, epoch)
+        with pytest.warns(UserWarning, match="epoch"):
+            b.step(m, epoch)
+        assert a.last_epoch == b.last_epoch == epoch
+        assert _lrs(ours) == _lrs(theirs)
