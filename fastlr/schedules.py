@@ -68,13 +68,19 @@ def _schedule_at(enc, t):
 
 
 # ---------------------------------------------------------------------------------------
-# argument validation (TypeError for the wrong type, ValueError for a bad value; both name
-# the argument)
+# argument validation (ArgumentTypeError for the wrong type, ValueError for a bad value;
+# both name the argument)
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """A schedule argument of the wrong type (a float step count, a str lr, ...). Both a
+    TypeError and a ValueError: torch's schedulers raise ValueError for such arguments
+    (``OneCycleLR(total_steps=100.0)``), so code written for either catches it."""
 
 
 def _real(cls, name, value, *, lo=None, lo_open=False, hi=None, hi_open=False):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
-        raise TypeError(f"{cls}: {name} must be a real number, got {type(value).__name__}")
+        raise ArgumentTypeError(f"{cls}: {name} must be a real number, got {type(value).__name__}")
     v = float(value)
     if not math.isfinite(v):
         raise ValueError(f"{cls}: {name} must be finite, got {value!r}")
@@ -87,7 +93,7 @@ def _real(cls, name, value, *, lo=None, lo_open=False, hi=None, hi_open=False):
 
 def _int(cls, name, value, *, lo):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
-        raise TypeError(f"{cls}: {name} must be an int, got {type(value).__name__}")
+        raise ArgumentTypeError(f"{cls}: {name} must be an int, got {type(value).__name__}")
     v = operator.index(value)
     if v < lo:
         raise ValueError(f"{cls}: {name} must be >= {lo}, got {v}")
@@ -98,13 +104,13 @@ def _int(cls, name, value, *, lo):
 
 def _bool(cls, name, value):
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{cls}: {name} must be a bool, got {type(value).__name__}")
+        raise ArgumentTypeError(f"{cls}: {name} must be a bool, got {type(value).__name__}")
     return bool(value)
 
 
 def _choice(cls, name, value, choices):
     if not isinstance(value, str):
-        raise TypeError(f"{cls}: {name} must be a str, got {type(value).__name__}")
+        raise ArgumentTypeError(f"{cls}: {name} must be a str, got {type(value).__name__}")
     if value not in choices:
         raise ValueError(f"{cls}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
@@ -112,7 +118,7 @@ def _choice(cls, name, value, choices):
 
 def _int_tuple(cls, name, value, *, lo):
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise TypeError(f"{cls}: {name} must be a list of ints, got {type(value).__name__}")
+        raise ArgumentTypeError(f"{cls}: {name} must be a list of ints, got {type(value).__name__}")
     out = []
     for i, v in enumerate(value):
         out.append(_int(cls, f"{name}[{i}]", v, lo=lo))
@@ -137,8 +143,8 @@ class Schedule:
     def _init(self, **kwargs):
         for k in self._fields:
             object.__setattr__(self, k, kwargs[k])
-        enc = np.ascontiguousarray(self._encode(), dtype=np.float64)
-        enc.setflags(write=False)
+        # backed by immutable bytes, so no setflags(write=True) can make it writable again
+        enc = np.frombuffer(np.asarray(self._encode(), dtype=np.float64).tobytes(), dtype=np.float64)
         object.__setattr__(self, "_enc", enc)
 
     def _encode(self):  # pragma: no cover - abstract
@@ -216,11 +222,13 @@ class Schedule:
             steps = np.arange(n, dtype=np.int64)
         else:
             steps = np.asarray(n_or_steps)
+            if steps.size == 0 and steps.dtype == np.float64:  # values([]): no steps, no dtype
+                steps = steps.astype(np.int64)
             if steps.dtype == np.bool_ or not np.issubdtype(steps.dtype, np.integer):
                 raise TypeError(f"steps must be integers, got dtype {steps.dtype}")
             if steps.size and steps.min() < 0:
                 raise ValueError("steps must be >= 0")
-            steps = np.ascontiguousarray(steps, dtype=np.int64)
+            steps = steps.astype(np.int64, order="C", copy=False)
         out = _schedule_values(self._enc, steps.reshape(-1))
         return np.asarray(out).reshape(steps.shape)
 
@@ -582,7 +590,8 @@ class Cyclic(Schedule):
         step_size_down: steps back (int >= 0; 0 gives a saw-tooth); None means
             step_size_up.
         mode: "triangular", "triangular2" or "exp_range".
-        gamma: exp_range decay per step (0 < gamma <= 1); ignored by the other modes.
+        gamma: exp_range factor per step (> 0; above 1 the amplitude grows, as torch
+            allows); ignored by the other modes.
 
     Counterpart: torch ``CyclicLR(base_lr, max_lr, step_size_up, step_size_down, mode,
     gamma)`` lr; bckenstler/CLR.
@@ -603,7 +612,7 @@ class Cyclic(Schedule):
             step_size_up=_int(c, "step_size_up", step_size_up, lo=1),
             step_size_down=None if step_size_down is None else _int(c, "step_size_down", step_size_down, lo=0),
             mode=_choice(c, "mode", mode, self._MODES),
-            gamma=_real(c, "gamma", gamma, lo=0.0, lo_open=True, hi=1.0),
+            gamma=_real(c, "gamma", gamma, lo=0.0, lo_open=True),
         )
 
     @classmethod
@@ -753,8 +762,11 @@ class Warmup(Schedule):
         if not isinstance(schedule, Schedule):
             try:
                 schedule = as_schedule(schedule)
-            except (TypeError, ValueError) as e:
-                raise TypeError(f"{c}: schedule must be a Schedule, got {type(schedule).__name__}") from e
+            except TypeError as e:
+                raise ArgumentTypeError(f"{c}: schedule must be a Schedule or a number, "
+                                        f"got {type(schedule).__name__}") from e
+            except ValueError as e:
+                raise ValueError(f"{c}: schedule: {e}") from e
         self._init(
             schedule=schedule,
             warmup_steps=_int(c, "warmup_steps", warmup_steps, lo=0),
@@ -833,14 +845,17 @@ class Sequential(Schedule):
     def __init__(self, schedules, milestones):
         c = "Sequential"
         if isinstance(schedules, (Schedule, str, bytes)) or not hasattr(schedules, "__iter__"):
-            raise TypeError(f"{c}: schedules must be a list of Schedules, got {type(schedules).__name__}")
+            raise ArgumentTypeError(f"{c}: schedules must be a list of Schedules, got {type(schedules).__name__}")
         scheds = []
         for i, s in enumerate(schedules):
             if not isinstance(s, Schedule):
                 try:
                     s = as_schedule(s)
-                except (TypeError, ValueError) as e:
-                    raise TypeError(f"{c}: schedules[{i}] must be a Schedule, got {type(s).__name__}") from e
+                except TypeError as e:
+                    raise ArgumentTypeError(f"{c}: schedules[{i}] must be a Schedule or a number, "
+                                            f"got {type(s).__name__}") from e
+                except ValueError as e:
+                    raise ValueError(f"{c}: schedules[{i}]: {e}") from e
             scheds.append(s)
         if not scheds:
             raise ValueError(f"{c}: schedules must not be empty")

@@ -220,7 +220,7 @@ def _cyclic_config(r):
     mx = base + r.uniform(1e-4, 1)
     up = int(r.integers(1, 30))
     down = None if r.random() < 0.3 else int(r.integers(0, 30))
-    gamma = r.uniform(0.95, 1.0)
+    gamma = r.uniform(0.95, 1.002)  # above 1 exp_range grows, which torch allows
     return base, mx, up, down, gamma
 
 
@@ -690,7 +690,7 @@ INVALID = [
     (lambda: Cyclic(0.01, 0.1, 10, step_size_down=-1), ValueError, "step_size_down"),
     (lambda: Cyclic(0.01, 0.1, 10, mode="sine"), ValueError, "mode"),
     (lambda: Cyclic(0.01, 0.1, 10, mode=None), TypeError, "mode"),
-    (lambda: Cyclic(0.01, 0.1, 10, gamma=1.5), ValueError, "gamma"),
+    (lambda: Cyclic(0.01, 0.1, 10, gamma=0.0), ValueError, "gamma"),
     (lambda: OneCycle(-0.1, 100), ValueError, "max_lr"),
     (lambda: OneCycle(0.1, 0), ValueError, "total_steps"),
     (lambda: OneCycle(0.1, 100, pct_start=1.5), ValueError, "pct_start"),
@@ -726,6 +726,42 @@ INVALID = [
 def test_invalid_arguments_raise_naming_the_argument(make, exc, arg):
     with pytest.raises(exc, match=arg):
         make()
+
+
+@pytest.mark.parametrize("make,arg", [
+    (lambda: OneCycle(0.1, total_steps=100.0), "total_steps"),  # torch OneCycleLR: ValueError
+    (lambda: CosineRestarts(0.1, 5.0), "period"),                # torch T_0=5.0: ValueError
+    (lambda: StepDecay(0.1, True), "step_size"),
+    (lambda: Cosine("0.1", 10), "lr"),
+])
+def test_wrong_argument_types_are_both_type_and_value_errors(make, arg):
+    with pytest.raises(TypeError, match=arg) as err:
+        make()
+    assert isinstance(err.value, ValueError)  # what torch raises for the same arguments
+
+
+def test_a_negative_number_in_a_composite_is_a_value_error():
+    with pytest.raises(ValueError, match="lr must be >= 0") as err:
+        Warmup(-0.1, 5)
+    assert not isinstance(err.value, TypeError)
+    with pytest.raises(ValueError, match=r"schedules\[1\].*lr must be >= 0"):
+        Sequential([Constant(1.0), -0.1], [2])
+
+
+def test_values_keeps_the_shape_of_its_steps():
+    s = Cosine(0.1, 10)
+    assert s.values(np.array(3)).shape == ()
+    assert s.values(np.array(3)) == s(3)
+    assert s.values([]).shape == (0,)
+    assert s.values(np.zeros((2, 0), np.int64)).shape == (2, 0)
+    assert s.values([[1, 2], [3, 4]]).tolist() == [[s(1), s(2)], [s(3), s(4)]]
+
+
+def test_encoding_cannot_be_made_writable():
+    s = Constant(0.1)
+    with pytest.raises(ValueError):
+        s._encoding.setflags(write=True)
+    assert s(0) == 0.1
 
 
 def test_parser_rejects_code():
