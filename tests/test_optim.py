@@ -286,6 +286,7 @@ def test_grad_scaler(name):
     for step in range(12):
         for opt, ps, sc in ((fopt, fp, fsc), (topt, tp, tsc)):
             set_grads(ps, step)
+            unscaled = [None if p.grad is None else p.grad.clone() for p in ps]
             for p in ps:
                 if p.grad is not None:
                     p.grad.mul_(sc.get_scale())
@@ -295,6 +296,9 @@ def test_grad_scaler(name):
             state_before = copy.deepcopy(opt.state_dict())
             sc.step(opt)
             sc.update()
+            if step not in (4, 9):  # the grads are left unscaled, as torch leaves them
+                for u, p in zip(unscaled, ps):
+                    assert u is None or torch.equal(p.grad, u)
             if step in (4, 9):  # skipped: nothing moved
                 for b, p in zip(before, ps):
                     assert torch.equal(b, p)
@@ -384,6 +388,32 @@ def test_bad_hyperparameters_raise_like_torch(name, kw, msg):
 def test_differentiable_not_implemented(name):
     with pytest.raises(NotImplementedError):
         getattr(fo, name)([torch.nn.Parameter(torch.randn(2))], differentiable=True)
+    with pytest.raises(ValueError, match="Invalid learning rate"):  # torch's checks come first
+        getattr(fo, name)([torch.nn.Parameter(torch.randn(2))], lr=-1.0, differentiable=True)
+    opt = getattr(fo, name)([torch.nn.Parameter(torch.randn(2))])
+    with pytest.raises(NotImplementedError):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))], "differentiable": True})
+    assert len(opt.param_groups) == 1  # the refused group is not left behind
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_beta1_schedule_range_checked_like_torch(name):
+    from fastlr.schedules import Constant, Cyclic, OneCycleMomentum
+
+    p = [torch.nn.Parameter(torch.randn(2))]
+    with pytest.raises(ValueError, match="Invalid beta parameter at index 0: 1.5"):
+        getattr(fo, name)(p, betas=(Constant(1.5), 0.999))
+    opt = getattr(fo, name)(p, betas=(OneCycleMomentum(100), 0.999))
+    with pytest.raises(ValueError, match="Invalid beta parameter at index 0"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))], "betas": (Cyclic(0.9, 1.0, 5), 0.99)})
+    assert len(opt.param_groups) == 1
+
+
+def test_nesterov_with_a_zero_momentum_schedule_raises_like_torch():
+    from fastlr.schedules import Constant
+
+    with pytest.raises(ValueError, match="Nesterov"):
+        fo.SGD([torch.nn.Parameter(torch.randn(2))], lr=0.1, momentum=Constant(0.0), nesterov=True)
 
 
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop"])
@@ -414,8 +444,12 @@ def test_sparse_grad_like_torch(name, kw):
             loss.backward()
             opt.step()
         results.append((emb.weight.detach().clone(), dense.detach().clone()))
+        results[-1] += (sorted(opt.state_dict()["state"]),)  # SGD without momentum: no state
     for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        if isinstance(a, list):
+            assert a == b
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
 def test_mismatched_state_shape_raises():

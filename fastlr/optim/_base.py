@@ -236,13 +236,21 @@ class FastlrOptimizer(torch.optim.Optimizer):
         }
 
     def add_param_group(self, param_group):
+        # checked before torch adds the group, so a refused group is not left behind
+        if isinstance(param_group, dict):
+            _check_not_differentiable(
+                type(self).__name__,
+                param_group.get("differentiable", self.defaults.get("differentiable", False)),
+            )
+            if self._momentum_key == "betas":
+                betas = param_group.get("betas", self.defaults.get("betas"))
+                if isinstance(betas, (tuple, list)) and betas and isinstance(betas[0], _Schedule):
+                    peak = _schedule_peak(betas[0])
+                    if not peak < 1.0:  # torch's range check, on the values the schedule takes
+                        raise ValueError(f"Invalid beta parameter at index 0: {peak} "
+                                         f"(the largest value of {betas[0]!r})")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        if group.get("differentiable", False):
-            raise NotImplementedError(
-                f"fastlr.optim.{type(self).__name__} does not support differentiable=True; "
-                f"use torch.optim.{type(self).__name__}"
-            )
         self._attach_schedules(group)
         self._fastlr_plans = {}
 
@@ -379,9 +387,22 @@ class FastlrOptimizer(torch.optim.Optimizer):
         try:
             for group in self.param_groups:
                 self._step_group(group, gs, grad_scale, found_inf)
+            if grad_scale is not None:
+                self._unscale_grads(grad_scale)
         finally:
             torch._C._set_grad_enabled(prev)
         return loss
+
+    def _unscale_grads(self, grad_scale):
+        """torch's fused CPU kernels write the unscaled grads back (and GradScaler unscales
+        them beforehand for the others), so code reading .grad after the step (logging,
+        grad norms) sees the same values with fastlr. One foreach pass after the update."""
+        grads = [
+            g for group in self.param_groups for p in group["params"]
+            if (g := p.grad) is not None and g.layout == torch.strided and g.device.type == "cpu"
+        ]
+        if grads:
+            torch._foreach_div_(grads, grad_scale)
 
     def _step_group(self, group, gs, grad_scale, found_inf):
         scheduled = "schedule_t" in group
@@ -684,9 +705,12 @@ class FastlrOptimizer(torch.optim.Optimizer):
         if sparse_p:
             states = []
             for p in sparse_p:
-                s = self.state[p]
-                if len(s) == 0 and (roles or self._has_step):
-                    self._init_state(group, p, s)
+                if roles or self._has_step:
+                    s = self.state[p]
+                    if len(s) == 0:
+                        self._init_state(group, p, s)
+                else:  # SGD without momentum keeps no state, as torch
+                    s = {}
                 states.append(s)
             if gs != 1.0:
                 sparse_g = [g * (1.0 / gs) for g in sparse_g]
@@ -725,6 +749,12 @@ class FastlrOptimizer(torch.optim.Optimizer):
         if p.device.type == "cpu":
             return torch.tensor(0.0, dtype=_get_scalar_dtype())
         return torch.zeros((), dtype=torch.float32, device=p.device)
+
+
+def _schedule_peak(schedule):
+    """The largest value a Schedule takes over the steps that show its whole shape (its
+    plot horizon, at most 2**16 steps): what torch's range checks are applied to."""
+    return float(schedule.values(min(schedule._horizon(), 1 << 16)).max())
 
 
 def _check_not_differentiable(name, differentiable):

@@ -6,7 +6,7 @@ from torch import Tensor
 from torch.optim.adagrad import adagrad as _torch_adagrad
 
 from .. import _C
-from ._base import FastlrOptimizer, _check_not_differentiable, _scalar, _Schedule
+from ._base import FastlrOptimizer, _scalar, _Schedule
 
 __all__ = ["Adagrad"]
 
@@ -39,7 +39,6 @@ class Adagrad(FastlrOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        _check_not_differentiable("Adagrad", differentiable)
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if not isinstance(lr, _Schedule) and not 0.0 <= lr:

@@ -6,7 +6,7 @@ from torch import Tensor
 from torch.optim.optimizer import _to_scalar
 
 from .. import _C
-from ._base import FastlrOptimizer, _check_not_differentiable, _scalar, _Schedule
+from ._base import FastlrOptimizer, _scalar, _Schedule
 
 __all__ = ["Adam", "AdamW"]
 
@@ -44,7 +44,6 @@ class Adam(FastlrOptimizer):
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
     ) -> None:
-        _check_not_differentiable(type(self).__name__, differentiable)
         if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")  # not IndexError
         lr_sched = isinstance(lr, _Schedule)

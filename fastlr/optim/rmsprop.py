@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from .. import _C
-from ._base import FastlrOptimizer, _check_not_differentiable, _scalar, _Schedule
+from ._base import FastlrOptimizer, _scalar, _Schedule
 
 __all__ = ["RMSprop"]
 
@@ -39,7 +39,6 @@ class RMSprop(FastlrOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
     ) -> None:
-        _check_not_differentiable("RMSprop", differentiable)
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if not isinstance(lr, _Schedule) and not 0.0 <= lr:

@@ -6,7 +6,7 @@ from torch import Tensor
 from torch.optim.sgd import sgd as _torch_sgd
 
 from .. import _C
-from ._base import FastlrOptimizer, _check_not_differentiable, _scalar, _Schedule
+from ._base import FastlrOptimizer, _scalar, _Schedule, _schedule_peak
 
 __all__ = ["SGD"]
 
@@ -43,7 +43,6 @@ class SGD(FastlrOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        _check_not_differentiable("SGD", differentiable)
         lr_sched = isinstance(lr, _Schedule)
         mom_sched = isinstance(momentum, _Schedule)
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -66,7 +65,7 @@ class SGD(FastlrOptimizer):
             "differentiable": differentiable,
             "fused": fused,
         }
-        if nesterov and ((not mom_sched and momentum <= 0) or dampening != 0):
+        if nesterov and (dampening != 0 or (_schedule_peak(momentum) if mom_sched else momentum) <= 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         super().__init__(params, defaults)
 
