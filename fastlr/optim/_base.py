@@ -302,7 +302,9 @@ class FastlrOptimizer(torch.optim.Optimizer):
                 group["betas"] = (mom, group["betas"][1])
             else:
                 group["momentum"] = mom
-        self._fastlr_written[id(group)] = (group, lr, mom)
+        self._fastlr_written[id(group)] = (
+            group, lr, mom, t, group.get("lr_scale"), sched, msched,
+        )
 
     def _sync_schedules(self, group):
         """Before an update: make group values equal the schedules at schedule_t; warn
@@ -317,8 +319,19 @@ class FastlrOptimizer(torch.optim.Optimizer):
             return
         t = group["schedule_t"]
         record = self._fastlr_written.get(id(group))
+        if (
+            record is not None
+            and record[0] is group
+            and record[3] == t
+            and record[4] == group.get("lr_scale")
+            and record[5] is group.get("lr_schedule")
+            and record[6] is group.get("momentum_schedule")
+            and (record[1] is None or group["lr"] == record[1])
+            and (record[2] is None or m == record[2])
+        ):
+            return  # the values of update t are shown already and nobody changed them
         if record is not None and record[0] is group and not self._fastlr_warned:
-            _, lr_w, mom_w = record
+            lr_w, mom_w = record[1], record[2]
             changed = []
             if lr_w is not None and group["lr"] != lr_w:
                 sched = group["lr_schedule"]
