@@ -140,13 +140,7 @@ class _Call:
                                  "(or two of them overlap)")
         starts = [start for start, _ in spans]
         for i, g in enumerate(self.grads):
-            if not g.size:
-                continue
-            start, end = _span(g)
-            # the updated spans are disjoint and sorted: only the last one starting before
-            # `end` can overlap, or an earlier one reaching past `start`
-            j = bisect.bisect_left(starts, end) - 1
-            if j >= 0 and spans[j][1] > start and spans[j] != (start, end):
+            if g.size and _overlaps_inexactly(spans, starts, _span(g)):
                 raise ValueError(f"grads[{i}] partly overlaps an updated array (a grad may be "
                                  "the very same memory as its param or state, not a shifted view)")
 
@@ -160,6 +154,14 @@ class _Call:
 def _span(a):
     start = a.__array_interface__["data"][0]
     return start, start + a.nbytes
+
+
+def _overlaps_inexactly(spans, starts, span):
+    """Whether `span` overlaps one of the sorted, disjoint `spans` (with their `starts`)
+    without being exactly it. Only the last span starting before span's end can reach
+    past its start: the spans are disjoint, so their ends grow with their starts."""
+    j = bisect.bisect_left(starts, span[1]) - 1
+    return j >= 0 and spans[j][1] > span[0] and spans[j] != span
 
 
 # ---------------------------------------------------------------- kernels ---

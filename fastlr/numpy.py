@@ -21,7 +21,6 @@ array([-0.1, -0.1, -0.1], dtype=float32)
 """
 from __future__ import annotations
 
-import bisect
 import copy
 import math
 import numbers
@@ -86,11 +85,6 @@ def _plain(v):
     return copy.copy(v)
 
 
-def _span(a):
-    start = a.__array_interface__["data"][0]
-    return start, start + a.nbytes
-
-
 class _Optimizer:
     """Param groups, state and the step driver; subclasses name the kernel and state."""
 
@@ -130,7 +124,7 @@ class _Optimizer:
             raise TypeError("param_group['params'] must be an ndarray or a list of them")
         first = len(self._params)
         params = [_param(p, f"params[{first + i}]") for i, p in enumerate(params)]
-        spans = sorted((*_span(p), i) for i, p in enumerate(self._params + params) if p.size)
+        spans = sorted((*_kernels._span(p), i) for i, p in enumerate(self._params + params) if p.size)
         for (_, end, i), (start, _, j) in zip(spans, spans[1:]):
             if start < end:
                 raise ValueError(f"params[{max(i, j)}] shares memory with params[{min(i, j)}]: "
@@ -240,14 +234,10 @@ class _Optimizer:
         """Copies each grad that overlaps a param other than exactly (a shifted view would
         read values the same call already updated), so that every check the kernels make
         passes before the first group is updated."""
-        spans = sorted(_span(p) for p in params if p.size)
+        spans = sorted(_kernels._span(p) for p in params if p.size)
         starts = [start for start, _ in spans]
         for i, g in enumerate(grads):
-            if g is None or not g.size:
-                continue
-            start, end = _span(g)
-            j = bisect.bisect_left(starts, end) - 1  # params are disjoint: the last one before `end`
-            if j >= 0 and spans[j][1] > start and spans[j] != (start, end):
+            if g is not None and g.size and _kernels._overlaps_inexactly(spans, starts, _kernels._span(g)):
                 grads[i] = g.copy()
 
     def _hyper(self, group):
