@@ -191,7 +191,7 @@ class _Plan:
 
     __slots__ = (
         "group", "params_list", "n_params", "mask", "key", "state", "state_version",
-        "params", "p_addrs", "p_contig", "all_direct", "states", "roles", "role_tensors",
+        "params", "p_addrs", "p_contig", "all_direct", "all_contig", "states", "roles", "role_tensors",
         "role_addrs", "buckets", "step_buf", "step_views", "pending", "other",
         "direct", "single", "gidx", "full", "fresh", "dtensor",
         # cheap per-step checks: state keys with the tensors they must still hold; the
@@ -493,8 +493,12 @@ class FastlrOptimizer(torch.optim.Optimizer):
             self._fastlr_plans.pop(id(group), None)
             self._step_uncached(group, group["params"], grads_all, plan.key, gs, grad_scale, found_inf)
             return
-        # (a grad object seen contiguous before may not be now: `g.data = g.data.t()`)
-        grads_ok = plan.all_direct and all(map(_is_contiguous, grads))
+        # Each grad must be laid out like its param, since the kernel walks both flat (a
+        # grad object seen contiguous before may not be now: `g.data = g.data.t()`).
+        grads_ok = plan.all_direct and (
+            all(map(_is_contiguous, grads)) if plan.all_contig
+            else all(map(_same_layout, grads, plan.params, plan.p_contig))
+        )
         # step counts: a Python mirror of the common count while nothing but our add_
         # touched the buffer (its version counter is shared by the step views)
         buf = plan.step_buf
@@ -670,6 +674,7 @@ class FastlrOptimizer(torch.optim.Optimizer):
         plan.buckets = list(buckets.values())
         plan.role_tensors = role_tensors
         plan.all_direct = all(plan.direct)
+        plan.all_contig = all(plan.p_contig)
         plan.p_addrs = [p.data_ptr() for p in params]
         plan.role_addrs = [[t.data_ptr() for t in ts] for ts in role_tensors]
         plan.single = len(plan.buckets) == 1 and plan.all_direct and not plan.other
