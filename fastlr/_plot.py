@@ -10,11 +10,16 @@ no ``eval``.
 from __future__ import annotations
 
 import ast
+import os
 import sys
+
+import numpy as np
 
 from . import schedules as _schedules
 
 _MAX_EXPRESSION = 10_000  # characters: keeps ast.parse cheap on hostile input
+_MAX_POINTS = 20_000  # points drawn per schedule
+_MAX_STEPS = 2**53  # the largest step count a schedule takes
 
 SCHEDULE_CLASSES = {
     name: getattr(_schedules, name)
@@ -63,11 +68,14 @@ def _call(node, expr):
     for k in node.keywords:
         if k.arg is None:
             raise ExpressionError(f"**kwargs are not allowed in {expr!r}")
+        if k.arg in kwargs:  # Python's compiler refuses this; ast.parse does not
+            raise ExpressionError(f"keyword argument {k.arg!r} repeated in {expr!r}")
         kwargs[k.arg] = _literal(k.value, expr)
     try:
         return cls(*args, **kwargs)
     except TypeError as e:
-        raise ExpressionError(f"{node.func.id}: {e}") from None
+        msg = str(e)  # the constructors' own messages already start with the class name
+        raise ExpressionError(msg if msg.startswith(f"{node.func.id}:") else f"{node.func.id}: {msg}") from None
 
 
 def parse_schedule(expr):
@@ -84,9 +92,14 @@ def parse_schedule(expr):
         tree = ast.parse(expr.strip(), mode="eval")
     except SyntaxError as e:
         raise ExpressionError(f"not a valid expression: {expr!r} ({e.msg})") from None
+    except (MemoryError, RecursionError):  # the parser's limits, e.g. 3000 unary minuses
+        raise ExpressionError(f"expression nested too deeply: {expr[:60]!r}...") from None
     if not isinstance(tree.body, ast.Call):
         raise ExpressionError(f"expected a schedule constructor such as 'Cosine(lr=0.1, total_steps=100)', got {expr!r}")
-    return _call(tree.body, expr)
+    try:
+        return _call(tree.body, expr)
+    except RecursionError:
+        raise ExpressionError(f"expression nested too deeply: {expr[:60]!r}...") from None
 
 
 def add_arguments(parser):
@@ -109,9 +122,30 @@ def _fail(msg):
     raise SystemExit(2)
 
 
+def _output_path(output):
+    """The file savefig will write (matplotlib appends .png to a name without a suffix),
+    checked before any work: its folder must exist and it must not be a folder."""
+    path = output if os.path.splitext(output)[1] else output + ".png"
+    if os.path.isdir(output) or os.path.isdir(path):
+        _fail(f"--output {output!r} is a folder; give a file name such as lr.png")
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        _fail(f"--output: folder {folder!r} does not exist")
+    return path
+
+
+def _sample_steps(steps):
+    """The steps drawn: all of them, or _MAX_POINTS spread evenly over [0, steps) (a plot
+    is a few thousand pixels wide; a schedule may run for 2**53 steps)."""
+    if steps <= _MAX_POINTS:
+        return np.arange(steps, dtype=np.int64)
+    return np.unique(np.linspace(0, steps - 1, _MAX_POINTS).round().astype(np.int64))
+
+
 def main(args):
     """Run `fastlr plot` for parsed argparse ``args`` (expressions, output, steps, ...).
-    Returns 0; exits with status 2 on a bad expression or without matplotlib."""
+    Returns 0; exits with status 2 on a bad expression or option, without matplotlib, or
+    when the file cannot be written."""
     try:
         scheds = [parse_schedule(e) for e in args.expressions]
     except (ValueError, TypeError) as e:
@@ -119,16 +153,22 @@ def main(args):
     steps = getattr(args, "steps", None)
     if steps is None:
         steps = max(s._horizon() for s in scheds)
-    if steps < 1:
-        _fail(f"--steps must be >= 1, got {steps}")
+    if not 1 <= steps <= _MAX_STEPS:
+        _fail(f"--steps must be in [1, 2**53], got {steps}")
     figsize = (7.0, 4.5)
     if getattr(args, "figsize", None):
         try:
             w, h = (float(x) for x in args.figsize.split(","))
-            figsize = (w, h)
         except ValueError:
             _fail(f"--figsize must be W,H in inches, got {args.figsize!r}")
-    dpi = getattr(args, "dpi", None) or 100
+        if not (0.5 <= w <= 50 and 0.5 <= h <= 50):  # also refuses nan and inf
+            _fail(f"--figsize: width and height must be in [0.5, 50] inches, got {args.figsize!r}")
+        figsize = (w, h)
+    dpi = getattr(args, "dpi", None)
+    dpi = 100 if dpi is None else dpi
+    if not 10 <= dpi <= 1000:
+        _fail(f"--dpi must be in [10, 1000], got {dpi}")
+    output = _output_path(args.output)
     try:
         import matplotlib
     except ImportError:
@@ -137,12 +177,13 @@ def main(args):
     import matplotlib.pyplot as plt
 
     small = figsize[0] < 4
+    ts = _sample_steps(steps)
     fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
     ax_m = None
     lines = []
     for i, (expr, s) in enumerate(zip(args.expressions, scheds)):
-        y = s.values(steps)
-        label = expr if len(expr) <= 60 else expr[:57] + "..."
+        y = s.values(ts)
+        label = expr if len(expr) <= 80 else expr[:77] + "..."
         target = ax
         if s._momentum and len(scheds) > 1 and not all(x._momentum for x in scheds):
             if ax_m is None:
@@ -150,7 +191,9 @@ def main(args):
                 ax_m.set_ylabel("momentum / beta1")
             target = ax_m
         style = "--" if target is ax_m else "-"
-        (line,) = target.plot(range(steps), y, style, color=f"C{i}", lw=1.2 if small else 1.6, label=label)
+        marker = "o" if ts.size == 1 else None  # one point draws no line
+        (line,) = target.plot(ts, y, style, marker=marker, color=f"C{i}", lw=1.2 if small else 1.6,
+                              label=label)
         lines.append(line)
     all_m = all(s._momentum for s in scheds)
     ax.set_xlabel("step t (completed updates)")
@@ -162,14 +205,19 @@ def main(args):
         title = type(scheds[0]).__name__ if len(scheds) == 1 else "learning-rate schedules"
     ax.set_title(title, fontsize=9 if small else None)
     ax.grid(alpha=0.3)
-    if small:
-        ax.tick_params(labelsize=6)
+    if small:  # thumbnails: a single schedule needs no legend, overlays still do
+        for a in (ax, ax_m) if ax_m is not None else (ax,):
+            a.tick_params(labelsize=6)
+            a.yaxis.label.set_size(7)
         ax.xaxis.label.set_size(7)
-        ax.yaxis.label.set_size(7)
-    else:
-        ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="best")
+    if not small or len(lines) > 1:
+        ax.legend(lines, [ln.get_label() for ln in lines], fontsize=6 if small else 8, loc="best")
     fig.tight_layout()
-    fig.savefig(args.output, dpi=dpi)
-    plt.close(fig)
-    print(f"wrote {args.output}")
+    try:
+        fig.savefig(output, dpi=dpi)
+    except (OSError, ValueError) as e:  # unwritable file, unknown format
+        _fail(f"cannot write {output!r}: {e}")
+    finally:
+        plt.close(fig)
+    print(f"wrote {output}")
     return 0

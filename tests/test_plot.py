@@ -83,12 +83,41 @@ def test_cli_rejects_code_without_running_it(tmp_path, expr):
 
 def test_bad_arguments_exit_2(tmp_path, capsys):
     for argv in (["Cosine(lr=0.1, total_steps=0)"], ["Cosine(0.1)"], ["Nope(1)"], ["Cosine(0.1, 10"],
-                 ["Cosine(0.1, 10)", "--steps", "0"], ["Cosine(0.1, 10)", "--figsize", "3x2"]):
+                 ["Cosine(0.1, 10)", "--steps", "0"], ["Cosine(0.1, 10)", "--steps", str(2**53 + 1)],
+                 ["Cosine(0.1, 10)", "--figsize", "3x2"], ["Cosine(0.1, 10)", "--figsize", "0,0"],
+                 ["Cosine(0.1, 10)", "--figsize", "nan,4"], ["Cosine(0.1, 10)", "--figsize", "1000,1000"],
+                 ["Cosine(0.1, 10)", "--dpi", "0"], ["Cosine(0.1, 10)", "--dpi", "100000"],
+                 ["Constant(lr=0.1, lr=0.2)"],  # Python's compiler refuses a repeated keyword
+                 ["Constant(" + "-" * 3000 + "1)"], ["Constant(0.1)" + ".a" * 4000],
+                 ["Constant(0.1)" + "(1)" * 3000]):
         with pytest.raises(SystemExit) as e:
             _plot.main(namespace(*argv, "-o", str(tmp_path / "o.png")))
         assert e.value.code == 2
         assert "fastlr plot: error" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_bad_output_paths_exit_2_before_plotting(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    for out in (str(tmp_path / "missing" / "o.png"), str(tmp_path), str(tmp_path / "o.unknownformat")):
+        with pytest.raises(SystemExit) as e:
+            _plot.main(namespace("Cosine(0.1, 10)", "-o", out))
+        assert e.value.code == 2
+        assert "fastlr plot: error" in capsys.readouterr().err
+    assert _plot.main(namespace("Cosine(0.1, 10)", "-o", str(tmp_path / "noext"))) == 0
+    assert "wrote " + str(tmp_path / "noext.png") in capsys.readouterr().out  # the file written
+    assert_png(tmp_path / "noext.png")
+
+
+def test_long_schedules_are_sampled(tmp_path):
+    """A schedule of 2**53 steps is drawn from a bounded number of points, not every step."""
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "big.png"
+    assert _plot.main(namespace("OneCycle(max_lr=0.1, total_steps=9007199254740992)", "-o", str(out))) == 0
+    assert_png(out)
+    ts = _plot._sample_steps(2**53)
+    assert ts[0] == 0 and ts[-1] == 2**53 - 1 and ts.size <= _plot._MAX_POINTS
+    assert list(_plot._sample_steps(5)) == [0, 1, 2, 3, 4]
 
 
 def test_missing_matplotlib_message(tmp_path, monkeypatch, capsys):
