@@ -136,7 +136,9 @@ class Contender:
 
     def summary(self):
         s = sorted(self.samples)
-        q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0]] * 3
+        # inclusive: quartiles within [min, max] even for two samples (the default
+        # exclusive method extrapolates, below zero with --reps 1)
+        q = statistics.quantiles(s, n=4, method="inclusive") if len(s) >= 2 else [s[0]] * 3
         return {"median_s": statistics.median(s), "min_s": s[0], "max_s": s[-1],
                 "q1_s": q[0], "q3_s": q[2], "samples": len(s), "inner": self.inner,
                 **({"note": self.note} if self.note else {})}
@@ -363,7 +365,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-schedule", action="store_true",
                         help="skip the in-kernel schedule case (OneCycle, small workload)")
     parser.add_argument("--no-numpy", action="store_true", help="skip the NumPy contenders")
-    parser.add_argument("--reps", type=int, default=None, help="minimum samples per contender (default 5; --quick 3)")
+    def positive(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"a positive integer, got {text!r}")
+        return value
+
+    parser.add_argument("--reps", type=positive, default=None,
+                        help="minimum samples per contender (default 5; --quick 3)")
     parser.add_argument("--json", metavar="PATH", default=None, help="write all results as JSON to PATH")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -505,8 +517,25 @@ def format_table(results, meta):
     return "\n".join(lines).lstrip("\n")
 
 
+def _check_json_path(path):
+    """Fails before a run of minutes when its results could not be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        print(f"fastlr bench: error: cannot write --json {path!r} (a folder, or its folder is "
+              "missing or read-only)", file=sys.stderr)
+        return False
+    return True
+
+
 def main(args) -> int:
-    import torch
+    if args.json and not _check_json_path(args.json):
+        return 2
+    try:
+        import torch
+    except ImportError:
+        print('fastlr bench: error: the benchmark compares against torch.optim; install it with '
+              'pip install torch "fastlr[bench]"', file=sys.stderr)
+        return 2
 
     try:
         from tqdm import tqdm
@@ -532,6 +561,9 @@ def main(args) -> int:
     dtypes = args.dtype or (QUICK["dtypes"] if quick else DTYPES)
     ncpu = os.cpu_count() or 1
     threads = args.threads or ((ncpu,) if quick else tuple(sorted({1, ncpu})))
+    if max(threads) > ncpu:
+        print(f"fastlr bench: warning: {max(threads)} threads on {ncpu} cores oversubscribes "
+              "them; those rows measure the OS scheduler as much as the kernels", file=sys.stderr)
     min_reps = args.reps or (3 if quick else 5)
     max_reps = max(min_reps, 7 if quick else 15)
     budget = {"large": 8.0, "medium": 3.0, "small": 1.5}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -245,7 +246,8 @@ def main(args):
 
         import fastlr.optim  # noqa: F401
     except ImportError as exc:
-        print(f"fastlr demo needs torch and matplotlib (pip install \"fastlr[torch,plot]\"): {exc}")
+        print(f"fastlr demo: error: needs torch and matplotlib (pip install \"fastlr[torch,plot]\"): {exc}",
+              file=sys.stderr)
         return 2
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -253,8 +255,13 @@ def main(args):
     quick = bool(args.quick)
     epochs = args.epochs if args.epochs is not None else (QUICK_EPOCHS if quick else FULL_EPOCHS)
     if epochs < 1:
-        raise SystemExit("fastlr demo: --epochs must be >= 1")
-    os.makedirs(args.out, exist_ok=True)
+        print(f"fastlr demo: error: --epochs must be >= 1, got {epochs}", file=sys.stderr)
+        return 2
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:  # a file in the way, a read-only place
+        print(f"fastlr demo: error: cannot use --out {args.out!r} as the output folder: {e}", file=sys.stderr)
+        return 2
     compare = not args.no_compare
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 2-50-3 MLP: threads cost more than they give

@@ -17,7 +17,11 @@ _COMMANDS = {
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="fastlr", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="fastlr",
+        description="fastlr: bench (the benchmark suite), plot (schedules to PNG), demo (the classic "
+                    "learning-rate experiments), info (build_info as JSON)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(_COMMANDS) + "}")
     sub.required = True
     modules = {}

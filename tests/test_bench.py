@@ -57,6 +57,18 @@ def test_bench_quick_writes_json(tmp_path, torch):
     assert any(r["schedule"] == "onecycle" for r in results)
 
 
+def test_bench_refuses_an_unwritable_json_path_before_running(tmp_path, capsys):
+    from fastlr import cli
+
+    for path in (tmp_path / "missing" / "b.json", tmp_path):
+        assert cli.main(["bench", "--quick", "--no-progress", "--json", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "cannot write --json" in err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--reps", "0"])
+    assert e.value.code == 2
+
+
 def test_bench_filters(tmp_path, torch, capsys):
     from fastlr import cli
 

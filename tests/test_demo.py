@@ -55,10 +55,14 @@ def test_quick_run(tmp_path, capsys):
         assert float(line.split()[-1]) <= 0.01, line
 
 
-def test_bad_epochs(tmp_path):
+def test_bad_arguments_exit_2(tmp_path, capsys):
     pytest.importorskip("torch")
     pytest.importorskip("matplotlib")
     from fastlr import cli
 
-    with pytest.raises(SystemExit, match="epochs"):
-        cli.main(["demo", "--quick", "--epochs", "0", "--out", str(tmp_path)])
+    assert cli.main(["demo", "--quick", "--epochs", "0", "--out", str(tmp_path)]) == 2
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("")
+    assert cli.main(["demo", "--quick", "--out", str(in_the_way / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert "--epochs must be >= 1" in err and "output folder" in err
