@@ -5,6 +5,8 @@ kernels (``fastlr.adam_step`` …, no torch needed) and benchmarks (``fastlr ben
 """
 from __future__ import annotations
 
+import numbers
+
 from . import _C
 from ._kernels import adagrad_step, adam_step, rmsprop_step, sgd_step
 from . import numpy  # fastlr.numpy.SGD ...: stateful optimizers over NumPy arrays
@@ -42,7 +44,14 @@ def __getattr__(name):
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value
         return value
+    if name == "optim":  # `import fastlr; fastlr.optim.Adam(...)` (imports torch only then)
+        import importlib
+
+        return importlib.import_module(".optim", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_MAX_THREADS = 4096
 
 
 def get_num_threads() -> int:
@@ -51,9 +60,12 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Sets the number of threads the kernels use (n >= 1)."""
-    if isinstance(n, bool) or not isinstance(n, int):
+    """Sets the number of threads the kernels use (1 <= n <= 4096), process-wide."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
+    n = int(n)
+    if not 1 <= n <= _MAX_THREADS:  # beyond it OpenMP would try to start that many threads
+        raise ValueError(f"n must be in [1, {_MAX_THREADS}], got {n}")
     _C.set_num_threads(n)
 
 

@@ -344,6 +344,10 @@ def test_thread_count_api(num_threads):
         fastlr.set_num_threads(0)
     with pytest.raises(TypeError):
         fastlr.set_num_threads(1.5)
+    with pytest.raises(ValueError, match="4096"):
+        fastlr.set_num_threads(2**40)  # OpenMP would try to start that many threads
+    fastlr.set_num_threads(np.int64(1))
+    assert fastlr.get_num_threads() == 1
 
 
 # --------------------------------------------------------------- schedules ---

@@ -693,7 +693,8 @@ def _run(code):
 
 
 def test_import_fastlr_does_not_import_torch():
-    r = _run("import sys, fastlr; assert 'torch' not in sys.modules, 'torch imported'")
+    r = _run("import sys, fastlr; from fastlr import *; assert 'torch' not in sys.modules, 'torch imported'\n"
+             "assert fastlr.optim.Adam.__module__ == 'fastlr.optim.adam'  # loaded on first use")
     assert r.returncode == 0, r.stderr
 
 
