@@ -280,6 +280,22 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("enc"), py::arg("t"));
 
+  // Data addresses of a list of NumPy arrays, for the NumPy face's validation and calls:
+  // __array_interface__ builds a dict per array (~1 us); this reads the array struct.
+  m.def(
+      "data_ptrs",
+      [](const py::list& arrays) {
+        py::list out(arrays.size());
+        for (size_t i = 0; i < arrays.size(); ++i) {
+          py::handle a = arrays[i];
+          if (!py::isinstance<py::array>(a))
+            throw py::type_error("data_ptrs: item " + std::to_string(i) + " is not a numpy.ndarray");
+          const void* p = py::reinterpret_borrow<py::array>(a).data();
+          out[i] = py::reinterpret_steal<py::object>(PyLong_FromVoidPtr(const_cast<void*>(p)));
+        }
+        return out;
+      },
+      py::arg("arrays"));
   m.def("get_num_threads", &fastlr::get_num_threads);
   m.def(
       "set_num_threads",

@@ -112,6 +112,7 @@ class _Call:
         _check_arrays("grads", self.grads, self.params, self.dtype, updated=False)
         self.code = _DTYPE_CODES[self.dtype.name]
         self.numel = [a.size for a in self.params]
+        self._addrs = {}  # id(list) -> its data addresses, read once
         self._updated = [self.params]
 
     def state(self, arrays, name):
@@ -133,27 +134,28 @@ class _Call:
         updated array other than exactly (each element's grad is read before its param or
         state is written, so a grad that *is* one of them is fine; a shifted view would read
         values already updated). Call after every state is added."""
-        spans = sorted(_span(a) for arrays in self._updated for a in arrays if a.size)
+        spans = sorted(
+            (p, p + a.nbytes)
+            for arrays in self._updated for a, p in zip(arrays, self.addresses(arrays)) if a.size
+        )
         for (_, end), (start, _) in zip(spans, spans[1:]):
             if start < end:
                 raise ValueError("the same array memory is passed twice among the updated arrays "
                                  "(or two of them overlap)")
         starts = [start for start, _ in spans]
-        for i, g in enumerate(self.grads):
-            if g.size and _overlaps_inexactly(spans, starts, _span(g)):
+        for i, (g, p) in enumerate(zip(self.grads, self.addresses(self.grads))):
+            if g.size and _overlaps_inexactly(spans, starts, (p, p + g.nbytes)):
                 raise ValueError(f"grads[{i}] partly overlaps an updated array (a grad may be "
                                  "the very same memory as its param or state, not a shifted view)")
 
-    @staticmethod
-    def addresses(arrays):
+    def addresses(self, arrays):
+        """The data addresses of one validated list (read once per call)."""
         if arrays is None:
             return None
-        return [a.__array_interface__["data"][0] for a in arrays]
-
-
-def _span(a):
-    start = a.__array_interface__["data"][0]
-    return start, start + a.nbytes
+        addrs = self._addrs.get(id(arrays))
+        if addrs is None:
+            addrs = self._addrs[id(arrays)] = _C.data_ptrs(arrays)
+        return addrs
 
 
 def _overlaps_inexactly(spans, starts, span):

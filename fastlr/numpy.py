@@ -124,7 +124,9 @@ class _Optimizer:
             raise TypeError("param_group['params'] must be an ndarray or a list of them")
         first = len(self._params)
         params = [_param(p, f"params[{first + i}]") for i, p in enumerate(params)]
-        spans = sorted((*_kernels._span(p), i) for i, p in enumerate(self._params + params) if p.size)
+        everything = self._params + params
+        spans = sorted((a, a + p.nbytes, i) for i, (p, a) in enumerate(zip(everything, _C.data_ptrs(everything)))
+                       if p.size)
         for (_, end, i), (start, _, j) in zip(spans, spans[1:]):
             if start < end:
                 raise ValueError(f"params[{max(i, j)}] shares memory with params[{min(i, j)}]: "
@@ -234,11 +236,12 @@ class _Optimizer:
         """Copies each grad that overlaps a param other than exactly (a shifted view would
         read values the same call already updated), so that every check the kernels make
         passes before the first group is updated."""
-        spans = sorted(_kernels._span(p) for p in params if p.size)
+        spans = sorted((a, a + p.nbytes) for p, a in zip(params, _C.data_ptrs(params)) if p.size)
         starts = [start for start, _ in spans]
-        for i, g in enumerate(grads):
-            if g is not None and g.size and _kernels._overlaps_inexactly(spans, starts, _kernels._span(g)):
-                grads[i] = g.copy()
+        given = [i for i, g in enumerate(grads) if g is not None and g.size]
+        for i, a in zip(given, _C.data_ptrs([grads[i] for i in given])):
+            if _kernels._overlaps_inexactly(spans, starts, (a, a + grads[i].nbytes)):
+                grads[i] = grads[i].copy()
 
     def _hyper(self, group):
         """(lr, momentum-or-beta1) this update uses: the schedules' values at schedule_t."""

@@ -433,3 +433,12 @@ def test_property_matches_reference(kernel, data, shapes, dtype, steps, seed):
         ours.step(fastlr, grads, step)
         theirs.step(ref, grads, step)
     assert_identical(ours.arrays(), theirs.arrays())
+
+
+def test_data_ptrs_reads_the_array_addresses():
+    from fastlr import _C
+
+    arrays = [np.zeros(5, np.float32), np.zeros((3, 4))[1:], np.zeros(0)]
+    assert _C.data_ptrs(arrays) == [a.__array_interface__["data"][0] for a in arrays]
+    with pytest.raises(TypeError, match="item 1"):
+        _C.data_ptrs([arrays[0], [1.0, 2.0]])
