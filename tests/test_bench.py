@@ -47,6 +47,7 @@ def test_bench_quick_writes_json(tmp_path, torch):
     data = json.loads(out.read_text())
     meta, results = data["meta"], data["results"]
     assert meta["torch"] == torch.__version__ and meta["cpu_level"] == _C.cpu_level()
+    assert meta["openmp"] == _C.openmp and meta["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert {r["workload"] for r in results} == {"medium", "small"}
     for r in results:
         assert r["contenders"], r
