@@ -112,6 +112,20 @@ CORRUPTIONS = [
     ("unknown_param_id", lambda sd, n: sd["state"].__setitem__(99, {}), ValueError, "99"),
     ("duplicate_param_id", lambda sd, n: sd["param_groups"][1]["params"].__setitem__(
         0, sd["param_groups"][0]["params"][0]), ValueError, "twice"),
+    # the kernels write each state tensor through its address
+    ("state_expanded", lambda sd, n: _first_state(sd).__setitem__(
+        STATE_KEY[n], _first_state(sd)[STATE_KEY[n]].reshape(-1)[:1].expand(_first_state(sd)[STATE_KEY[n]].shape)),
+     ValueError, "sharing memory"),
+    ("state_sparse", lambda sd, n: _first_state(sd).__setitem__(
+        STATE_KEY[n], _first_state(sd)[STATE_KEY[n]].to_sparse()), TypeError, "sparse"),
+    # params 0 and 1 are Linear(5, 4)'s weight and bias: the bias state as a view of the weight's
+    ("two_states_one_memory", lambda sd, n: sd["state"][1].__setitem__(
+        STATE_KEY[n], sd["state"][0][STATE_KEY[n]].reshape(-1)[:4]), ValueError, "shares memory"),
+    ("lr_schedule_not_a_schedule", lambda sd, n: sd["param_groups"][0].update(lr_schedule=3, lr_scale=1.0,
+                                                                              schedule_t=0),
+     TypeError, "lr_schedule"),
+    ("schedule_t_not_an_int", lambda sd, n: sd["param_groups"][0].update(schedule_t="a"), ValueError,
+     "schedule_t"),
 ]
 STEP_VALUES = [(-1.0, ValueError), (math.nan, ValueError), (math.inf, ValueError), (2.0**60, ValueError),
                (1.5, ValueError), ("3", TypeError), (torch.tensor([1.0, 2.0]), TypeError),

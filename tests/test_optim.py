@@ -745,3 +745,101 @@ def test_cuda_params_match_torch(name):
             topt.step()
     for x, y in zip(fp, tp):
         torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------- what the cached plan must notice ---
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_grad_unlike_its_param_raises_instead_of_reading_past_it(name):
+    p = torch.nn.Parameter(torch.zeros(1000))
+    opt = getattr(fo, name)([p], lr=0.1)
+    p.grad = torch.ones(1000)
+    opt.step()
+    p.grad.data = torch.ones(10)  # the same grad object, now smaller
+    with pytest.raises(RuntimeError, match="grad of params"):
+        opt.step()
+    p.grad = torch.ones(1000)
+    p.data = torch.zeros(200_000)  # the param grew (a vocabulary resize), its grad did not
+    with pytest.raises(RuntimeError, match="grad of params"):
+        opt.step()
+
+
+@pytest.mark.parametrize("name", ["Adam", "RMSprop", "Adagrad", "SGD"])
+def test_state_whose_storage_moved_is_followed(name):
+    """share_memory_() (A3C's shared optimizers) and `t.data = t.data.clone()` (state moved
+    between devices) keep the state tensor object but give it new memory."""
+    kw = {"momentum": 0.9} if name == "SGD" else {}
+    p = torch.nn.Parameter(torch.randn(300, dtype=torch.float64))
+    q = torch.nn.Parameter(p.detach().clone())
+    fopt = getattr(fo, name)([p], lr=0.01, **kw)
+    topt = getattr(torch.optim, name)([q], lr=0.01, foreach=False, **kw)
+    for step in range(6):
+        g = torch.randn(300, generator=torch.Generator().manual_seed(step), dtype=torch.float64)
+        p.grad, q.grad = g.clone(), g.clone()
+        fopt.step()
+        topt.step()
+        for v in fopt.state[p].values():
+            if torch.is_tensor(v) and v.dim():
+                if step == 1:
+                    v.share_memory_()
+                elif step == 3:
+                    v.data = v.data.clone()
+    torch.testing.assert_close(p, q, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lazily_conjugated_complex_grads(name):
+    p = torch.nn.Parameter(torch.randn(6, dtype=torch.complex128))
+    q = torch.nn.Parameter(p.detach().clone())
+    fopt = getattr(fo, name)([p], lr=0.1)
+    topt = getattr(torch.optim, name)([q], lr=0.1, foreach=False)
+    for step in range(4):
+        g = torch.randn(6, dtype=torch.complex128, generator=torch.Generator().manual_seed(step))
+        p.grad = g.conj() if step % 2 else torch._neg_view(g)  # lazy: memory holds g
+        assert p.grad.is_conj() or p.grad.is_neg()
+        q.grad = p.grad.resolve_conj().resolve_neg()
+        fopt.step()
+        topt.step()
+    torch.testing.assert_close(p, q, **TOL[torch.float64])
+
+
+def test_step_bumps_the_params_version_for_autograd():
+    w = torch.nn.Parameter(torch.randn(3))
+    x = torch.randn(3, requires_grad=True)
+    opt = fo.SGD([w], lr=0.1)
+    w.grad = torch.ones(3)
+    out = (w * x).sum()  # saves w for backward
+    opt.step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_param_listed_twice_in_a_group_is_updated_once(name):
+    """torch warns (optim_db's error input) and updates such a param twice per step; fastlr
+    warns the same and updates it once: one kernel call never writes memory twice."""
+    p = torch.nn.Parameter(torch.randn(5000, dtype=torch.float64))
+    q = torch.nn.Parameter(p.detach().clone())
+    with pytest.warns(UserWarning, match="duplicate"):
+        fopt = getattr(fo, name)([p, p], lr=0.01)
+    topt = getattr(torch.optim, name)([q], lr=0.01, foreach=False)
+    for step in range(3):
+        g = torch.randn(5000, dtype=torch.float64, generator=torch.Generator().manual_seed(step))
+        p.grad, q.grad = g.clone(), g.clone()
+        fopt.step()
+        topt.step()
+    torch.testing.assert_close(p, q, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("name,flag", [("SGD", "maximize"), ("Adam", "amsgrad"), ("RMSprop", "centered"),
+                                       ("Adagrad", "maximize")])
+def test_truthy_flags_work_as_in_torch(name, flag):
+    p, q = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(4))
+    fopt = getattr(fo, name)([p], lr=0.1, **{flag: (0.9, 0.99)})
+    topt = getattr(torch.optim, name)([q], lr=0.1, foreach=False, **{flag: True})
+    for _ in range(3):
+        p.grad, q.grad = torch.full((4,), 0.5), torch.full((4,), 0.5)
+        fopt.step()
+        topt.step()
+    torch.testing.assert_close(p, q)

@@ -56,6 +56,8 @@ _is_ = operator.is_
 _is_not = operator.is_not
 _is_contiguous = torch.Tensor.is_contiguous
 _data_ptr = torch.Tensor.data_ptr
+_nbytes = operator.attrgetter("nbytes")
+_increment_version = torch.autograd.graph.increment_version
 _get_grad = operator.attrgetter("grad")
 _NONE = itertools.repeat(None)  # map(_is_not, xs, _NONE): [x is not None for x in xs]
 # largest step count below which a float32 counter advanced by add_(1.0) stays exact
@@ -196,7 +198,7 @@ class _Plan:
         "direct", "single", "gidx", "full", "fresh", "dtensor",
         # cheap per-step checks: state keys with the tensors they must still hold; the
         # common step count while the step buffer is untouched
-        "checks", "step_track", "step_ver", "step_common",
+        "checks", "addr_checks", "nbytes", "complex", "bump", "step_track", "step_ver", "step_common",
     )
 
 
@@ -461,10 +463,17 @@ class FastlrOptimizer(torch.optim.Optimizer):
             if not stale and plan.checks is not None:
                 states = plan.states
                 try:
-                    for getter, tensors in plan.checks:
-                        if not all(map(_is_, map(getter, states), tensors)):
+                    # state tensors by address: a tensor replaced in the state dict, or one
+                    # whose storage moved (share_memory_(), `t.data = t.data.clone()`)
+                    for getter, addrs in plan.addr_checks:
+                        if list(map(_data_ptr, map(getter, states))) != addrs:
                             stale = True
                             break
+                    else:
+                        for getter, tensors in plan.checks:
+                            if not all(map(_is_, map(getter, states), tensors)):
+                                stale = True
+                                break
                 except KeyError:  # a state entry deleted by hand: rebuild (re-initialises)
                     stale = True
             elif not stale:  # DTensor params: compare local shards
@@ -487,6 +496,18 @@ class FastlrOptimizer(torch.optim.Optimizer):
         grads = grads_all if plan.full else [grads_all[j] for j in plan.gidx]
         if plan.dtensor:
             grads = [_local_grad(g, p) for g, p in zip(grads, plan.dtensor)]
+        if list(map(_nbytes, grads)) != plan.nbytes:
+            # a grad of another size or width than its param (`g.data = ...`, `g.set_()`): the
+            # kernel would read past it. A rebuild checks every grad against its param.
+            plan = self._build_plan(group, group["params"], grads_all, plan.mask, plan.key)
+            if plan is None:
+                self._step_uncached(group, group["params"], grads_all, roles, gs, grad_scale, found_inf)
+                return
+            grads = grads_all if plan.full else [grads_all[j] for j in plan.gidx]
+            if plan.dtensor:
+                grads = [_local_grad(g, p) for g, p in zip(grads, plan.dtensor)]
+        if plan.complex:  # a lazily conjugated / negated grad: its memory holds the other values
+            grads = [g.resolve_conj().resolve_neg() if g.is_conj() or g.is_neg() else g for g in grads]
         try:
             g_addrs = list(map(_data_ptr, grads))
         except RuntimeError:  # a sparse grad has no data pointer
@@ -525,6 +546,10 @@ class FastlrOptimizer(torch.optim.Optimizer):
                     nxt = None
                 plan.step_common = nxt
                 plan.step_ver = buf._version
+        if plan.bump:
+            # the kernel wrote through raw pointers: tell autograd, as torch's in-place
+            # updates do, so a backward through values saved before the step raises
+            _increment_version(plan.bump)
         for p, role, t in plan.pending:
             self.state[p][role] = t  # torch stores the first momentum buffer after the step
         if plan.pending:
@@ -597,14 +622,26 @@ class FastlrOptimizer(torch.optim.Optimizer):
         plan.pending = []
         params, gidx, states, role_tensors = [], [], [], [[] for _ in roles]
         need_state = bool(roles) or self._has_step
+        seen = set()
         for j, (p, g) in enumerate(zip(params_all, grads_all)):
             if g is None:
                 continue
+            if id(p) in seen:
+                # a param listed twice (torch warns, then updates it twice per step): updated
+                # once, as one kernel call must not write the same memory from two places
+                continue
+            seen.add(id(p))
             if g.is_sparse:
                 return None
             if p.device.type != "cpu":
                 plan.other = True
                 continue
+            if g.shape != p.shape or g.dtype != p.dtype:
+                raise RuntimeError(
+                    f"fastlr.optim.{type(self).__name__}: the grad of params[{j}] has shape "
+                    f"{tuple(g.shape)} and dtype {g.dtype}, but the param has shape {tuple(p.shape)} "
+                    f"and dtype {p.dtype}"
+                )
             params.append(p)
             gidx.append(j)
             if need_state:
@@ -676,6 +713,9 @@ class FastlrOptimizer(torch.optim.Optimizer):
         plan.all_direct = all(plan.direct)
         plan.all_contig = all(plan.p_contig)
         plan.p_addrs = [p.data_ptr() for p in params]
+        plan.nbytes = [p.nbytes for p in params]
+        plan.complex = any(p.is_complex() for p in params)
+        plan.bump = [p for p in params if not p.is_inference()]
         plan.role_addrs = [[t.data_ptr() for t in ts] for ts in role_tensors]
         plan.single = len(plan.buckets) == 1 and plan.all_direct and not plan.other
         # step counters: views into one buffer, so one add_ advances them all
@@ -691,11 +731,13 @@ class FastlrOptimizer(torch.optim.Optimizer):
         plan.step_track = plan.step_buf is not None and not plan.step_buf.is_inference()
         plan.step_ver = -1
         plan.step_common = None
-        plan.checks = None
+        plan.checks = plan.addr_checks = None
         if plan.dtensor is None:
-            plan.checks = [
-                (operator.itemgetter(role), tensors) for role, tensors in zip(roles, role_tensors)
+            # state tensors by address (first-step SGD buffers are not in the state yet)
+            plan.addr_checks = [] if plan.pending else [
+                (operator.itemgetter(role), addrs) for role, addrs in zip(roles, plan.role_addrs)
             ]
+            plan.checks = []
             if plan.step_views is not None:
                 plan.checks.append((operator.itemgetter("step"), plan.step_views))
         plan.state = st

@@ -63,6 +63,7 @@ def check_state_dict(opt, state_dict):
         for key in ("params",) + _GROUP_KEYS[kind]:
             if key not in saved:
                 raise ValueError(f"{name}: param_groups[{g}] has no {key!r}")
+        _check_schedule_keys(saved, f"{name}: param_groups[{g}]")
         ids = saved["params"]
         if len(ids) != len(current["params"]):
             raise ValueError(
@@ -75,6 +76,7 @@ def check_state_dict(opt, state_dict):
             owner[pid] = (g, i, p, saved)
 
     allowed = _STATE_KEYS[kind]
+    spans = []  # (device, start, end, where) of every state tensor
     for pid, pstate in state.items():
         if pid not in owner:
             raise ValueError(f"{name}: state has an entry for param id {pid!r}, which no param group lists")
@@ -100,6 +102,15 @@ def check_state_dict(opt, state_dict):
                 continue  # torch's "no buffer yet"
             else:
                 _check_like_param(value, p, f"{where}[{key!r}]")
+                local = getattr(value, "_local_tensor", value)  # a DTensor's shard (FSDP2)
+                if local.numel():
+                    spans.append((local.device.type, local.data_ptr(), local.data_ptr() + local.nbytes,
+                                  f"param_groups[{g}]['params'][{i}][{key!r}]"))
+    # the kernels write every state tensor: two of them sharing memory would be updated twice
+    spans.sort()
+    for a, b in zip(spans, spans[1:]):
+        if a[0] == b[0] and b[1] < a[2]:
+            raise ValueError(f"{name}: the state of {b[3]} shares memory with that of {a[3]}")
 
 
 def _check_step(value, where):
@@ -115,9 +126,32 @@ def _check_step(value, where):
         raise ValueError(f"{where} must be a whole number in [0, 2**53], got {value}")
 
 
+def _check_schedule_keys(saved, where):
+    """The keys fastlr.optim adds to a group with a Schedule attached."""
+    from ..schedules import Schedule
+
+    for key in ("lr_schedule", "momentum_schedule"):
+        if saved.get(key) is not None and not isinstance(saved[key], Schedule):
+            raise TypeError(f"{where}[{key!r}] must be a fastlr Schedule, got {type(saved[key]).__name__}")
+    if "schedule_t" in saved:
+        t = saved["schedule_t"]
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t <= _MAX_STEP:
+            raise ValueError(f"{where}['schedule_t'] must be an int in [0, 2**53], got {t!r}")
+    if "lr_scale" in saved:
+        v = saved["lr_scale"]
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{where}['lr_scale'] must be a finite number >= 0, got {v!r}")
+    if saved.get("lr_schedule") is not None and "lr_scale" not in saved:
+        raise ValueError(f"{where} has an 'lr_schedule' but no 'lr_scale'")
+
+
 def _check_like_param(value, p, where):
     if not torch.is_tensor(value):
         raise TypeError(f"{where} must be a tensor, got {type(value).__name__}")
+    if value.layout != torch.strided:
+        raise TypeError(f"{where} is a {value.layout} tensor; expected a dense (strided) one like the param")
+    if torch._debug_has_internal_overlap(value) == 1:  # e.g. expanded: one element stands for many
+        raise ValueError(f"{where} has elements sharing memory (stride 0 or overlapping strides)")
     if not (value.is_floating_point() or value.is_complex()) or value.is_complex() != p.is_complex():
         raise TypeError(f"{where} has dtype {value.dtype}; expected a tensor like the param ({p.dtype})")
     if tuple(value.shape) != tuple(p.shape):

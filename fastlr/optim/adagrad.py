@@ -106,7 +106,7 @@ class Adagrad(FastlrOptimizer):
         _C.adagrad(
             b.code, b.numel, addrs[0], addrs[1], addrs[2], step, _scalar(group["lr"]), None,
             _scalar(group["lr_decay"]), _scalar(group["weight_decay"]), _scalar(group["eps"]),
-            group["maximize"], grad_scale,
+            bool(group["maximize"]), grad_scale,
         )
 
     def _sparse_step(self, group, params, grads, states, grad_scale):

@@ -137,8 +137,8 @@ class Adam(FastlrOptimizer):
             b.code, b.numel, addrs[0], addrs[1], addrs[2], addrs[3],
             addrs[4] if len(addrs) > 4 else None, step, _scalar(group["lr"]), None,
             _scalar(beta1), None, _scalar(beta2), _scalar(group["eps"]),
-            _scalar(group["weight_decay"]), group["decoupled_weight_decay"], group["amsgrad"],
-            group["maximize"], grad_scale,
+            _scalar(group["weight_decay"]), bool(group["decoupled_weight_decay"]),
+            bool(group["amsgrad"]), bool(group["maximize"]), grad_scale,
         )
 
     def _sparse_error(self):

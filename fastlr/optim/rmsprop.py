@@ -101,7 +101,7 @@ class RMSprop(FastlrOptimizer):
             state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def _call(self, group, b, addrs, step, grad_scale):
-        centered = group["centered"]
+        centered = bool(group["centered"])
         use_momentum = self._use_momentum(group)
         k = 3
         grad_avgs = momentum_buffers = None
@@ -114,7 +114,7 @@ class RMSprop(FastlrOptimizer):
             b.code, b.numel, addrs[0], addrs[1], addrs[2], grad_avgs, momentum_buffers,
             _scalar(group["lr"]), None, 0, _scalar(group["alpha"]), _scalar(group["eps"]),
             _scalar(group["weight_decay"]), _scalar(group["momentum"]), None, centered,
-            use_momentum, group["maximize"], False, grad_scale,
+            use_momentum, bool(group["maximize"]), False, grad_scale,
         )
 
     def _sparse_error(self):

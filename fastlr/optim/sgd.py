@@ -95,7 +95,7 @@ class SGD(FastlrOptimizer):
         _C.sgd(
             b.code, b.numel, addrs[0], addrs[1], addrs[2] if len(addrs) > 2 else None,
             _scalar(group["lr"]), None, 0, momentum, None, _scalar(group["dampening"]),
-            group["nesterov"], _scalar(group["weight_decay"]), group["maximize"], b.first,
+            bool(group["nesterov"]), _scalar(group["weight_decay"]), bool(group["maximize"]), b.first,
             grad_scale,
         )
 
