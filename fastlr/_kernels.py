@@ -12,6 +12,7 @@ import numbers
 import numpy as np
 
 from . import _C
+from .schedules import Schedule
 
 __all__ = ["sgd_step", "adam_step", "rmsprop_step", "adagrad_step"]
 
@@ -32,6 +33,8 @@ def _as_list(x, name, *, n=None):
     for i, a in enumerate(arrays):
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name}[{i}] must be a numpy.ndarray, got {type(a).__name__}")
+        if type(a) is not np.ndarray:  # a subclass (matrix, memmap, ...) may override size/shape:
+            arrays[i] = a.view(np.ndarray)  # the same memory, seen as a plain array
     if n is not None and len(arrays) != n:
         raise ValueError(f"{name} has {len(arrays)} arrays but params has {n}")
     return arrays
@@ -52,7 +55,10 @@ def _check_arrays(name, arrays, params, dtype, *, updated):
 def _real(x, name):
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
-    x = float(x)
+    try:
+        x = float(x)
+    except OverflowError:  # an int or Fraction beyond the float range
+        raise ValueError(f"{name} is too large for a float: {x!r}") from None
     if math.isnan(x):
         raise ValueError(f"{name} must not be NaN")
     return x
@@ -66,10 +72,10 @@ def _non_negative(x, name):
 
 
 def _schedule_or_value(x, name, check):
-    """A Schedule is passed as its C++ encoding (value then acts as a scale of 1.0)."""
-    enc = getattr(x, "_encoding", None)
-    if enc is not None:
-        return 1.0, enc
+    """A Schedule is passed as its C++ encoding (value then acts as a scale of 1.0). Only
+    fastlr's own classes: their constructors validate what the encoding holds."""
+    if isinstance(x, Schedule):
+        return 1.0, x._encoding
     return check(x, name), None
 
 
@@ -143,10 +149,21 @@ class _Call:
                 raise ValueError("the same array memory is passed twice among the updated arrays "
                                  "(or two of them overlap)")
         starts = [start for start, _ in spans]
-        for i, (g, p) in enumerate(zip(self.grads, self.addresses(self.grads))):
-            if g.size and _overlaps_inexactly(spans, starts, (p, p + g.nbytes)):
-                raise ValueError(f"grads[{i}] partly overlaps an updated array (a grad may be "
-                                 "the very same memory as its param or state, not a shifted view)")
+        exact = set(spans)
+        p_addrs = self.addresses(self.params)
+        for i, (g, a) in enumerate(zip(self.grads, self.addresses(self.grads))):
+            span = (a, a + g.nbytes)
+            if g.size and (_overlaps_inexactly(spans, starts, span)
+                           or (span in exact and a != p_addrs[i])):
+                raise ValueError(f"grads[{i}] shares memory with an updated array other than "
+                                 f"params[{i}] (a grad may be the very memory of its own param, "
+                                 "which is read before it is written)")
+
+    def refuse_grads_that_are_params(self, why):
+        """For updates where torch writes the param before it reads the grad."""
+        for i, (g, a, b) in enumerate(zip(self.grads, self.addresses(self.grads), self.addresses(self.params))):
+            if a == b and g.size:
+                raise ValueError(f"grads[{i}] is the memory of params[{i}]: {why}; pass a copy")
 
     def addresses(self, arrays):
         """The data addresses of one validated list (read once per call)."""
@@ -250,6 +267,9 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1=0.9, beta
     vmax = call.state(max_exp_avg_sqs, "max_exp_avg_sqs")
     if amsgrad:
         call.require(vmax, "max_exp_avg_sqs", "amsgrad=True")
+    if decoupled_weight_decay and weight_decay != 0.0:
+        call.refuse_grads_that_are_params("with decoupled weight decay torch reads the grad after "
+                                          "decaying the param")
     call.finish()
     used_lr, _ = _C.adam(call.code, call.numel, call.addresses(call.params), call.addresses(call.grads),
                          call.addresses(m), call.addresses(v), call.addresses(vmax) if amsgrad else None,

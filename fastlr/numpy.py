@@ -28,6 +28,7 @@ import numbers
 import numpy as np
 
 from . import _C, _kernels
+from .schedules import Schedule
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
 
@@ -38,13 +39,16 @@ _SUPPORTED = ("float32", "float64", "float16", "bfloat16")
 
 
 def _is_schedule(x):
-    return getattr(x, "_encoding", None) is not None
+    return isinstance(x, Schedule)
 
 
 def _real(x, name, *, lo=None, hi=None, hi_open=False, what="value"):
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
-    x = float(x)
+    try:
+        x = float(x)
+    except OverflowError:  # an int or Fraction beyond the float range
+        raise ValueError(f"Invalid {what}: {x!r} is too large for a float") from None
     if math.isnan(x) or (lo is not None and x < lo) or (hi is not None and (x > hi or (hi_open and x == hi))):
         raise ValueError(f"Invalid {what}: {x}")
     return x
@@ -213,6 +217,7 @@ class _Optimizer:
         self._copy_overlapping_grads(params, checked)
         for k, group in enumerate(self.param_groups):  # users may have edited a group
             self._check(group, f"param_groups[{k}]")
+        self._refuse_grads_that_are_params(params, checked)
         index = 0
         for group in self.param_groups:
             n = len(group["params"])
@@ -242,6 +247,21 @@ class _Optimizer:
         for i, a in zip(given, _C.data_ptrs([grads[i] for i in given])):
             if _kernels._overlaps_inexactly(spans, starts, (a, a + grads[i].nbytes)):
                 grads[i] = grads[i].copy()
+
+    def _refuse_grads_that_are_params(self, params, grads):
+        """AdamW's decay writes the param before torch reads the grad: a grad that is its
+        param's memory would read it decayed (the kernels refuse it; here before any group
+        is updated)."""
+        index = 0
+        for group in self.param_groups:
+            n = len(group["params"])
+            if group.get("decoupled_weight_decay") and group["weight_decay"] != 0:
+                for i in range(index, index + n):
+                    g = grads[i]
+                    if g is not None and g.size and _C.data_ptrs([g]) == _C.data_ptrs([params[i]]):
+                        raise ValueError(f"grads[{i}] is the memory of params[{i}]: with decoupled weight "
+                                         "decay torch reads the grad after decaying the param; pass a copy")
+            index += n
 
     def _hyper(self, group):
         """(lr, momentum-or-beta1) this update uses: the schedules' values at schedule_t."""
@@ -299,6 +319,10 @@ class _Optimizer:
             i = id_map[pid]
             if not isinstance(entry, dict):
                 raise TypeError(f"state_dict['state'][{pid!r}] must be a dict")
+            for key in entry:
+                if key not in self._state_keys:
+                    raise ValueError(f"state_dict['state'][{pid!r}] has an unexpected key {key!r} "
+                                     f"(expected some of {list(self._state_keys)})")
             new_state[i] = {key: self._load_value(v, params[i], f"state[{pid!r}][{key!r}]", key)
                             for key, v in entry.items() if v is not None}
         for k, group in enumerate(new_groups):
@@ -311,12 +335,13 @@ class _Optimizer:
     @staticmethod
     def _load_value(v, p, where, key):
         if key == "step":
-            try:
-                s = float(v)
-            except (TypeError, ValueError):
-                raise TypeError(f"{where} must be a number, got {type(v).__name__}") from None
-            if not (s >= 0 and s.is_integer()):
-                raise ValueError(f"{where} must be an integer >= 0, got {s}")
+            if hasattr(v, "detach") and v.numel() == 1 and not v.is_complex() and str(v.dtype) != "torch.bool":
+                v = v.item()  # torch keeps the step in a 0-dim tensor
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+                raise TypeError(f"{where} must be a number, got {type(v).__name__}")
+            s = float(v)
+            if not (0 <= s <= 2**53 and s.is_integer()):  # the kernels take the step as a double
+                raise ValueError(f"{where} must be a whole number in [0, 2**53], got {s}")
             return int(s)
         if hasattr(v, "detach"):  # a torch tensor (float64 holds every value of a smaller type)
             v = v.detach().cpu().double().numpy()
@@ -349,6 +374,7 @@ class _Optimizer:
 class SGD(_Optimizer):
     """torch.optim.SGD over NumPy arrays (state: ``momentum_buffer``)."""
 
+    _state_keys = ("momentum_buffer",)
     _momentum_key = "momentum"
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
@@ -398,6 +424,7 @@ class Adam(_Optimizer):
     """torch.optim.Adam over NumPy arrays (state: ``step``, ``exp_avg``, ``exp_avg_sq``,
     ``max_exp_avg_sq``)."""
 
+    _state_keys = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _momentum_key = "betas"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
@@ -465,6 +492,7 @@ class RMSprop(_Optimizer):
     """torch.optim.RMSprop over NumPy arrays (state: ``step``, ``square_avg``,
     ``momentum_buffer``, ``grad_avg``)."""
 
+    _state_keys = ("step", "square_avg", "momentum_buffer", "grad_avg")
     _momentum_key = "momentum"
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
@@ -522,6 +550,8 @@ class RMSprop(_Optimizer):
 class Adagrad(_Optimizer):
     """torch.optim.Adagrad over NumPy arrays (state: ``step``, ``sum``, created at
     construction as torch does)."""
+
+    _state_keys = ("step", "sum")
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
                  foreach=None, *, maximize=False, differentiable=False, fused=None):

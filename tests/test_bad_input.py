@@ -153,7 +153,15 @@ def _cases():
             base = np.concatenate([p, p[-1:]])
             return {**c, "params": [c["params"][0], base[:-1]], "grads": [c["grads"][0], base[1:]]}
 
-        add("grad-overlaps-param", shifted_grad, ValueError, r"grads\[1\] partly overlaps")
+        add("grad-overlaps-param", shifted_grad, ValueError, r"grads\[1\] shares memory")
+        add("grad-is-a-state", lambda c, r=first_state: {**c, "grads": [c["grads"][0], c[r][1]]}, ValueError,
+            r"grads\[1\] shares memory")
+        add("lr-beyond-float", lambda c: {**c, "lr": 10**400}, ValueError, "lr")
+
+        class FakeSchedule:  # only fastlr's own schedules reach the C++ evaluator
+            _encoding = np.array([14.0, 1e12])
+
+        add("lr-fake-schedule", lambda c: {**c, "lr": FakeSchedule()}, TypeError, "lr")
     cases.append(pytest.param("sgd_step", lambda c: {**c, "nesterov": True, "dampening": 0.5}, ValueError,
                               "[Nn]esterov", id="sgd_step-nesterov-dampening"))
     cases.append(pytest.param("sgd_step", lambda c: {**c, "nesterov": True, "momentum": 0.0}, ValueError,
@@ -188,6 +196,30 @@ def test_grad_that_is_its_param_is_fine(kernel):
         if isinstance(arrays, list) and role != "grads":
             for got, want in zip(call[role], arrays):
                 np.testing.assert_array_equal(got, want)
+
+
+def test_adamw_grad_that_is_its_param_is_refused():
+    """torch decays the param before reading the grad: a grad that is the param would be
+    read decayed by torch and undecayed by the kernel."""
+    call = make_call("adam_step")
+    call.update(grads=call["params"], weight_decay=0.1, decoupled_weight_decay=True)
+    assert_rejected("adam_step", call, ValueError, r"grads\[0\] is the memory of params\[0\]")
+
+
+def test_grad_that_is_another_param_is_refused():
+    p = [np.ones(4), np.full(4, 2.0)]
+    assert_rejected("sgd_step", {"params": p, "grads": [p[1], np.ones(4)], "lr": 0.1}, ValueError,
+                    r"grads\[0\] shares memory")
+
+
+def test_ndarray_subclasses_are_updated_through_a_plain_view():
+    class Lying(np.ndarray):  # a subclass may override what a plain array reports
+        size = property(lambda self: 10**9)
+        shape = property(lambda self: (10**9,))
+
+    p, g = np.ones((2, 3)).view(Lying), np.full((2, 3), 2.0).view(Lying)
+    fastlr.sgd_step(p, g, lr=0.5)
+    np.testing.assert_array_equal(p.view(np.ndarray), 0.0)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -289,3 +289,31 @@ def test_loads_torch_state_dict_with_tensor_lr(torch):
     opt.step([np.ones(2)])
     topt.step()
     np.testing.assert_allclose(p, t.detach().numpy(), rtol=1e-6)
+
+
+def test_load_state_dict_refuses_bad_steps_and_unknown_keys():
+    p = np.ones(3)
+    opt = FN.Adam([p])
+    opt.step([np.ones(3)])
+    good = opt.state_dict()
+    before = pickle.dumps(good)
+    for step, exc in ((2**53 + 2, ValueError), (1e300, ValueError), ("5", TypeError), (True, TypeError),
+                      (1.5, ValueError)):
+        bad = {**good, "state": {0: {**good["state"][0], "step": step}}}
+        with pytest.raises(exc, match="step"):
+            opt.load_state_dict(bad)
+    with pytest.raises(ValueError, match="unexpected key 'foo'"):
+        opt.load_state_dict({**good, "state": {0: {**good["state"][0], "foo": np.ones(3)}}})
+    sgd = FN.SGD([np.ones(3)], momentum=0.9)
+    with pytest.raises(ValueError, match="unexpected key"):
+        sgd.load_state_dict({"state": good["state"], "param_groups": sgd.state_dict()["param_groups"]})
+    assert pickle.dumps(opt.state_dict()) == before
+
+
+def test_adamw_grad_that_is_its_param_changes_nothing():
+    a, b = np.ones(3), np.ones(3)
+    opt = FN.AdamW([{"params": [a]}, {"params": [b]}])
+    with pytest.raises(ValueError, match=r"grads\[1\] is the memory of params\[1\]"):
+        opt.step([np.ones(3), b])
+    np.testing.assert_array_equal(a, 1.0)
+    assert opt.state[0] == {}
