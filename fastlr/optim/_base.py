@@ -196,8 +196,9 @@ class _Plan:
         "params", "p_addrs", "p_contig", "all_direct", "all_contig", "states", "roles", "role_tensors",
         "role_addrs", "buckets", "step_buf", "step_views", "pending", "other",
         "direct", "single", "gidx", "full", "fresh", "dtensor",
-        # cheap per-step checks: state keys with the tensors they must still hold; the
-        # common step count while the step buffer is untouched
+        # cheap per-step checks: state keys with the step tensors they must still hold and
+        # with the state tensors' addresses; grad sizes; the common step count while the
+        # step buffer is untouched
         "checks", "addr_checks", "nbytes", "complex", "bump", "step_track", "step_ver", "step_common",
     )
 
