@@ -214,10 +214,13 @@ class _Optimizer:
                 _param(p, f"params[{i}]")  # its flags may have changed since it was added
                 g = np.ascontiguousarray(g)  # read only: a copy is fine
             checked.append(g)
-        self._copy_overlapping_grads(params, checked)
+        p_addrs = _C.data_ptrs(params)
+        given = [i for i, g in enumerate(checked) if g is not None and g.size]
+        g_addrs = dict(zip(given, _C.data_ptrs([checked[i] for i in given])))
+        self._copy_overlapping_grads(params, p_addrs, checked, g_addrs)
         for k, group in enumerate(self.param_groups):  # users may have edited a group
             self._check(group, f"param_groups[{k}]")
-        self._refuse_grads_that_are_params(params, checked)
+        self._refuse_grads_that_are_params(p_addrs, g_addrs)
         index = 0
         for group in self.param_groups:
             n = len(group["params"])
@@ -237,18 +240,18 @@ class _Optimizer:
                 self._show_schedules(group)
 
     @staticmethod
-    def _copy_overlapping_grads(params, grads):
+    def _copy_overlapping_grads(params, p_addrs, grads, g_addrs):
         """Copies each grad that overlaps a param other than exactly (a shifted view would
         read values the same call already updated), so that every check the kernels make
-        passes before the first group is updated."""
-        spans = sorted((a, a + p.nbytes) for p, a in zip(params, _C.data_ptrs(params)) if p.size)
+        passes before the first group is updated. g_addrs: {index: address} of the grads
+        given (non-empty)."""
+        spans = sorted((a, a + p.nbytes) for p, a in zip(params, p_addrs) if p.size)
         starts = [start for start, _ in spans]
-        given = [i for i, g in enumerate(grads) if g is not None and g.size]
-        for i, a in zip(given, _C.data_ptrs([grads[i] for i in given])):
+        for i, a in g_addrs.items():
             if _kernels._overlaps_inexactly(spans, starts, (a, a + grads[i].nbytes)):
                 grads[i] = grads[i].copy()
 
-    def _refuse_grads_that_are_params(self, params, grads):
+    def _refuse_grads_that_are_params(self, p_addrs, g_addrs):
         """AdamW's decay writes the param before torch reads the grad: a grad that is its
         param's memory would read it decayed (the kernels refuse it; here before any group
         is updated)."""
@@ -257,8 +260,7 @@ class _Optimizer:
             n = len(group["params"])
             if group.get("decoupled_weight_decay") and group["weight_decay"] != 0:
                 for i in range(index, index + n):
-                    g = grads[i]
-                    if g is not None and g.size and _C.data_ptrs([g]) == _C.data_ptrs([params[i]]):
+                    if g_addrs.get(i) == p_addrs[i]:
                         raise ValueError(f"grads[{i}] is the memory of params[{i}]: with decoupled weight "
                                          "decay torch reads the grad after decaying the param; pass a copy")
             index += n
