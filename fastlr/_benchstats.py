@@ -348,7 +348,7 @@ def judge(ratios, host=None, *, cores=None, busy_cores=BUSY_CORES, max_drift=MAX
 @dataclass
 class CellResult:
     contenders: list
-    ratios: dict            # contender name -> Ratio of its time over the baseline's
+    ratios: dict            # key -> Ratio (by default: contender name -> its time / the baseline's)
     verdict: Verdict
     host: HostState | None
     attempts: int = 1
@@ -366,17 +366,21 @@ def _rank(res):
     return (len(res.verdict.flags), widest)
 
 
-def measure_cell(contenders, *, baseline, monitor=None, min_reps=5, max_reps=15, budget_s=1.0,
+def measure_cell(contenders, *, baseline, ratios=None, monitor=None, min_reps=5, max_reps=15, budget_s=1.0,
                  target_sample_s=0.002, retries=1, settle_s=0.5, calibrate=True, **judge_kw):
     """Calibrates, interleaves and judges one cell; re-measures an untrusted one up to
     `retries` times (after `settle_s` of sleep) and keeps the best attempt.
 
-    `baseline`: the name of the contender every ratio divides by (speed-up of the
-    baseline over each other contender). The contenders keep the kept attempt's samples."""
-    names = [c.name for c in contenders]
-    if baseline not in names:
-        raise ValueError(f"baseline {baseline!r} is not among the contenders {names}")
-    base = contenders[names.index(baseline)]
+    `baseline`: the name of the contender every ratio divides by (the speed-up of the
+    baseline over each other contender), unless `ratios` maps keys to (numerator name,
+    denominator name) pairs. All ratios are judged. The contenders keep the kept
+    attempt's samples."""
+    by_name = {c.name: c for c in contenders}
+    if ratios is None:
+        ratios = {c.name: (c.name, baseline) for c in contenders if c.name != baseline}
+    for name in [baseline] + [n for nd in ratios.values() for n in nd]:
+        if name not in by_name:
+            raise ValueError(f"contender {name!r} (baseline or ratios) is not among {list(by_name)}")
     if calibrate:
         for c in contenders:
             c.calibrate(target_sample_s)
@@ -389,9 +393,9 @@ def measure_cell(contenders, *, baseline, monitor=None, min_reps=5, max_reps=15,
         since = monitor.snapshot() if monitor else None
         interleave(contenders, min_reps=min_reps, max_reps=max_reps, budget_s=budget_s)
         host = monitor.state(since) if monitor else None
-        ratios = {c.name: paired_ratio(c, base) for c in contenders if c is not base}
-        res = CellResult(contenders, ratios, judge(ratios, host, cores=monitor.cores if monitor else None,
-                                                   **judge_kw), host, attempt + 1)
+        rs = {k: paired_ratio(by_name[n], by_name[d]) for k, (n, d) in ratios.items()}
+        res = CellResult(contenders, rs, judge(rs, host, cores=monitor.cores if monitor else None, **judge_kw),
+                         host, attempt + 1)
         if best is None or _rank(res) < _rank(best):
             if best is not None:
                 history.append(best.verdict)
@@ -409,17 +413,24 @@ def measure_cell(contenders, *, baseline, monitor=None, min_reps=5, max_reps=15,
 # --------------------------------------------------------------- format ---
 
 
-def format_ratio(ratio, verdict=None, digits=2):
+def _num(x):
+    if not math.isfinite(x):
+        return "inf"
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
+
+
+def format_ratio(ratio, verdict=None, digits=2, flags=True):
     """'2.31x [2.20, 2.45]' for a trusted ratio; an untrusted one shows only its
-    interval behind its flags: '? busy (0.9-3.4x)', never a plain number."""
+    interval behind '?' (and its flags unless `flags=False`): '? busy (0.90-3.40x)',
+    never a plain number."""
     if ratio is None:
         return "-"
     if verdict is None or verdict.trusted:
         if not math.isfinite(ratio.hi):
             return f"{ratio.value:.{digits}f}x [n={ratio.n}]"
         return f"{ratio.value:.{digits}f}x [{ratio.lo:.{digits}f}, {ratio.hi:.{digits}f}]"
-    hi = f"{ratio.hi:.{digits}g}" if math.isfinite(ratio.hi) else "inf"
-    return f"? {'+'.join(verdict.flags)} ({ratio.lo:.{digits}g}-{hi}x)"
+    tag = "? " + "+".join(verdict.flags) + " " if flags else "? "
+    return f"{tag}({_num(ratio.lo)}-{_num(ratio.hi)}x)"
 
 
 def trust_summary(verdicts):
