@@ -511,3 +511,20 @@ def test_grad_scaler_unscales_and_skips():
         assert torch.equal(p, p0)
         for k, v in o1.state[p].items():
             assert torch.equal(v, s0[k]), k
+
+
+# ----------------------------------------------------------------------- README ---
+def test_readme_low_precision_blocks_run(capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("### Low precision")[1].split("\n### ")[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 3
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "torch.float32 torch.bfloat16" in out
+    assert "stochastic_rounding=False: mean 1.000" in out
+    assert "stochastic_rounding=True: mean 0.990" in out
