@@ -212,22 +212,27 @@ def test_round_to_nearest_drops_small_updates_stochastic_rounding_keeps_them():
     assert abs(mean - expected) < bound, (mean, expected, bound)
 
 
-def test_stochastic_rounding_is_unbiased_for_many_values():
-    x = torch.linspace(-3, 3, 257, dtype=torch.float32)
-    for dtype in (torch.bfloat16, torch.float16):
-        reps = 400
-        acc = torch.zeros_like(x, dtype=torch.float64)
-        for s in range(reps):
-            bits = fo._precision.random_bits(7, s + 1, 0, x.numel())
-            out = torch.empty(x.shape, dtype=dtype)
-            fo._precision.round_into(out, x, bits)
-            lo_hi = (out.float() - x).abs() <= ulp16(x, dtype)
-            assert lo_hi.all()  # one of the two neighbours
-            acc += out.double()
-        mean = acc / reps
-        ulp = ulp16(x, dtype).double()
-        # per element: a Bernoulli over one ulp, std of the mean <= ulp/(2 sqrt(reps))
-        assert ((mean - x.double()).abs() <= 5 * ulp / (2 * reps**0.5) + 1e-12).all()
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_stochastic_rounding_is_unbiased_for_many_values(dtype):
+    """bf16/f16 params at 0 take one SGD step to -0.1·g (a float32 value between two 16-bit
+    neighbours); over many seeds the mean of the stored values is -0.1·g."""
+    g = torch.linspace(-3, 3, 257).to(dtype)
+    target = -(torch.tensor(0.1, dtype=torch.float32) * g.float())  # the kernel's float32 value
+    reps = 300
+    acc = torch.zeros(g.shape, dtype=torch.float64)
+    for seed in range(reps):
+        p = torch.zeros(g.shape, dtype=dtype)
+        opt = fo.SGD([p], lr=0.1, stochastic_rounding=True, seed=seed)
+        p.grad = g
+        opt.step()
+        assert ((p.float() - target).abs() <= ulp16(target, dtype)).all()  # a neighbour
+        acc += p.double()
+    mean = acc / reps
+    ulp = ulp16(target, dtype).double()
+    # per element a Bernoulli over one ulp: the std of the mean is at most ulp / (2 sqrt(reps))
+    assert ((mean - target.double()).abs() <= 5 * ulp / (2 * reps**0.5) + 1e-12).all()
+    # and not rounding to nearest: most elements took both neighbours
+    assert (mean != p.double()).double().mean() > 0.5
 
 
 def _sr_run(seed=0, threads=None):
@@ -438,6 +443,7 @@ def test_bad_master_param_in_state_dict_is_refused(bad, exc, match):
 @pytest.mark.parametrize("kwargs, exc, match", [
     (dict(state_dtype=torch.int8), TypeError, "state_dtype"),
     (dict(state_dtype="bfloat16"), TypeError, "state_dtype"),
+    (dict(state_dtype=torch.float16), TypeError, "state_dtype"),
     (dict(master_weights="yes"), TypeError, "master_weights"),
     (dict(stochastic_rounding=1), TypeError, "stochastic_rounding"),
     (dict(seed=-1), ValueError, "seed"),
