@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -527,10 +528,84 @@ def test_readme_low_precision_blocks_run(capsys):
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = text.split("### Low precision")[1].split("\n### ")[0]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "torch.float32 torch.bfloat16" in out
+    assert "float32 bfloat16" in out
     assert "stochastic_rounding=False: mean 1.000" in out
     assert "stochastic_rounding=True: mean 0.990" in out
+
+
+# ------------------------------------------------------------- the NumPy face ---
+NP_CONFIGS = ["SGD", "SGD-momentum", "Adam-amsgrad-wd", "AdamW", "RMSprop-centered-momentum", "Adagrad"]
+NP_MODES = {
+    "master": dict(master_weights=True),
+    "master-bf16state": dict(master_weights=True, state_dtype=torch.bfloat16),
+    "bf16state-sr": dict(state_dtype=torch.bfloat16, stochastic_rounding=True, seed=11),
+    "sr": dict(stochastic_rounding=True, seed=12),
+}
+
+
+@pytest.mark.parametrize("mode", list(NP_MODES))
+@pytest.mark.parametrize("config", NP_CONFIGS)
+def test_numpy_twins_equal_torch_face_bit_for_bit(config, mode):
+    """fastlr.numpy.X and fastlr.optim.X with the same options: the same kernel, tensor ids
+    and steps, so the same bits (stochastic rounding included)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import fastlr.numpy as fnp
+
+    options = NP_MODES[mode]
+    np_options = dict(options)
+    if "state_dtype" in np_options:
+        np_options["state_dtype"] = ml_dtypes.bfloat16  # NumPy's name for it
+    params = make_params(torch.bfloat16)
+    arrays = [p.float().numpy().astype(ml_dtypes.bfloat16) for p in params]
+    opt = getattr(fo, cls_name(config))(params, **CONFIGS[config], **options)
+    nopt = getattr(fnp, cls_name(config))(arrays, **CONFIGS[config], **np_options)
+    for step in range(4):
+        gs = grads_for(step, params, torch.bfloat16)
+        for p, g in zip(params, gs):
+            p.grad = g
+        opt.step()
+        nopt.step([g.float().numpy().astype(ml_dtypes.bfloat16) for g in gs])
+    for i, (p, a) in enumerate(zip(params, arrays)):
+        assert torch.equal(p.float(), torch.from_numpy(a.astype("float32"))), i
+        for key, v in opt.state[p].items():
+            got = nopt.state[i][key]
+            if key == "step":
+                assert float(v) == got
+            else:
+                assert torch.equal(v.float(), torch.from_numpy(np.asarray(got).astype("float32"))), key
+    # the options are saved alike, and a torch-face state_dict loads into the NumPy face
+    keys = ("master_weights", "stochastic_rounding", "seed")
+    assert {k: v for k, v in nopt.state_dict()["param_groups"][0].items() if k in keys} \
+        == {k: v for k, v in opt.state_dict()["param_groups"][0].items() if k in keys}
+    nopt2 = getattr(fnp, cls_name(config))([a.copy() for a in arrays], **CONFIGS[config])
+    nopt2.load_state_dict(opt.state_dict())
+    for key in options:
+        if key != "state_dtype":
+            assert nopt2.param_groups[0][key] == options[key]
+    if "state_dtype" in options:
+        assert nopt2.param_groups[0]["state_dtype"] == "bfloat16"
+    for i, p in enumerate(params):
+        for key, v in opt.state[p].items():
+            if key != "step":
+                got = nopt2.state[i][key]
+                assert got.dtype.name == str(v.dtype).replace("torch.", ""), key
+                assert torch.equal(v.float(), torch.from_numpy(got.astype("float32"))), key
+
+
+def test_numpy_twin_bad_options():
+    import fastlr.numpy as fnp
+
+    w = np.zeros(3, np.float32)
+    with pytest.raises(TypeError, match="state_dtype"):
+        fnp.Adam([w], state_dtype="int8")
+    with pytest.raises(TypeError, match="master_weights"):
+        fnp.Adam([w], master_weights=1)
+    with pytest.raises(ValueError, match="seed"):
+        fnp.SGD([w], seed=-3)
+    with pytest.raises(TypeError, match="state_dtype.*float64"):
+        fnp.Adam([np.zeros(3)], state_dtype="bfloat16")

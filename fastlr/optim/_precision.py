@@ -272,6 +272,11 @@ def _first_tensor_id(opt, group):
 
 
 # ------------------------------------------------------------ state dicts ---
+def _torch_state_dtype(x):
+    """The NumPy face saves state_dtype by name."""
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(x, x) if isinstance(x, str) else x
+
+
 def keep_options(opt, state_dict):
     """A saved group without an option keeps the optimizer's own (a torch.optim state_dict
     loaded into an optimizer with options converts to them); the saved options are checked
@@ -282,6 +287,9 @@ def keep_options(opt, state_dict):
         missing = {k: current[k] for k in OPTIONS if k in current and k not in saved}
         if missing:
             saved = {**saved, **missing}
+            changed = True
+        if isinstance(saved.get("state_dtype"), str):
+            saved = {**saved, "state_dtype": _torch_state_dtype(saved["state_dtype"])}
             changed = True
         check_group(f"{name}[{g}]", {**saved, "params": current["params"]})
         groups.append(saved)
