@@ -689,7 +689,10 @@ class RMSprop(_Optimizer):
                               momentum_buffers=[s["momentum_buffer"] for s in states] if mom else None,
                               centered=group["centered"],
                               grad_avgs=[s["grad_avg"] for s in states] if group["centered"] else None,
-                              maximize=group["maximize"], step=states[0]["step"] + 1, **self._precision)
+                              maximize=group["maximize"], **self._precision,
+                              # step == 1 would start the buffers from 0 instead of reading the
+                              # zeros (0 * inf momentum is nan in torch); only the rounding key needs it
+                              step=states[0]["step"] + 1 if self._precision["stochastic_rounding"] else None)
         for s in states:
             s["step"] += 1
 
