@@ -8,9 +8,6 @@ a master, a state tensor with state_dtype) is rounded to it, as fastlr stores it
 """
 import copy
 import io
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -266,30 +263,22 @@ def test_stochastic_rounding_is_reproducible_and_keyed_by_seed():
     assert oa.state_dict()["param_groups"][0]["seed"] == 1
 
 
-_LEVEL_SCRIPT = """
-import torch, fastlr.optim as fo
-torch.manual_seed(0)
-p = torch.randn(1000).bfloat16()
-opt = fo.Adam([p], lr=1e-2, state_dtype=torch.bfloat16, stochastic_rounding=True, seed=5)
-for i in range(3):
-    p.grad = torch.randn(1000).bfloat16()
-    opt.step()
-print(hash(tuple(p.float().tolist())) , hash(tuple(opt.state[p]['exp_avg'].float().tolist())))
-"""
-
-
 def test_stochastic_rounding_is_identical_at_every_cpu_level():
-    outs = set()
-    for level in ("baseline", "avx2", None):
-        env = dict(os.environ, PYTHONHASHSEED="0")
-        env.pop("FASTLR_CPU_LEVEL", None)
-        if level:
-            env["FASTLR_CPU_LEVEL"] = level
-        r = subprocess.run([sys.executable, "-c", _LEVEL_SCRIPT], env=env, capture_output=True,
-                           text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
-        outs.add(r.stdout.strip())
-    assert len(outs) == 1, outs
+    levels = ["baseline", "avx2", "avx512"]
+    detected = fastlr._C.detected_cpu_level()
+    levels = levels[: levels.index(detected) + 1] if detected in levels else ["baseline"]
+    before = fastlr._C.cpu_level()
+    results = []
+    try:
+        for level in levels:
+            fastlr._C.set_cpu_level(level)
+            params, opt = _sr_run(seed=4)
+            results.append((params, [opt.state[p]["exp_avg_sq"] for p in params]))
+    finally:
+        fastlr._C.set_cpu_level(before)
+    for params, sqs in results[1:]:
+        for x, y in zip(params + sqs, results[0][0] + results[0][1]):
+            assert torch.equal(x, y)
 
 
 def test_sgd_stochastic_rounding_counts_its_steps():
