@@ -18,10 +18,11 @@ except ImportError as e:  # pragma: no cover - exercised without torch
 
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .adam8bit import Adam8bit, AdamW8bit, state_dict_to_float32
 from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adam8bit", "AdamW8bit", "state_dict_to_float32"]
 
 
 def _allow_schedules_in_checkpoints():
