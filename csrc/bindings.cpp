@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -14,6 +15,8 @@
 
 #include "fastlr/schedule.hpp"
 #include "kernels.hpp"
+#include "quant8_kernels.hpp"
+#include "fastlr/quant8.hpp"
 #include "roofline.hpp"
 
 #ifndef FASTLR_VERSION
@@ -168,6 +171,29 @@ int64_t completed_updates(double step) {
   return static_cast<int64_t>(step) - 1;
 }
 
+// Addresses of one role for the 8-bit kernels (None: role absent).
+void read_addresses(const py::object& addresses, int64_t n, std::vector<char*>& out, const char* name,
+                    const std::vector<int64_t>& numel) {
+  const py::sequence seq = addresses.cast<py::sequence>();
+  if (static_cast<int64_t>(py::len(seq)) != n)
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(n) + " addresses, got " +
+                          std::to_string(py::len(seq)));
+  out.resize(static_cast<size_t>(std::max<int64_t>(n, 1)));
+  for (int64_t i = 0; i < n; ++i) {
+    void* p = PyLong_AsVoidPtr(seq[static_cast<size_t>(i)].ptr());
+    if (p == nullptr && PyErr_Occurred()) throw py::error_already_set();
+    if (p == nullptr && numel[static_cast<size_t>(i)] > 0)
+      throw py::value_error(std::string(name) + "[" + std::to_string(i) + "] is a null pointer");
+    out[static_cast<size_t>(i)] = static_cast<char*>(p);
+  }
+}
+
+struct Quant8Scratch {
+  std::vector<int64_t> numel, offsets;
+  std::vector<char*> ptrs[8];
+};
+thread_local Quant8Scratch q8scratch;
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -317,6 +343,101 @@ PYBIND11_MODULE(_C, m) {
       py::arg("state_sums"), py::arg("step"), py::arg("lr"), py::arg("lr_schedule"),
       py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"),
       py::arg("grad_scale") = 1.0, FASTLR_PRECISION_ARGS);
+
+  // Block-wise 8-bit Adam/AdamW (quant8_kernels.hpp). store: 0 float32, 1 bfloat16,
+  // 2 bfloat16 with stochastic rounding, 3 float16; flavour: 0 torchao, 1 fastlr.
+  // States: uint8 codes plus float32 block scales when q8, else dense (the param's type).
+  m.def(
+      "adam8",
+      [](int store, int64_t block, bool q8, int flavour, const py::sequence& numel, py::object params,
+         py::object grads, py::object exp_avgs, py::object exp_avg_scales, py::object exp_avg_sqs,
+         py::object exp_avg_sq_scales, py::object max_exp_avg_sqs, py::object max_exp_avg_sq_scales,
+         double step, double lr, Schedule lr_schedule, double beta1, Schedule beta1_schedule, double beta2,
+         double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad, uint64_t seed,
+         double grad_scale) {
+        const int64_t t = completed_updates(step);
+        if (store < 0 || store > 3) throw py::value_error("store must be 0..3");
+        if (flavour < 0 || flavour > 1) throw py::value_error("flavour must be 0 or 1");
+        if (block < 1 || block > 4096) throw py::value_error("block_size must be in [1, 4096]");
+        auto& sc = q8scratch;
+        read_numels(numel, sc.numel);
+        const int64_t n = static_cast<int64_t>(sc.numel.size());
+        fastlr::Quant8List list;
+        list.size = n;
+        list.numel = sc.numel.data();
+        list.block = block;
+        list.q8 = q8;
+        read_addresses(params, n, sc.ptrs[0], "params", sc.numel);
+        read_addresses(grads, n, sc.ptrs[1], "grads", sc.numel);
+        list.param = sc.ptrs[0].data();
+        list.grad = sc.ptrs[1].data();
+        const py::object states[3] = {exp_avgs, exp_avg_sqs, max_exp_avg_sqs};
+        const py::object scales[3] = {exp_avg_scales, exp_avg_sq_scales, max_exp_avg_sq_scales};
+        const char* names[3] = {"exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"};
+        for (int r = 0; r < 3; ++r) {
+          if (r == 2 && !amsgrad) break;
+          if (states[r].is_none()) throw py::value_error(std::string(names[r]) + " are required");
+          read_addresses(states[r], n, sc.ptrs[2 + r], names[r], sc.numel);
+          list.state[r] = sc.ptrs[2 + r].data();
+          if (q8) {
+            if (scales[r].is_none()) throw py::value_error(std::string(names[r]) + ": scales are required");
+            read_addresses(scales[r], n, sc.ptrs[5 + r], "scales", sc.numel);
+            list.scale[r] = reinterpret_cast<float* const*>(sc.ptrs[5 + r].data());
+          }
+        }
+        fastlr::Adam8Args a{eval(lr_schedule, lr, t), eval(beta1_schedule, beta1, t), beta2, eps, weight_decay,
+                            1.0 / grad_scale, step, decoupled_weight_decay, amsgrad,
+                            static_cast<fastlr::Quant8Flavour>(flavour), static_cast<fastlr::ParamStore>(store),
+                            seed};
+        sc.offsets.resize(static_cast<size_t>(n) + 1);
+        {
+          py::gil_scoped_release release;
+          fastlr::adam8(list, sc.offsets.data(), a);
+        }
+        return py::make_tuple(a.lr, a.beta1);
+      },
+      py::arg("store"), py::arg("block"), py::arg("q8"), py::arg("flavour"), py::arg("numel"), py::arg("params"),
+      py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_scales"), py::arg("exp_avg_sqs"),
+      py::arg("exp_avg_sq_scales"), py::arg("max_exp_avg_sqs"), py::arg("max_exp_avg_sq_scales"),
+      py::arg("step"), py::arg("lr"), py::arg("lr_schedule"), py::arg("beta1"), py::arg("beta1_schedule"),
+      py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled_weight_decay"),
+      py::arg("amsgrad"), py::arg("seed") = 0, py::arg("grad_scale") = 1.0);
+
+  // The dynamic maps (signed for exp_avg, unsigned for exp_avg_sq) and the nearest-code
+  // search: level -1 is the reference binary search, 0..2 the kernels' search per level.
+  m.def("quant8_map", [](bool signed_map) {
+    py::array_t<float> out(256);
+    std::memcpy(out.mutable_data(), signed_map ? fastlr::quant8::kSignedMap : fastlr::quant8::kUnsignedMap,
+                256 * sizeof(float));
+    return out;
+  }, py::arg("signed"));
+  m.def(
+      "quant8_codes",
+      [](py::array_t<float, py::array::c_style | py::array::forcecast> x, bool signed_map, int level) {
+        py::array_t<uint8_t> out(x.request().shape);
+        const float* xp = x.data();
+        uint8_t* op = out.mutable_data();
+        const int64_t n = x.size();
+        try {
+          py::gil_scoped_release release;
+          fastlr::quant8_codes(xp, n, signed_map, level, op);
+        } catch (const std::invalid_argument& e) {
+          throw py::value_error(e.what());
+        }
+        return out;
+      },
+      py::arg("x"), py::arg("signed"), py::arg("level"));
+  m.def(
+      "quant8_check",
+      [](bool signed_map, int level, uint64_t lo, uint64_t hi) {
+        try {
+          py::gil_scoped_release release;
+          return fastlr::quant8_check(signed_map, level, lo, hi);
+        } catch (const std::invalid_argument& e) {
+          throw py::value_error(e.what());
+        }
+      },
+      py::arg("signed"), py::arg("level"), py::arg("lo"), py::arg("hi"));
 
   m.def(
       "schedule_values",

@@ -42,6 +42,17 @@ def adam(dtype: int, numel: Sequence[int], params: Sequence[int], grads: Sequenc
         state_dtype: Optional[int] = None, masters: Optional[Sequence[int]] = None,
         stochastic_rounding: bool = False, seed: int = 0,
         tensor_ids: Optional[Sequence[int]] = None) -> Tuple[float, float]: ...
+def adam8(store: int, block: int, q8: bool, flavour: int, numel: Sequence[int], params: Sequence[int],
+          grads: Sequence[int], exp_avgs: Sequence[int], exp_avg_scales: Optional[Sequence[int]],
+          exp_avg_sqs: Sequence[int], exp_avg_sq_scales: Optional[Sequence[int]],
+          max_exp_avg_sqs: Optional[Sequence[int]], max_exp_avg_sq_scales: Optional[Sequence[int]],
+          step: float, lr: float, lr_schedule: Optional[np.ndarray], beta1: float,
+          beta1_schedule: Optional[np.ndarray], beta2: float, eps: float, weight_decay: float,
+          decoupled_weight_decay: bool, amsgrad: bool, seed: int = 0,
+          grad_scale: float = 1.0) -> Tuple[float, float]: ...
+def quant8_map(signed: bool) -> np.ndarray: ...
+def quant8_codes(x: np.ndarray, signed: bool, level: int) -> np.ndarray: ...
+def quant8_check(signed: bool, level: int, lo: int, hi: int) -> int: ...
 def rmsprop(dtype: int, numel: Sequence[int], params: Sequence[int], grads: Sequence[int],
             square_avgs: Sequence[int], grad_avgs: Optional[Sequence[int]],
             momentum_buffers: Optional[Sequence[int]], lr: float, lr_schedule: Optional[np.ndarray],

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numbers
 
 from . import _C
-from ._kernels import adagrad_step, adam_step, rmsprop_step, sgd_step
+from ._kernels import adagrad_step, adam8bit_step, adam_step, rmsprop_step, sgd_step
 from . import numpy  # fastlr.numpy.SGD ...: stateful optimizers over NumPy arrays
 from ._version import __version__
 
@@ -19,6 +19,7 @@ __all__ = [
     "set_num_threads",
     "sgd_step",
     "adam_step",
+    "adam8bit_step",
     "rmsprop_step",
     "adagrad_step",
 ]

@@ -21,6 +21,7 @@ except ImportError as e:  # pragma: no cover - exercised without torch
 
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .adam8bit import Adam8bit, AdamW8bit, state_dict_to_float32
 from .rmsprop import RMSprop
 from .sgd import SGD
 from ._scheduler import ScheduleLR, to_torch_state_dict, torch_lr_scheduler
@@ -29,7 +30,8 @@ from .._plateau import torch_plateau_class as _torch_plateau_class
 ReduceLROnPlateau = _torch_plateau_class()  # always a torch.optim.lr_scheduler.ReduceLROnPlateau
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "ScheduleLR", "ReduceLROnPlateau",
-           "to_torch_state_dict", "torch_lr_scheduler"]
+           "to_torch_state_dict", "torch_lr_scheduler",
+           "Adam8bit", "AdamW8bit", "state_dict_to_float32"]
 
 
 def _allow_schedules_in_checkpoints():
