@@ -40,9 +40,11 @@ class ScheduleLR(LRScheduler):
 
     A ``torch.optim.lr_scheduler.LRScheduler`` that changes nothing: the optimizer
     evaluates its Schedules itself (``group["lr"]`` shows the value the next update uses).
-    ``get_last_lr()`` returns those values, so a framework that logs the lr through its
-    scheduler (HF Trainer, Lightning's ``LearningRateMonitor``, a timm-style loop) logs
-    the lr in use. Hand it wherever a framework wants a scheduler; stepping it (per update,
+    ``step()`` records those values and ``get_last_lr()`` returns them, as torch's
+    schedulers do: after ``opt.step(); sched.step()`` they are the lr of the next update;
+    between the two, the lr of the update just made (what HF Trainer logs). So a
+    framework that logs the lr through its scheduler (HF Trainer, Lightning's
+    ``LearningRateMonitor``, a timm-style loop) logs the lr in use. Hand it wherever a framework wants a scheduler; stepping it (per update,
     per epoch, or not at all) never changes training.
 
     Args:
@@ -71,13 +73,9 @@ class ScheduleLR(LRScheduler):
         """The lr each group's next update uses (what the optimizer shows)."""
         return _lr_values(self.optimizer)
 
-    def get_last_lr(self):
-        """The lr each group's next update uses, read from the optimizer at the call (so
-        it is right even when ``step()`` was not called after the last update)."""
-        return _lr_values(self.optimizer)
-
     def step(self, epoch=None, metric=None):
-        """Counts a step; changes no lr (the kernel evaluates the schedules)."""
+        """Counts a step and records the optimizer's lr values; changes none (the kernel
+        evaluates the schedules)."""
         self._step_count += 1
         self.last_epoch = self.last_epoch + 1 if epoch is None else epoch
         self._last_lr = _lr_values(self.optimizer)
