@@ -16,18 +16,13 @@ from collections.abc import Mapping
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from . import _precision
 from ._base import _Schedule
 
 __all__ = ["ScheduleLR", "to_torch_state_dict", "torch_lr_scheduler"]
 
 # Keys fastlr.optim adds to a param group with a Schedule attached.
 _FASTLR_GROUP_KEYS = ("lr_schedule", "momentum_schedule", "lr_scale", "schedule_t")
-
-# Callables hook(state_dict) -> None that to_torch_state_dict runs on its copy, last, so
-# a state layout torch.optim does not know (low-precision or 8-bit state) can be turned
-# into torch's before the export is returned.
-torch_export_hooks = []
-
 
 def _lr_values(optimizer):
     # copies, as torch's get_last_lr: a caller editing a tensor must not change the lr
@@ -103,7 +98,7 @@ def _check_schedule_group(group, where):
     return sched, msched
 
 
-def to_torch_state_dict(source):
+def to_torch_state_dict(source, params=None):
     """A copy of a fastlr optimizer's state_dict in torch.optim's plain layout.
 
     Groups lose fastlr's schedule keys (``lr_schedule``, ``momentum_schedule``,
@@ -111,11 +106,17 @@ def to_torch_state_dict(source):
     values the next update would use. Load it into the torch.optim class of the same
     name, then continue the schedule with :func:`torch_lr_scheduler` (torch has no
     momentum scheduler: a momentum schedule is frozen at its current value, with a
-    warning). State tensors are shared with ``source``, not copied.
+    warning). State saved with ``master_weights`` / ``state_dtype`` /
+    ``stochastic_rounding`` becomes torch's float32 state, their group keys are dropped
+    and, with ``params``, each master is copied into its param
+    (``fastlr.optim._precision.to_torch_state_dict``). Tensors that need no conversion
+    are shared with ``source``, not copied; ``source`` is not modified.
 
     Args:
         source: a ``fastlr.optim`` optimizer or its ``state_dict()`` (e.g. from a
             checkpoint file).
+        params: optional, the params the torch optimizer will update, in its order: each
+            receives its ``master_param`` (rounded to the param's dtype).
 
     Returns:
         dict: ``{"state": ..., "param_groups": [...]}`` for ``torch_optimizer.load_state_dict``.
@@ -142,9 +143,7 @@ def to_torch_state_dict(source):
             f"to_torch_state_dict: the momentum schedule of param_groups {frozen} is frozen at its "
             "current value (torch.optim has no momentum scheduler)", stacklevel=2,
         )
-    for hook in torch_export_hooks:
-        hook(out)
-    return out
+    return _precision.to_torch_state_dict(out, params)
 
 
 class ScheduleLambda:
