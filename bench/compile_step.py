@@ -3,6 +3,12 @@ recompiles and compile time, fastlr (float / tensor / Schedule lr) next to torch
 fused AdamW.
 
     python bench/compile_step.py [--backend eager|aot_eager|inductor] [--reps 3] [--json out.json]
+                                 [--variant N]
+
+For inductor, compare cold compiles: run each variant in its own process with an empty
+cache, e.g. ``for n in 0 1 2 3; do TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python
+bench/compile_step.py --backend inductor --reps 1 --variant $n; done`` (within one
+process, later variants reuse the kernels compiled for the first).
 
 Model: a 2-layer GPT-like stack (d_model 128, 4 heads, seq 32, vocab 512; ~0.5M params), so
 that the compile dominates.
@@ -98,12 +104,14 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--json")
+    ap.add_argument("--variant", type=int, help="only the N-th optimizer (0-based)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    runs = {name: [] for name in VARIANTS}
+    names = list(VARIANTS) if args.variant is None else [list(VARIANTS)[args.variant]]
+    runs = {name: [] for name in names}
     for _ in range(args.reps):
-        for name, make in VARIANTS.items():
-            runs[name].append(one(make, args.backend, args.steps))
+        for name in names:
+            runs[name].append(one(VARIANTS[name], args.backend, args.steps))
     rows = {}
     print(f"backend={args.backend}, torch {torch.__version__}, threads {torch.get_num_threads()}, reps {args.reps}")
     print("| optimizer | graph breaks | graphs | recompiles | compile s (median, min-max) | steady step ms |")
