@@ -359,18 +359,25 @@ def test_plain_torch_load_freezes_lr_and_export_warns_about_momentum():
                                            lr=0.1), opt)
 
 
-def test_export_hooks_run_on_the_copy():
-    from fastlr.optim import _scheduler
-
-    w = torch.nn.Parameter(torch.ones(2))
-    opt = fastlr.optim.Adam([w], lr=fastlr.Constant(0.1))
-    seen = []
-    _scheduler.torch_export_hooks.append(seen.append)
-    try:
-        sd = to_torch_state_dict(opt)
-    finally:
-        _scheduler.torch_export_hooks.remove(seen.append)
-    assert seen == [sd]
+def test_export_of_a_scheduled_low_precision_optimizer():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3).to(torch.bfloat16)
+    sched = fastlr.Cosine(1e-2, 10)
+    opt = fastlr.optim.AdamW(model.parameters(), lr=sched, master_weights=True, state_dtype=torch.bfloat16)
+    for _ in range(3):
+        model(torch.randn(2, 4, dtype=torch.bfloat16)).float().pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    model32 = torch.nn.Linear(4, 3)
+    sd = to_torch_state_dict(opt, params=model32.parameters())
+    group = sd["param_groups"][0]
+    assert group["lr"] == sched(3) and not {"lr_schedule", "master_weights", "state_dtype"} & group.keys()
+    for p, q in zip(model.parameters(), model32.parameters()):
+        assert torch.equal(q, opt.state[p]["master_param"])
+    assert all(v.dtype == torch.float32 for s in sd["state"].values() for k, v in s.items() if k != "step")
+    topt = torch.optim.AdamW(model32.parameters())
+    topt.load_state_dict(sd)
+    assert torch_lr_scheduler(topt, opt).get_last_lr() == [sched(3)]
 
 
 # ----------------------------------------------------------------- plateau for torch ---
@@ -413,3 +420,37 @@ def test_meta_params_step_as_in_torch(name, kw):
     assert layouts[0] == layouts[1]
     if "step" in layouts[1]:
         assert layouts[1]["step"] == ("cpu", torch.float32, (), 2.0)
+
+
+# ------------------------------------------------------------------------- README ---
+
+def test_readme_section_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The Python blocks of README "Schedules in frameworks", in order, in one namespace
+    (timm's needs torchvision: skipped; HF's and Lightning's where installed)."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    section = text.split("### Schedules in frameworks", 1)[1].split("\n### ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 6
+    monkeypatch.chdir(tmp_path)
+    ns = {}
+    ran = 0
+    for block in blocks:
+        if "timm" in block:
+            continue
+        if "import transformers" in block and not all(
+            __import__("importlib").util.find_spec(m) for m in ("transformers", "accelerate")
+        ):
+            continue
+        if "lightning" in block and __import__("importlib").util.find_spec("lightning") is None:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exec(compile(block, "README.md", "exec"), ns)
+        ran += 1
+    out = capsys.readouterr().out
+    assert "True 9e-05" in out and "[0.001  0.0005 0.0001 0.0001 0.0001]" in out
+    assert "True" in out.splitlines()[-1]
+    assert ran >= 4

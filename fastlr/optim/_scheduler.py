@@ -16,19 +16,13 @@ from collections.abc import Mapping
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from ._base import _Schedule
 from . import _precision
+from ._base import _Schedule
 
 __all__ = ["ScheduleLR", "to_torch_state_dict", "torch_lr_scheduler"]
 
 # Keys fastlr.optim adds to a param group with a Schedule attached.
 _FASTLR_GROUP_KEYS = ("lr_schedule", "momentum_schedule", "lr_scale", "schedule_t")
-
-# Callables hook(state_dict) -> None that to_torch_state_dict runs on its copy, last, so
-# a state layout torch.optim does not know (low-precision or 8-bit state) can be turned
-# into torch's before the export is returned.
-torch_export_hooks = []
-
 
 def _lr_values(optimizer):
     # copies, as torch's get_last_lr: a caller editing a tensor must not change the lr
@@ -41,9 +35,11 @@ class ScheduleLR(LRScheduler):
 
     A ``torch.optim.lr_scheduler.LRScheduler`` that changes nothing: the optimizer
     evaluates its Schedules itself (``group["lr"]`` shows the value the next update uses).
-    ``get_last_lr()`` returns those values, so a framework that logs the lr through its
-    scheduler (HF Trainer, Lightning's ``LearningRateMonitor``, a timm-style loop) logs
-    the lr in use. Hand it wherever a framework wants a scheduler; stepping it (per update,
+    ``step()`` records those values and ``get_last_lr()`` returns them, as torch's
+    schedulers do: after ``opt.step(); sched.step()`` they are the lr of the next update;
+    between the two, the lr of the update just made (what HF Trainer logs). So a
+    framework that logs the lr through its scheduler (HF Trainer, Lightning's
+    ``LearningRateMonitor``, a timm-style loop) logs the lr in use. Hand it wherever a framework wants a scheduler; stepping it (per update,
     per epoch, or not at all) never changes training.
 
     Args:
@@ -72,13 +68,9 @@ class ScheduleLR(LRScheduler):
         """The lr each group's next update uses (what the optimizer shows)."""
         return _lr_values(self.optimizer)
 
-    def get_last_lr(self):
-        """The lr each group's next update uses, read from the optimizer at the call (so
-        it is right even when ``step()`` was not called after the last update)."""
-        return _lr_values(self.optimizer)
-
     def step(self, epoch=None, metric=None):
-        """Counts a step; changes no lr (the kernel evaluates the schedules)."""
+        """Counts a step and records the optimizer's lr values; changes none (the kernel
+        evaluates the schedules)."""
         self._step_count += 1
         self.last_epoch = self.last_epoch + 1 if epoch is None else epoch
         self._last_lr = _lr_values(self.optimizer)
@@ -114,19 +106,17 @@ def to_torch_state_dict(source, params=None):
     values the next update would use. Load it into the torch.optim class of the same
     name, then continue the schedule with :func:`torch_lr_scheduler` (torch has no
     momentum scheduler: a momentum schedule is frozen at its current value, with a
-    warning). State tensors are shared with ``source``, not copied.
-
-    Low-precision state (``master_weights`` / ``state_dtype`` / ``stochastic_rounding``)
-    is converted too: 16-bit state tensors become float32, ``master_param`` and the
-    precision group keys are dropped.
+    warning). State saved with ``master_weights`` / ``state_dtype`` /
+    ``stochastic_rounding`` becomes torch's float32 state, their group keys are dropped
+    and, with ``params``, each master is copied into its param
+    (``fastlr.optim._precision.to_torch_state_dict``). Tensors that need no conversion
+    are shared with ``source``, not copied; ``source`` is not modified.
 
     Args:
         source: a ``fastlr.optim`` optimizer or its ``state_dict()`` (e.g. from a
             checkpoint file).
-        params: optional, the params the torch optimizer will update, in the optimizer's
-            order (e.g. the float32 copies of the classic recipe, or the bf16 model
-            itself): each ``master_param`` is copied into its param, rounded to the
-            param's dtype.
+        params: optional, the params the torch optimizer will update, in its order: each
+            receives its ``master_param`` (rounded to the param's dtype).
 
     Returns:
         dict: ``{"state": ..., "param_groups": [...]}`` for ``torch_optimizer.load_state_dict``.
@@ -153,10 +143,7 @@ def to_torch_state_dict(source, params=None):
             f"to_torch_state_dict: the momentum schedule of param_groups {frozen} is frozen at its "
             "current value (torch.optim has no momentum scheduler)", stacklevel=2,
         )
-    out = _precision.to_torch_state_dict(out, params=params)
-    for hook in torch_export_hooks:
-        hook(out)
-    return out
+    return _precision.to_torch_state_dict(out, params)
 
 
 class ScheduleLambda:
