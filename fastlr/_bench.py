@@ -297,7 +297,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         return items
 
     parser.add_argument("--quick", action="store_true",
-                        help="a ~1 minute subset (SGD, Adam, centered RMSprop; medium and small; all cores; float32)")
+                        help="a subset of under a minute on a quiet host (SGD, Adam, centered RMSprop; medium and "
+                             "small; all cores; float32)")
     parser.add_argument("--optimizer", type=csv(tuple(OPTIMIZERS)), default=None,
                         help="comma-separated subset of: " + ", ".join(OPTIMIZERS))
     parser.add_argument("--workload", type=csv(WORKLOADS), default=None,
