@@ -109,4 +109,7 @@ ext_modules = [cpu_extension()]
 if cuda_wanted():
     ext_modules.append(cuda_extension())
 
-setup(version=VERSION, ext_modules=ext_modules, cmdclass={"build_ext": build_ext_cuda})
+# Build outputs go to .build/, not build/: a build/ folder in the checkout would be
+# imported by `python -m build` in place of the build package (a namespace package).
+setup(version=VERSION, ext_modules=ext_modules, cmdclass={"build_ext": build_ext_cuda},
+      options={"build": {"build_base": ".build"}})

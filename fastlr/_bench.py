@@ -297,7 +297,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         return items
 
     parser.add_argument("--quick", action="store_true",
-                        help="a ~1 minute subset (SGD, Adam, centered RMSprop; medium and small; all cores; float32)")
+                        help="a subset of under a minute on a quiet host (SGD, Adam, centered RMSprop; medium and "
+                             "small; all cores; float32)")
     parser.add_argument("--optimizer", type=csv(tuple(OPTIMIZERS)), default=None,
                         help="comma-separated subset of: " + ", ".join(OPTIMIZERS))
     parser.add_argument("--workload", type=csv(WORKLOADS), default=None,
@@ -510,7 +511,8 @@ def format_table(results, meta):
 # Seconds one cell takes on a quiet 2-core host (Zen 5 VM, ~40 GB/s), per workload, with
 # the default budgets: the full run's large cells overrun their budget (5 repetitions of
 # ~1.5 s), its small cells stop at max_reps before it; --quick's medium cells need their 3
-# repetitions of ~1 s. Fitted to a full run of 3 min 57 s on that host.
+# repetitions of ~1 s. The full plan adds up to ~4 min, what its last run on an idle host
+# took (3 min 57 s); a busy host takes longer, and the tqdm bar shows the actual pace.
 CELL_S = {"large": 8.5, "medium": 3.5, "small": 0.8}
 QUICK_CELL_S = {"large": 10.0, "medium": 4.0, "small": 0.4}
 ALLOC_S = {"large": 3.0, "medium": 0.6, "small": 0.05}
@@ -549,7 +551,7 @@ def main(args) -> int:
         import torch
     except ImportError:
         print('fastlr bench: error: the benchmark compares against torch.optim; install it with '
-              'pip install torch "fastlr[bench]"', file=sys.stderr)
+              'pip install torch tqdm (or, in the fastlr checkout, pip install torch ".[bench]")', file=sys.stderr)
         return 2
 
     try:

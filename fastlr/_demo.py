@@ -16,7 +16,7 @@ repeated with torch.optim (torch's LRSchedulers where fastlr uses in-kernel sche
 the same initial weights and batches; the end shows the time spent in the optimizer
 steps (and scheduler steps) of both.
 
-torch and matplotlib are imported in ``main`` only (``fastlr[torch,plot]``).
+torch and matplotlib are imported in ``main`` only (the ``torch`` and ``plot`` extras).
 """
 from __future__ import annotations
 
@@ -258,7 +258,8 @@ def main(args):
 
         import fastlr.optim  # noqa: F401
     except ImportError as exc:
-        print(f"fastlr demo: error: needs torch and matplotlib (pip install \"fastlr[torch,plot]\"): {exc}",
+        print(f"fastlr demo: error: needs torch and matplotlib (pip install torch matplotlib, or in the fastlr "
+              f"checkout pip install \".[torch,plot]\"): {exc}",
               file=sys.stderr)
         return 2
     matplotlib.use("Agg")

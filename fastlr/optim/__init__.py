@@ -16,7 +16,7 @@ try:
     import torch  # noqa: F401
 except ImportError as e:  # pragma: no cover - exercised without torch
     raise ImportError(
-        'fastlr.optim needs PyTorch: pip install "fastlr[torch]"'
+        'fastlr.optim needs PyTorch: pip install torch (or, in the fastlr checkout, pip install ".[torch]")'
     ) from e
 
 from .adagrad import Adagrad
