@@ -25,7 +25,8 @@ def cpu_extension():
         link_args.append("-fopenmp")
     return Pybind11Extension(
         "fastlr._C",
-        sources=["csrc/bindings.cpp", "csrc/kernels.cpp", "csrc/roofline.cpp"],
+        sources=["csrc/bindings.cpp", "csrc/bindings_schedulefree.cpp", "csrc/kernels.cpp",
+                 "csrc/roofline.cpp", "csrc/schedulefree.cpp"],
         include_dirs=["csrc"],
         # headers, so that an in-place rebuild notices a changed rule or schedule
         depends=sorted(glob.glob("csrc/*.hpp") + glob.glob("csrc/fastlr/*.hpp")),

@@ -20,20 +20,8 @@
 #include <pthread.h>
 #endif
 
+#include "cpu_dispatch.hpp"
 #include "fastlr/update.hpp"
-
-#if defined(__x86_64__) || defined(__i386__)
-#define FASTLR_X86 1
-#define FASTLR_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define FASTLR_TARGET_AVX512 \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,prefer-vector-width=512")))
-#else
-#define FASTLR_X86 0
-#define FASTLR_TARGET_AVX2
-#define FASTLR_TARGET_AVX512
-#endif
-
-#define FASTLR_INLINE inline __attribute__((always_inline))
 
 namespace fastlr {
 namespace {
@@ -41,23 +29,6 @@ namespace {
 // ------------------------------------------------------------ leaf loops ---
 // Modes are template parameters (STYLE habit 2); loads of unused roles are skipped
 // at compile time so each variant moves only the bytes its rule needs.
-
-#define FASTLR_INLINE_LAMBDA __attribute__((always_inline))
-
-// Runs body(0..n-1) in one of two identical loops chosen by `cond`, a loop-invariant
-// test that the rule repeats per element (lerp's `weight < 0.5`). gcc unswitches such
-// a loop itself only while the body is small (--param max-unswitch-insns) and, under
-// -ftrapping-math, does not if-convert it, so the bfloat16/float16 Adam and centered
-// RMSprop loops stayed scalar (~10 ns/el instead of ~0.5). In each copy the test is
-// known, folds away, and the loop vectorizes. Performance only: same operations.
-template <class F>
-FASTLR_INLINE void split_on(bool cond, int64_t n, F& body) {
-  if (cond) {
-    for (int64_t i = 0; i < n; ++i) body(i);
-  } else {
-    for (int64_t i = 0; i < n; ++i) body(i);
-  }
-}
 
 template <class S, WeightDecay WD, Momentum MOM, bool FIRST>
 FASTLR_INLINE void sgd_loop(int64_t n, char* const* ptrs, const void* scalars) {
@@ -220,14 +191,7 @@ int threads_for_call() {
 }
 
 // Picks the copy of one leaf for the level in use.
-#if FASTLR_X86
-#define FASTLR_PICK(FN, ...)                                                     \
-  (g_level == CpuLevel::avx512 ? &avx512::FN<__VA_ARGS__>                        \
-   : g_level == CpuLevel::avx2 ? &avx2::FN<__VA_ARGS__>                          \
-                               : &baseline::FN<__VA_ARGS__>)
-#else
-#define FASTLR_PICK(FN, ...) (&baseline::FN<__VA_ARGS__>)
-#endif
+#define FASTLR_PICK(FN, ...) FASTLR_PICK_AT(g_level.load(), FN, __VA_ARGS__)
 
 WeightDecay wd_mode(double weight_decay, bool decoupled) {
   if (weight_decay == 0.0) return WeightDecay::none;
@@ -328,17 +292,6 @@ void adagrad_typed(const TensorList& list, int64_t* offsets, const AdagradArgs& 
   const LeafFn leaf = a.weight_decay != 0.0 ? FASTLR_PICK(adagrad, S, WeightDecay::coupled)
                                             : FASTLR_PICK(adagrad, S, WeightDecay::none);
   for_each_segment(list, offsets, leaf, &s, threads_for_call());
-}
-
-template <template <class> class F, class Args>
-void by_dtype(DType dtype, const TensorList& list, int64_t* offsets, const Args& a) {
-  switch (dtype) {
-    case DType::float32: return F<float>::run(list, offsets, a);
-    case DType::float64: return F<double>::run(list, offsets, a);
-    case DType::bfloat16: return F<bf16>::run(list, offsets, a);
-    case DType::float16: return F<f16>::run(list, offsets, a);
-  }
-  throw std::invalid_argument("unknown dtype code");
 }
 
 template <class S> struct SgdF { static void run(const TensorList& l, int64_t* o, const SgdArgs& a) { sgd_typed<S>(l, o, a); } };

@@ -99,10 +99,10 @@ def _step(step, name="step", *, required):
 class _Call:
     """Validated arrays of one call: dtype code, numels and data addresses per role."""
 
-    def __init__(self, params, grads):
+    def __init__(self, params, grads, grads_name="grads"):
         self.params = _as_list(params, "params")
         self.n = len(self.params)
-        self.grads = _as_list(grads, "grads", n=self.n)
+        self.grads = _as_list(grads, grads_name, n=self.n)
         if self.n == 0:
             self.dtype = np.dtype(np.float32)
         else:
@@ -115,7 +115,7 @@ class _Call:
                 raise TypeError(f"params[0] has non-native byte order ({self.dtype.str}); "
                                 "convert with a.astype(a.dtype.newbyteorder('='))")
         _check_arrays("params", self.params, self.params, self.dtype, updated=True)
-        _check_arrays("grads", self.grads, self.params, self.dtype, updated=False)
+        _check_arrays(grads_name, self.grads, self.params, self.dtype, updated=False)
         self.code = _DTYPE_CODES[self.dtype.name]
         self.numel = [a.size for a in self.params]
         self._addrs = {}  # id(list) -> its data addresses, read once

@@ -19,9 +19,13 @@ except ImportError as e:  # pragma: no cover - exercised without torch
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .rmsprop import RMSprop
+from .schedulefree import AdamWScheduleFree, RAdamScheduleFree, SGDScheduleFree
 from .sgd import SGD
 
-__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
+__all__ = [
+    "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
+    "SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree",
+]
 
 
 def _allow_schedules_in_checkpoints():
