@@ -483,3 +483,31 @@ def test_numpy_class_step_in_eval_mode_and_bad_grads():
     assert not opt.state and opt.param_groups[0]["k"] == 0
     with pytest.raises(ValueError, match="beta"):
         fastlr.numpy.AdamWScheduleFree([w], betas=(0.9, 1.5))
+
+
+def test_bench_schedulefree_rows(tmp_path, capsys):
+    pytest.importorskip("tqdm")
+    import json
+
+    from fastlr import cli
+
+    out = tmp_path / "sf.json"
+    argv = ["bench", "--schedulefree", "--quick", "--workload", "small", "--threads", "1", "--reps", "1",
+            "--no-progress", "--json", str(out)]
+    assert cli.main(argv) == 0
+    data = json.loads(out.read_text())
+    rows = {r["optimizer"]: r for r in data["results"]}
+    assert set(rows) == {"adamw_sf", "switch"} and data["meta"]["suite"] == "schedulefree"
+    step = rows["adamw_sf"]
+    assert step["bytes_per_element"] == 28 and step["package"] == sf_version()
+    assert set(step["contenders"]) == {"roofline", "fastlr", "fastlr_np", "foreach", "forloop"}
+    assert step["speedup_vs_package_best"] > 0 and step["roofline_gbps"] > 0
+    assert set(rows["switch"]["contenders"]) == {"roofline", "fastlr", "forloop"}
+    text = capsys.readouterr().out
+    assert "| AdamW-SF(wd=0.01) | 28 |" in text and "| eval()+train() | 24 |" in text
+
+
+def sf_version():
+    from importlib.metadata import version
+
+    return version("schedulefree")

@@ -35,6 +35,8 @@ _STEP_IN_EVAL = (
 _data_ptr = torch.Tensor.data_ptr
 _nbytes = operator.attrgetter("nbytes")
 _get_grad = operator.attrgetter("grad")
+_get_z = operator.methodcaller("get", "z")
+_is = operator.is_
 _is_contiguous = torch.Tensor.is_contiguous
 _increment_version = torch.autograd.graph.increment_version
 _REAL_CODES = {dt: c for dt, c in _CODES.items() if not dt.is_complex}
@@ -155,8 +157,9 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
                 z = state["z"]
                 code = _REAL_CODES.get(p.dtype)
                 if (code is not None and p.device.type == "cpu" and z.device.type == "cpu"
-                        and z.dtype == p.dtype and z.shape == p.shape and _is_dense(p)
-                        and z.stride() == p.stride()):
+                        and z.dtype == p.dtype and z.shape == p.shape
+                        and ((p.is_contiguous() and z.is_contiguous())
+                             or (_is_dense(p) and z.stride() == p.stride()))):
                     fused.setdefault(code, []).append((p, z))
                 else:
                     other.append((p, z))
@@ -197,7 +200,7 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         plan = self._fastlr_plans.get(id(group))
         if (plan is None or plan.params is not params or plan.mask != mask
                 or list(map(_data_ptr, plan.fused)) != plan.p_addrs
-                or not all(s.get("z") is z for s, z in zip(plan.states, plan.zs))):
+                or not all(map(_is, map(_get_z, plan.states), plan.zs))):
             plan = self._build_plan(group, params, grads, mask)
         active = [g for g, m in zip(grads, mask) if m] if not all(mask) else grads
         fused_grads = active if plan.single else [active[i] for i in plan.fused_idx]
