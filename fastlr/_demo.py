@@ -182,7 +182,10 @@ def _train(torch, problem, backend, spec, model=None):
     # schedule-free: params hold y while training and x (the average) in eval mode
     schedule_free = spec["opt"].endswith("ScheduleFree")
     for epoch in range(problem.epochs):
-        lrs.append(float(opt.param_groups[0]["lr"]))
+        group = opt.param_groups[0]
+        warmup = group.get("warmup_steps", 0) if schedule_free else 0
+        # schedule-free warm-up is applied inside step(): show the lr the next step uses
+        lrs.append(float(group["lr"]) * (min(1.0, (group["k"] + 1) / warmup) if warmup else 1.0))
         if schedule_free:
             opt.train()
         for idx in problem.batches[epoch]:

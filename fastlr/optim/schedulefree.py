@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .. import _C
-from ._base import _CODES, _is_dense, _scalar, _Schedule
+from ._base import _CODES, _is_dense, _profile_hook_step, _scalar, _Schedule
 
 __all__ = ["SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree"]
 
@@ -173,7 +173,7 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
             group["train_mode"] = train
 
     # ---------------------------------------------------------------- step ---
-    @torch.no_grad()
+    @_profile_hook_step
     def step(self, closure=None):
         """Performs a single optimization step (one kernel call per group and dtype).
 
@@ -187,10 +187,15 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # every group's plan (and its checks) before any group is updated
-        work = [(group, self._plan(group)) for group in self.param_groups]
-        for group, (plan, grads) in work:
-            self._step_group(group, plan, grads)
+        prev = torch.is_grad_enabled()  # torch.no_grad(), without its Python object
+        torch._C._set_grad_enabled(False)
+        try:
+            # every group's plan (and its checks) before any group is updated
+            work = [(group, self._plan(group)) for group in self.param_groups]
+            for group, (plan, grads) in work:
+                self._step_group(group, plan, grads)
+        finally:
+            torch._C._set_grad_enabled(prev)
         return loss
 
     def _plan(self, group):
