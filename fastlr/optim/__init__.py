@@ -22,8 +22,10 @@ from .rmsprop import RMSprop
 from .schedulefree import AdamWScheduleFree, RAdamScheduleFree, SGDScheduleFree
 from .sgd import SGD
 
+from ._precision import to_torch_state_dict
+
 __all__ = [
-    "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
+    "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "to_torch_state_dict",
     "SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree",
 ]
 
