@@ -1,8 +1,9 @@
 """``fastlr bench --schedulefree``: fastlr's fused schedule-free optimizers against the
 ``schedulefree`` package (its foreach and for-loop paths), with the bandwidth roofline.
 
-Per workload x optimizer x thread count, on the same tensors and state, interleaved
-(``fastlr._bench.run_round_robin``):
+Per workload x optimizer x thread count, on the same tensors and state, interleaved and
+judged by ``fastlr._benchstats.measure_cell`` (paired ratios with bootstrap intervals, a
+cell re-measured once and marked when other processes took its cores):
 
 - ``roofline``: the memory-only kernel moving the bytes the step must move: read y, z,
   g (and v), write y, z (and v): SGD-SF 20 B/el, AdamW-SF / RAdam-SF 28 B/el in float32;
@@ -21,6 +22,8 @@ import gc
 import sys
 
 from . import _bench
+from ._benchstats import (MAX_WIDTH, Contender, HostMonitor, Ratio, Verdict, format_ratio,
+                          measure_cell, trust_summary)
 
 SF_OPTIMIZERS = {
     "sgd_sf": dict(label="SGD-SF", cls="SGDScheduleFree", kw=dict(lr=0.1), states=("z",), bytes=20),
@@ -46,11 +49,11 @@ def _contenders(torch, sf, spec, cell, states):
     from . import _C
 
     params = cell.params
-    out = [_bench.Contender("roofline", _roofline(_C, cell, spec, states))]
+    out = [Contender("roofline", _roofline(_C, cell, spec, states))]
     opt = getattr(fo, spec["cls"])(params, **spec["kw"])
     _preset(opt, params, states)
     opt.train()
-    out.append(_bench.Contender("fastlr", opt.step))
+    out.append(Contender("fastlr", opt.step))
     P = cell.numpy(params)
     G = cell.numpy([p.grad for p in params])
     S = [cell.numpy(states[k]) for k in spec["states"]]
@@ -65,14 +68,14 @@ def _contenders(torch, sf, spec, cell, states):
                **{k: v for k, v in spec["kw"].items() if k != "lr"})
         book["lr_max"], book["weight_sum"] = r.lr_max, r.weight_sum
 
-    out.append(_bench.Contender("fastlr_np", np_step))
+    out.append(Contender("fastlr_np", np_step))
     opts = [opt]
     if sf is not None:
         for impl, foreach in (("foreach", True), ("forloop", False)):
             o = getattr(sf, spec["cls"])(params, foreach=foreach, **spec["kw"])
             _preset(o, params, states)
             o.train()
-            out.append(_bench.Contender(impl, o.step))
+            out.append(Contender(impl, o.step))
             opts.append(o)
     return out, opts
 
@@ -101,7 +104,7 @@ def _switch_contenders(torch, sf, cell, states):
         _C.roofline(code, numel, p_addrs, z_addrs, [])
         _C.roofline(code, numel, p_addrs, z_addrs, [])
 
-    out = [_bench.Contender("roofline", roof)]
+    out = [Contender("roofline", roof)]
     makers = [("fastlr", fo.AdamWScheduleFree)]
     if sf is not None:  # the package switches param by param, foreach or not
         makers += [("forloop", sf.AdamWScheduleFree)]
@@ -114,7 +117,7 @@ def _switch_contenders(torch, sf, cell, states):
             opt.eval()
             opt.train()
 
-        out.append(_bench.Contender(name, both))
+        out.append(Contender(name, both))
     return out
 
 
@@ -136,6 +139,10 @@ def run(args, torch, threads, quick, min_reps, max_reps, bar=None):
     target_s = 0.002 if quick else 0.004
     results = []
     saved = (torch.get_num_threads(), fastlr.get_num_threads())
+    monitor = HostMonitor()
+    for thr in threads:  # the quiet baseline of the probe, per thread count
+        fastlr.set_num_threads(thr)
+        monitor.check(window_s=0.5 / len(threads))
     try:
         for workload in workloads:
             cell = _bench.Cell(torch, workload, "float32")
@@ -153,18 +160,19 @@ def run(args, torch, threads, quick, min_reps, max_reps, bar=None):
                     fastlr.set_num_threads(thr)
                     if bar is not None:
                         bar.set_postfix_str(f"{workload} {name} {thr} thr")
-                    for c in cs:
-                        c.samples = []
-                        c.calibrate(target_s)
-                    _bench.run_round_robin(cs, min_reps=min_reps, max_reps=max_reps,
-                                           budget_s=budget[workload])
+                    names = [c.name for c in cs]
+                    measured = measure_cell(
+                        cs, baseline="fastlr",
+                        ratios={k: (k, "fastlr") for k in ("roofline", "foreach", "forloop") if k in names},
+                        monitor=monitor, min_reps=min_reps, max_reps=max_reps,
+                        budget_s=budget[workload], target_sample_s=target_s, retries=1)
                     res = {"optimizer": name, "label": label, "workload": workload,
                            "dtype": "float32", "threads": thr, "schedule": None,
                            "numel": cell.numel, "tensors": cell.tensors,
                            "bytes_per_element": nbytes,
                            "package": _package_version() if sf else None,
                            "contenders": {c.name: c.summary() for c in cs}}
-                    _summarize(res)
+                    _summarize(res, measured)
                     results.append(res)
                     if bar is not None:
                         bar.update(1)
@@ -193,19 +201,25 @@ def cells(args, quick, threads):
     return len(workloads) * (len(QUICK if quick else SF_OPTIMIZERS) + 1) * len(threads)
 
 
-def _summarize(res):
+def _summarize(res, cell):
+    """Derived numbers (in place) from the paired ratios of `cell` (a CellResult)."""
     c = res["contenders"]
     med = {k: v["median_s"] for k, v in c.items()}
     nbytes = res["bytes_per_element"] * res["numel"]
+    ratios = cell.ratios
     if "roofline" in med:
         res["roofline_gbps"] = nbytes / med["roofline"] / 1e9
-        res["fastlr_pct_roofline"] = 100.0 * med["roofline"] / med["fastlr"]
+        res["fastlr_pct_roofline"] = 100.0 * ratios["roofline"].value
     res["fastlr_gbps"] = nbytes / med["fastlr"] / 1e9
     pkg = [k for k in ("foreach", "forloop") if k in med]
     if pkg:
         best = min(pkg, key=lambda k: med[k])
         res["package_best"] = best
-        res["speedup_vs_package_best"] = med[best] / med["fastlr"]
+        res["speedup_vs_package_best"] = ratios[best].value
+        res["speedup_vs_package_best_ci"] = [ratios[best].lo, ratios[best].hi]
+    res["trusted"] = cell.verdict.trusted
+    res["flags"] = list(cell.verdict.flags)
+    res["stats"] = cell.to_json()
 
 
 def format_table(results, meta):
@@ -221,28 +235,37 @@ def format_table(results, meta):
                       f"{r0['numel'] / 1e6:.2f}M params, {r0['tensors']} tensors), float32, "
                       f"{thr} thread{'s' if thr > 1 else ''}", ""]
         head = ["optimizer", "B/el", "roofline ms (GB/s)", "fastlr ms", "% roofline",
-                "package foreach", "package for-loop", "speed-up vs package best", "fastlr NumPy ms"]
+                "package foreach", "package for-loop", "speed-up vs package best [95% CI]",
+                "fastlr NumPy ms", "trust"]
         lines.append("| " + " | ".join(head) + " |")
-        lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
+        lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 2) + ["---"]) + "|")
         for r in rows:
             c = r["contenders"]
+            verdict = Verdict(tuple(r.get("flags", ())))
+            ratios = r.get("stats", {}).get("ratios", {})
 
             def ms(k):
                 v = c.get(k)
                 return _bench._fmt_ms(v["median_s"]) if v else "-"
 
-            roof = c.get("roofline")
+            best = r.get("package_best")
+            j = ratios.get(best) if best else None
+            sp = (format_ratio(Ratio(j["value"], j["lo"], j["hi"], j["pairs"]), verdict, 1, flags=False)
+                  + f" ({best})") if j else "-"
             pct = r.get("fastlr_pct_roofline")
-            sp = r.get("speedup_vs_package_best")
             lines.append("| " + " | ".join([
                 r["label"], str(r["bytes_per_element"]),
-                f"{ms('roofline')} ({r['roofline_gbps']:.1f})" if roof else "-",
-                ms("fastlr"), f"{pct:.0f}%" if pct else "-", ms("foreach"), ms("forloop"),
-                f"{sp:.1f}x ({r['package_best']})" if sp else "-", ms("fastlr_np")]) + " |")
+                f"{ms('roofline')} ({r['roofline_gbps']:.1f})" if "roofline" in c else "-",
+                ms("fastlr"), "-" if not pct else f"{pct:.0f}%" if verdict.trusted else "?",
+                ms("foreach"), ms("forloop"), sp, ms("fastlr_np"),
+                "ok" if verdict.trusted else "+".join(verdict.flags)]) + " |")
     pkg = next((r["package"] for r in results if r.get("package")), None)
-    lines += ["", f"Medians of interleaved samples; schedulefree {pkg or 'not installed'}; CPU: "
-                  f"{meta['cpu']} ({meta['cores']} cores, fastlr cpu_level {meta['cpu_level']}); "
-                  f"torch {meta['torch']}. % roofline = roofline time / fastlr time; the "
+    lines += ["", f"Medians of interleaved samples; speed-ups: median of paired per-repetition ratios "
+                  f"with a 95% bootstrap interval; trust: ok, or busy / drifting / wide (interval over "
+                  f"{MAX_WIDTH:.0%}), shown as '?' and the interval. schedulefree {pkg or 'not installed'}; "
+                  f"CPU: {meta['cpu']} ({meta['cores']} cores, fastlr cpu_level {meta['cpu_level']}); "
+                  f"torch {meta['torch']}; {meta['date']}. % roofline = roofline time / fastlr time; the "
                   "eval()+train() row is two passes over p and z (fastlr) against the package's "
-                  "per-param lerps."]
+                  "per-param lerps.", "",
+              trust_summary(Verdict(tuple(r.get("flags", ()))) for r in results) + "."]
     return "\n".join(lines).lstrip("\n")
