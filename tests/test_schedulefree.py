@@ -511,3 +511,101 @@ def sf_version():
     from importlib.metadata import version
 
     return version("schedulefree")
+
+
+# ------------------------------------------------------------ precision options ---
+
+
+def _steps(opts_and_params, n, switch_at=(4,)):
+    """Same grads (rounded to the first param list's dtype) for every optimizer."""
+    for k in range(n):
+        for opt, ps in opts_and_params:
+            for i, p in enumerate(ps):
+                g = torch.randn(p.shape, generator=torch.Generator().manual_seed(100 * k + i))
+                p.grad = g.to(opts_and_params[0][1][0].dtype).to(p.dtype)
+            opt.step()
+            if k in switch_at:
+                opt.eval()
+                opt.train()
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "radam"])
+def test_master_weights_follow_the_float32_trajectory_bit_for_bit(name):
+    cls = PAIRS[name][0]
+    opts = dict(OPTIONS[name][1])
+    p16 = [p.to(torch.bfloat16).requires_grad_() for p in _params(torch.float32)]
+    p32 = [p.detach().float().requires_grad_() for p in p16]
+    o16 = cls(p16, master_weights=True, **opts)
+    o32 = cls(p32, **opts)
+    o16.train()
+    o32.train()
+    _steps([(o16, p16), (o32, p32)], 12)
+    o16.eval()
+    o32.eval()
+    for a, b in zip(p16, p32):
+        st, ref = o16.state[a], o32.state[b]
+        assert st["master_param"].dtype == torch.float32 and st["z"].dtype == torch.float32
+        assert torch.equal(st["master_param"], b.detach())
+        assert torch.equal(a.detach(), b.detach().bfloat16())
+        for key in ref:
+            assert torch.equal(st[key], ref[key]), key
+    assert o16.param_groups[0]["master_weights"] is True
+    # a state dict with masters loads into a new optimizer and the runs stay identical
+    q16 = [p.detach().clone().requires_grad_() for p in p16]
+    o = cls(q16, master_weights=True, **opts)
+    o.load_state_dict(copy.deepcopy(o16.state_dict()))  # torch's loading shares same-dtype tensors
+    assert o.state[q16[1]]["master_param"].dtype == torch.float32
+    o.train()
+    o16.train()
+    _steps([(o16, p16), (o, q16)], 5)
+    for a, b in zip(p16, q16):
+        assert torch.equal(a, b) and torch.equal(o16.state[a]["master_param"], o.state[b]["master_param"])
+
+
+def test_state_dtype_bfloat16_rounds_state_to_nearest_each_step():
+    ps = [p.requires_grad_() for p in _params(torch.float32)]
+    ref_ps = [p.detach().clone().requires_grad_() for p in ps]
+    opt = AdamWScheduleFree(ps, lr=1e-2, state_dtype=torch.bfloat16, warmup_steps=3)
+    ref = AdamWScheduleFree(ref_ps, lr=1e-2, warmup_steps=3)
+    for p in ref_ps:  # the reference stores its state rounded to bfloat16 by hand
+        ref.state[p]["z"] = p.detach().bfloat16().float()
+        ref.state[p]["exp_avg_sq"] = torch.zeros_like(p)
+    opt.train()
+    ref.train()
+    for k in range(10):
+        for a, b in zip(ps, ref_ps):
+            a.grad = b.grad = torch.randn(a.shape, generator=torch.Generator().manual_seed(k))
+        opt.step()
+        ref.step()
+        for p in ref_ps:
+            for key in ("z", "exp_avg_sq"):
+                ref.state[p][key].copy_(ref.state[p][key].bfloat16())
+    for a, b in zip(ps, ref_ps):
+        assert opt.state[a]["z"].dtype == torch.bfloat16
+        assert torch.equal(a, b)
+        for key in ("z", "exp_avg_sq"):
+            assert torch.equal(opt.state[a][key].float(), ref.state[b][key])
+
+
+def test_stochastic_rounding_is_reproducible_and_seeded():
+    def run(seed):
+        ps = [p.to(torch.bfloat16).requires_grad_() for p in _params(torch.float32)]
+        opt = SGDScheduleFree(ps, lr=0.1, stochastic_rounding=True, seed=seed)
+        opt.train()
+        _steps([(opt, ps)], 6)
+        opt.eval()
+        return [p.detach().clone() for p in ps] + [opt.state[p]["z"].clone() for p in ps]
+
+    a, b, c = run(1), run(1), run(2)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+
+
+def test_precision_options_are_validated():
+    p = torch.zeros(3, requires_grad=True)
+    with pytest.raises(TypeError, match="state_dtype"):
+        AdamWScheduleFree([p], state_dtype=torch.int8)
+    with pytest.raises(TypeError, match="master_weights"):
+        SGDScheduleFree([p], master_weights=1)
+    opt = RAdamScheduleFree([p])
+    assert "master_weights" not in opt.param_groups[0]  # defaults keep the package's groups

@@ -8,6 +8,9 @@ loads into the other. Each step is one fastlr kernel call per group and dtype (t
 package makes about nine passes), each mode switch one; grads are only read (the package
 overwrites them with the normalized step). ``lr`` may also be a fastlr Schedule,
 evaluated at ``k``, the group's count of completed steps, before the warm-up factor.
+The keyword-only precision options of ``fastlr.optim.AdamW`` (``master_weights``,
+``state_dtype``, ``stochastic_rounding``, ``seed``) work here too; by default 16-bit params
+compute in float32 and round each stored value to nearest once.
 
 >>> opt = AdamWScheduleFree(model.parameters(), lr=1e-2, warmup_steps=100)  # doctest: +SKIP
 >>> opt.train()   # before training: the params hold y
@@ -23,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import _C
+from . import _precision
 from ._base import _CODES, _is_dense, _profile_hook_step, _scalar, _Schedule
 
 __all__ = ["SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree"]
@@ -92,6 +96,7 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
                 raise TypeError(f"lr_schedule must be a fastlr Schedule, got {type(sched).__name__}")
             group["lr"] = _C.schedule_at(sched._encoding, int(group["k"]))
         self._check_group(group)
+        _precision.check_group(type(self).__name__, group)
         # a group added after train() starts in train mode too (the package leaves it in
         # eval mode, and a later eval() then skips it)
         if len(self.param_groups) > 1:
@@ -122,7 +127,11 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"Momentum must be between 0 and 1 exclusive: {m}")
 
     def load_state_dict(self, state_dict):
+        state_dict = _precision.keep_options(self, state_dict)
         super().load_state_dict(state_dict)
+        # torch casts every state tensor to its param's dtype: masters and state stored in
+        # another dtype are re-read in theirs
+        _precision.convert_loaded_state(self, state_dict)
         for group in self.param_groups:
             self._check_group(group)
         self._fastlr_plans = {}
@@ -149,6 +158,10 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
                 continue
             beta1 = self._beta1(group)
             weight = 1 - beta1 if train else 1 - 1 / beta1
+            if _precision.active(group):
+                self._precision_switch(group, weight)
+                group["train_mode"] = train
+                continue
             fused, other = {}, []
             for p in group["params"]:
                 state = self.state.get(p)
@@ -191,9 +204,13 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         torch._C._set_grad_enabled(False)
         try:
             # every group's plan (and its checks) before any group is updated
-            work = [(group, self._plan(group)) for group in self.param_groups]
-            for group, (plan, grads) in work:
-                self._step_group(group, plan, grads)
+            work = [(group, None if _precision.active(group) else self._plan(group))
+                    for group in self.param_groups]
+            for group, planned in work:
+                if planned is None:
+                    self._precision_step(group)
+                else:
+                    self._step_group(group, *planned)
         finally:
             torch._C._set_grad_enabled(prev)
         return loss
@@ -287,10 +304,9 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         self._fastlr_plans[id(group)] = plan
         return plan
 
-    def _step_group(self, group, plan, grads):
-        active, fused_grads = grads
+    def _kernel_args(self, group):
+        """The arguments of _C.schedulefree_step after the tensor lists."""
         sched = group.get("lr_schedule")
-        k = int(group["k"])
         lr = 1.0 if sched is not None else _scalar(group["lr"])
         enc = None if sched is None else sched._encoding
         beta1 = self._beta1(group)
@@ -298,10 +314,24 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
             beta2, eps = _scalar(group["betas"][1]), _scalar(group["eps"])
         else:
             beta2, eps = 0.0, 0.0
-        args = (k, lr, enc, beta1, beta2, eps, _scalar(group["weight_decay"]),
+        return (int(group["k"]), lr, enc, beta1, beta2, eps, _scalar(group["weight_decay"]),
                 float(group.get("warmup_steps", 0)), _scalar(group["r"]),
                 _scalar(group["weight_lr_power"]), _scalar(group["lr_max"]),
                 _scalar(group["weight_sum"]), bool(group.get("silent_sgd_phase", True)))
+
+    def _finish_step(self, group, result):
+        """Stores the group's bookkeeping after its step, as the package does."""
+        k = int(group["k"])
+        group["scheduled_lr"], group["lr_max"], group["weight_sum"] = result[:3]
+        group["k"] = k + 1
+        sched = group.get("lr_schedule")
+        if sched is not None:
+            group["lr"] = _C.schedule_at(sched._encoding, k + 1)
+
+    def _step_group(self, group, plan, grads):
+        active, fused_grads = grads
+        args = self._kernel_args(group)
+        beta2, eps = args[4], args[5]
         g_addrs = list(map(_data_ptr, fused_grads))
         result = None
         for code, idx, numel, p_addrs, z_addrs, v_addrs in plan.buckets:
@@ -312,18 +342,13 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
                                           *args)
         if result is None or plan.other:  # bookkeeping only, or the values the torch path needs
             result = _C.schedulefree_step(self._kind, 0, [], [], [], [], [], *args)
-        scheduled_lr, lr_max, weight_sum, ckp1, y_coef, bias_correction2, adaptive = result
+        scheduled_lr, _, _, ckp1, y_coef, bias_correction2, adaptive = result
         if plan.bump:
             _increment_version(plan.bump)
         if plan.other:
             self._torch_step(group, plan, active, ckp1, y_coef, scheduled_lr, bias_correction2,
                              adaptive, beta2, eps)
-        group["scheduled_lr"] = scheduled_lr
-        group["lr_max"] = lr_max
-        group["weight_sum"] = weight_sum
-        group["k"] = k + 1
-        if sched is not None:
-            group["lr"] = _C.schedule_at(enc, k + 1)
+        self._finish_step(group, result)
 
     def _torch_step(self, group, plan, active, ckp1, y_coef, lr, bias_correction2, adaptive,
                     beta2, eps):
@@ -347,6 +372,113 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         torch._foreach_lerp_(ys, zs, weight=ckp1)
         torch._foreach_add_(ys, gs, alpha=y_coef)
         torch._foreach_sub_(zs, gs, alpha=lr)
+
+    # ------------------------------------------------------ precision options ---
+    # master_weights / state_dtype / stochastic_rounding (fastlr.optim._precision): the
+    # update runs on float32 work tensors (the master copy, else the param when it is
+    # float32) and every 16-bit destination is written from them, rounded to nearest or
+    # stochastically with bits keyed by (seed, step, tensor, role).
+    def _precision_step(self, group):
+        name = type(self).__name__
+        keys = ("z", "exp_avg_sq") if self._kind != _SGD else ("z",)
+        items, seen = [], set()
+        for j, p in enumerate(group["params"]):
+            g = p.grad
+            if g is None or id(p) in seen:
+                continue
+            seen.add(id(p))
+            master = _precision.uses_master(group, p)
+            if g.is_sparse:
+                raise RuntimeError(f"{name} does not support sparse gradients")
+            if g.shape != p.shape or not (g.dtype == p.dtype or (master and g.dtype == torch.float32)):
+                raise ValueError(f"params[{j}]: grad of shape {tuple(g.shape)} and dtype {g.dtype} "
+                                 f"for a param of shape {tuple(p.shape)} and dtype {p.dtype}")
+            st = self.state.get(p)
+            if st:
+                sdt = _precision.state_dtype(group, p)
+                for key in keys:
+                    t = st.get(key)
+                    if t is None or t.shape != p.shape or t.dtype != sdt:
+                        raise ValueError(f"params[{j}]: state[{key!r}] is missing or not of shape "
+                                         f"{tuple(p.shape)} and dtype {sdt}")
+            items.append((j, p, g))
+        for _, p, _ in items:  # all checks passed: the missing state, from the param
+            st = self.state[p]
+            if "z" not in st:
+                sdt = _precision.state_dtype(group, p)
+                if _precision.uses_master(group, p):
+                    st["master_param"] = p.detach().to(torch.float32, copy=True)
+                st["z"] = p.detach().to(sdt, copy=True)
+                if len(keys) > 1:
+                    st["exp_avg_sq"] = torch.zeros(p.shape, dtype=sdt)
+        args = self._kernel_args(group)
+        step = int(group["k"]) + 1
+        result = None
+        for code, entries in self._work_buckets(group, items).items():
+            tensors = [[w for w, _, _ in role] for role in zip(*(e[0] for e in entries))]
+            grads = [e[1] for e in entries]
+            addrs = [list(map(_data_ptr, ts)) for ts in tensors]
+            result = _C.schedulefree_step(self._kind, code, [t.numel() for t in tensors[0]],
+                                          addrs[0], list(map(_data_ptr, grads)), addrs[1],
+                                          addrs[2] if len(addrs) > 2 else None, *args)
+            self._write_back(group, entries, step)
+        if result is None:
+            result = _C.schedulefree_step(self._kind, 0, [], [], [], [], [], *args)
+        _increment_version([p for _, p, _ in items if not p.is_inference()])
+        self._finish_step(group, result)
+
+    def _work_buckets(self, group, items):
+        """Per work dtype: ([(work, destination or None, tensor id) for y, z (, v)], grad)."""
+        first_id = _precision._first_tensor_id(self, group)
+        keys = ("z", "exp_avg_sq") if self._kind != _SGD else ("z",)
+        buckets = {}
+        for j, p, g in items:
+            st = self.state[p]
+            work = torch.float64 if p.dtype == torch.float64 else torch.float32
+            roles = []
+            if _precision.uses_master(group, p):
+                roles.append((st["master_param"], p, None))  # the param: its master, to nearest
+            else:
+                roles.append(_work(p, work, first_id + j))
+            roles += [_work(st[key], work, first_id + j) for key in keys]
+            if g is not None:
+                g = g.detach()
+                if g.dtype != work or not g.is_contiguous():
+                    g = g.to(work).contiguous()
+            buckets.setdefault(_CODES[work], []).append((roles, g))
+        return buckets
+
+    def _write_back(self, group, entries, step):
+        sr = bool(group.get("stochastic_rounding"))
+        seed = int(group.get("seed", 0))
+        for roles, _ in entries:
+            for r, (w, dst, tid) in enumerate(roles):
+                if dst is None:
+                    continue
+                bits = None
+                if sr and tid is not None and dst.dtype in (torch.bfloat16, torch.float16):
+                    bits = _precision.random_bits(seed, step, (tid << 3) | r, dst.numel())
+                _precision.round_into(dst, w, bits)
+
+    def _precision_switch(self, group, weight):
+        items = [(j, p, None) for j, p in enumerate(group["params"])
+                 if "z" in self.state.get(p, {})]
+        for code, entries in self._work_buckets(group, items).items():
+            ys = [roles[0][0] for roles, _ in entries]
+            zs = [roles[1][0] for roles, _ in entries]
+            _C.schedulefree_lerp(code, [y.numel() for y in ys], list(map(_data_ptr, ys)),
+                                 list(map(_data_ptr, zs)), weight)
+            # only the param is written (role 0); the step key 0 keeps the bits apart
+            # from the updates' (steps >= 1)
+            self._write_back(group, [([roles[0]], g) for roles, g in entries], 0)
+        _increment_version([p for _, p, _ in items if not p.is_inference()])
+
+
+def _work(t, work, tid):
+    """(a work tensor of dtype `work` for t, t if it must be written back else None, tid)."""
+    if t.dtype == work and t.is_contiguous():
+        return (t, None, tid)
+    return (t.detach().to(work).contiguous(), t, tid)
 
 
 def _lr_arg(lr):
@@ -376,7 +508,9 @@ class SGDScheduleFree(_ScheduleFreeOptimizer):
 
     def __init__(self, params, lr: float | Tensor = 1.0, momentum: float = 0.9,
                  weight_decay: float = 0, warmup_steps: int = 0, r: float = 0.0,
-                 weight_lr_power: float = 2, foreach: bool | None = True):
+                 weight_lr_power: float = 2, foreach: bool | None = True, *,
+                 master_weights: bool = False, state_dtype: torch.dtype | None = None,
+                 stochastic_rounding: bool = False, seed: int = 0):
         lr = _lr_arg(lr)
         if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool) or not 0 < momentum < 1:
             raise ValueError(f"Momentum must be between 0 and 1 exclusive: {momentum}")
@@ -384,6 +518,7 @@ class SGDScheduleFree(_ScheduleFreeOptimizer):
                         train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0,
                         weight_lr_power=weight_lr_power, weight_decay=weight_decay,
                         foreach=foreach)
+        defaults.update(_precision.defaults(master_weights, state_dtype, stochastic_rounding, seed))
         super().__init__(params, defaults)
 
 
@@ -403,12 +538,15 @@ class AdamWScheduleFree(_ScheduleFreeOptimizer):
 
     def __init__(self, params, lr: float | Tensor = 0.0025, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, warmup_steps: int = 0, r: float = 0.0,
-                 weight_lr_power: float = 2.0, foreach: bool | None = True):
+                 weight_lr_power: float = 2.0, foreach: bool | None = True, *,
+                 master_weights: bool = False, state_dtype: torch.dtype | None = None,
+                 stochastic_rounding: bool = False, seed: int = 0):
         lr = _lr_arg(lr)
         defaults = dict(lr=lr, betas=betas, eps=eps, r=r, k=0, warmup_steps=warmup_steps,
                         train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0,
                         weight_lr_power=weight_lr_power, weight_decay=weight_decay,
                         foreach=foreach)
+        defaults.update(_precision.defaults(master_weights, state_dtype, stochastic_rounding, seed))
         super().__init__(params, defaults)
 
 
@@ -426,10 +564,13 @@ class RAdamScheduleFree(_ScheduleFreeOptimizer):
     def __init__(self, params, lr: float | Tensor = 0.0025, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, r: float = 0.0,
                  weight_lr_power: float = 2.0, foreach: bool | None = True,
-                 silent_sgd_phase: bool = True):
+                 silent_sgd_phase: bool = True, *, master_weights: bool = False,
+                 state_dtype: torch.dtype | None = None, stochastic_rounding: bool = False,
+                 seed: int = 0):
         lr = _lr_arg(lr)
         defaults = dict(lr=lr, betas=betas, eps=eps, r=r, k=0, train_mode=False,
                         weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0,
                         weight_lr_power=weight_lr_power, weight_decay=weight_decay,
                         foreach=foreach, silent_sgd_phase=silent_sgd_phase)
+        defaults.update(_precision.defaults(master_weights, state_dtype, stochastic_rounding, seed))
         super().__init__(params, defaults)
