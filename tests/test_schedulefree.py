@@ -609,3 +609,16 @@ def test_precision_options_are_validated():
         SGDScheduleFree([p], master_weights=1)
     opt = RAdamScheduleFree([p])
     assert "master_weights" not in opt.param_groups[0]  # defaults keep the package's groups
+
+
+def test_refused_param_group_and_state_dict_change_nothing():
+    a = torch.zeros(3, requires_grad=True)
+    opt = AdamWScheduleFree([a])
+    with pytest.raises(ValueError, match="beta parameter at index 0"):
+        opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "betas": (0.0, 0.9)})
+    assert len(opt.param_groups) == 1
+    sd = opt.state_dict()
+    sd["param_groups"][0]["weight_decay"] = -1.0
+    with pytest.raises(ValueError, match="weight_decay"):
+        opt.load_state_dict(sd)
+    assert opt.param_groups[0]["weight_decay"] == 0

@@ -91,12 +91,16 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         if isinstance(group["lr"], _Schedule):
             group["lr_schedule"] = group["lr"]
         sched = group.get("lr_schedule")
-        if sched is not None:
-            if not isinstance(sched, _Schedule):
-                raise TypeError(f"lr_schedule must be a fastlr Schedule, got {type(sched).__name__}")
-            group["lr"] = _C.schedule_at(sched._encoding, int(group["k"]))
-        self._check_group(group)
-        _precision.check_group(type(self).__name__, group)
+        try:  # a refused group is not kept
+            if sched is not None:
+                if not isinstance(sched, _Schedule):
+                    raise TypeError(f"lr_schedule must be a fastlr Schedule, got {type(sched).__name__}")
+                group["lr"] = _C.schedule_at(sched._encoding, int(group["k"]))
+            self._check_group(group)
+            _precision.check_group(type(self).__name__, group)
+        except Exception:
+            self.param_groups.pop()
+            raise
         # a group added after train() starts in train mode too (the package leaves it in
         # eval mode, and a later eval() then skips it)
         if len(self.param_groups) > 1:
@@ -128,12 +132,12 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict):
         state_dict = _precision.keep_options(self, state_dict)
+        for saved, current in zip(state_dict["param_groups"], self.param_groups):
+            self._check_group({**current, **saved})  # before anything is loaded
         super().load_state_dict(state_dict)
         # torch casts every state tensor to its param's dtype: masters and state stored in
         # another dtype are re-read in theirs
         _precision.convert_loaded_state(self, state_dict)
-        for group in self.param_groups:
-            self._check_group(group)
         self._fastlr_plans = {}
 
     def _beta1(self, group):
