@@ -160,10 +160,10 @@ def run(args, torch, threads, quick, min_reps, max_reps, bar=None):
                     fastlr.set_num_threads(thr)
                     if bar is not None:
                         bar.set_postfix_str(f"{workload} {name} {thr} thr")
-                    names = [c.name for c in cs]
+                    present = {c.name for c in cs}
                     measured = measure_cell(
                         cs, baseline="fastlr",
-                        ratios={k: (k, "fastlr") for k in ("roofline", "foreach", "forloop") if k in names},
+                        ratios={k: (k, "fastlr") for k in ("roofline", "foreach", "forloop") if k in present},
                         monitor=monitor, min_reps=min_reps, max_reps=max_reps,
                         budget_s=budget[workload], target_sample_s=target_s, retries=1)
                     res = {"optimizer": name, "label": label, "workload": workload,
