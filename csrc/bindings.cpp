@@ -24,6 +24,7 @@
 namespace py = pybind11;
 using fastlr::DType;
 using fastlr::TensorList;
+
 using namespace fastlr::bindings;
 
 void bind_schedulefree(py::module_& m);  // bindings_schedulefree.cpp
@@ -40,10 +41,15 @@ PYBIND11_MODULE(_C, m) {
       [](int dtype, const py::sequence& numel, py::object params, py::object grads,
          py::object momentum_buffers, double lr, Schedule lr_schedule, int64_t t,
          double momentum, Schedule momentum_schedule, double dampening, bool nesterov,
-         double weight_decay, bool maximize, bool first_step, double grad_scale) {
+         double weight_decay, bool maximize, bool first_step, double grad_scale,
+         py::object grad_dtype, py::object state_dtype, py::object masters,
+         bool stochastic_rounding, py::object seed, py::object tensor_ids) {
         check_t(t);
-        TensorList list = make_list(dtype, numel, {{"params", params}, {"grads", grads},
-                                                   {"momentum_buffers", momentum_buffers}});
+        const PrecisionOptions po{grad_dtype, state_dtype, masters, tensor_ids, stochastic_rounding, seed};
+        const fastlr::Precision prec = make_precision(dtype, po);
+        TensorList list = make_list(prec, numel, {{"params", params}, {"grads", grads},
+                                                  {"momentum_buffers", momentum_buffers}});
+        add_precision(list, prec, po, t);
         fastlr::SgdArgs a{eval(lr_schedule, lr, t), eval(momentum_schedule, momentum, t),
                           dampening, weight_decay, (maximize ? -1.0 : 1.0) / grad_scale,
                           nesterov, first_step};
@@ -51,7 +57,7 @@ PYBIND11_MODULE(_C, m) {
           throw py::value_error("momentum_buffers are required when momentum != 0");
         {
           py::gil_scoped_release release;
-          fastlr::sgd(to_dtype(dtype), list, scratch.offsets.data(), a);
+          fastlr::sgd(prec, list, scratch.offsets.data(), a);
         }
         return py::make_tuple(a.lr, a.momentum);
       },
@@ -59,7 +65,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("momentum_buffers"), py::arg("lr"), py::arg("lr_schedule"), py::arg("t"),
       py::arg("momentum"), py::arg("momentum_schedule"), py::arg("dampening"),
       py::arg("nesterov"), py::arg("weight_decay"), py::arg("maximize"), py::arg("first_step"),
-      py::arg("grad_scale") = 1.0);
+      py::arg("grad_scale") = 1.0, FASTLR_PRECISION_ARGS);
 
   m.def(
       "adam",
@@ -67,12 +73,16 @@ PYBIND11_MODULE(_C, m) {
          py::object exp_avgs, py::object exp_avg_sqs, py::object max_exp_avg_sqs, double step,
          double lr, Schedule lr_schedule, double beta1, Schedule beta1_schedule, double beta2,
          double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad,
-         bool maximize, double grad_scale) {
+         bool maximize, double grad_scale, py::object grad_dtype, py::object state_dtype,
+         py::object masters, bool stochastic_rounding, py::object seed, py::object tensor_ids) {
         const int64_t t = completed_updates(step);
-        TensorList list = make_list(dtype, numel,
+        const PrecisionOptions po{grad_dtype, state_dtype, masters, tensor_ids, stochastic_rounding, seed};
+        const fastlr::Precision prec = make_precision(dtype, po);
+        TensorList list = make_list(prec, numel,
                                     {{"params", params}, {"grads", grads}, {"exp_avgs", exp_avgs},
                                      {"exp_avg_sqs", exp_avg_sqs},
                                      {"max_exp_avg_sqs", max_exp_avg_sqs}});
+        add_precision(list, prec, po, t);
         if (list.base[2] == nullptr || list.base[3] == nullptr)
           throw py::value_error("exp_avgs and exp_avg_sqs are required");
         if (amsgrad && list.base[4] == nullptr)
@@ -82,7 +92,7 @@ PYBIND11_MODULE(_C, m) {
                            decoupled_weight_decay, amsgrad};
         {
           py::gil_scoped_release release;
-          fastlr::adam(to_dtype(dtype), list, scratch.offsets.data(), a);
+          fastlr::adam(prec, list, scratch.offsets.data(), a);
         }
         return py::make_tuple(a.lr, a.beta1);
       },
@@ -91,7 +101,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("lr"), py::arg("lr_schedule"), py::arg("beta1"), py::arg("beta1_schedule"),
       py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
       py::arg("decoupled_weight_decay"), py::arg("amsgrad"), py::arg("maximize"),
-      py::arg("grad_scale") = 1.0);
+      py::arg("grad_scale") = 1.0, FASTLR_PRECISION_ARGS);
 
   m.def(
       "rmsprop",
@@ -99,12 +109,17 @@ PYBIND11_MODULE(_C, m) {
          py::object square_avgs, py::object grad_avgs, py::object momentum_buffers, double lr,
          Schedule lr_schedule, int64_t t, double alpha, double eps, double weight_decay,
          double momentum, Schedule momentum_schedule, bool centered, bool use_momentum,
-         bool maximize, bool first_step, double grad_scale) {
+         bool maximize, bool first_step, double grad_scale, py::object grad_dtype,
+         py::object state_dtype, py::object masters, bool stochastic_rounding, py::object seed,
+         py::object tensor_ids) {
         check_t(t);
+        const PrecisionOptions po{grad_dtype, state_dtype, masters, tensor_ids, stochastic_rounding, seed};
+        const fastlr::Precision prec = make_precision(dtype, po);
         TensorList list =
-            make_list(dtype, numel,
+            make_list(prec, numel,
                       {{"params", params}, {"grads", grads}, {"square_avgs", square_avgs},
                        {"grad_avgs", grad_avgs}, {"momentum_buffers", momentum_buffers}});
+        add_precision(list, prec, po, t);
         if (list.base[2] == nullptr) throw py::value_error("square_avgs are required");
         if (centered && list.base[3] == nullptr)
           throw py::value_error("grad_avgs are required when centered=True");
@@ -124,7 +139,7 @@ PYBIND11_MODULE(_C, m) {
                               first_step};
         {
           py::gil_scoped_release release;
-          fastlr::rmsprop(to_dtype(dtype), list, scratch.offsets.data(), a);
+          fastlr::rmsprop(prec, list, scratch.offsets.data(), a);
         }
         return py::make_tuple(a.lr, a.momentum);
       },
@@ -133,29 +148,34 @@ PYBIND11_MODULE(_C, m) {
       py::arg("lr_schedule"), py::arg("t"), py::arg("alpha"), py::arg("eps"),
       py::arg("weight_decay"), py::arg("momentum"), py::arg("momentum_schedule"),
       py::arg("centered"), py::arg("use_momentum"), py::arg("maximize"), py::arg("first_step"),
-      py::arg("grad_scale") = 1.0);
+      py::arg("grad_scale") = 1.0, FASTLR_PRECISION_ARGS);
 
   m.def(
       "adagrad",
       [](int dtype, const py::sequence& numel, py::object params, py::object grads,
          py::object state_sums, double step, double lr, Schedule lr_schedule, double lr_decay,
-         double weight_decay, double eps, bool maximize, double grad_scale) {
+         double weight_decay, double eps, bool maximize, double grad_scale,
+         py::object grad_dtype, py::object state_dtype, py::object masters,
+         bool stochastic_rounding, py::object seed, py::object tensor_ids) {
         const int64_t t = completed_updates(step);
-        TensorList list = make_list(dtype, numel, {{"params", params}, {"grads", grads},
-                                                   {"state_sums", state_sums}});
+        const PrecisionOptions po{grad_dtype, state_dtype, masters, tensor_ids, stochastic_rounding, seed};
+        const fastlr::Precision prec = make_precision(dtype, po);
+        TensorList list = make_list(prec, numel, {{"params", params}, {"grads", grads},
+                                                  {"state_sums", state_sums}});
+        add_precision(list, prec, po, t);
         if (list.base[2] == nullptr) throw py::value_error("state_sums are required");
         fastlr::AdagradArgs a{eval(lr_schedule, lr, t), lr_decay, weight_decay, eps,
                               (maximize ? -1.0 : 1.0) / grad_scale, step};
         {
           py::gil_scoped_release release;
-          fastlr::adagrad(to_dtype(dtype), list, scratch.offsets.data(), a);
+          fastlr::adagrad(prec, list, scratch.offsets.data(), a);
         }
         return a.lr;
       },
       py::arg("dtype"), py::arg("numel"), py::arg("params"), py::arg("grads"),
       py::arg("state_sums"), py::arg("step"), py::arg("lr"), py::arg("lr_schedule"),
       py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"),
-      py::arg("grad_scale") = 1.0);
+      py::arg("grad_scale") = 1.0, FASTLR_PRECISION_ARGS);
 
   m.def(
       "schedule_values",
@@ -235,9 +255,9 @@ PYBIND11_MODULE(_C, m) {
         if (k > 3) throw py::value_error("roofline: at most 3 state lists");
         py::object s[3] = {py::none(), py::none(), py::none()};
         for (py::ssize_t j = 0; j < k; ++j) s[j] = states[j];
-        TensorList list = make_list(dtype, numel, {{"params", params}, {"grads", grads},
-                                                   {"states[0]", s[0]}, {"states[1]", s[1]},
-                                                   {"states[2]", s[2]}});
+        TensorList list = make_list(fastlr::same_precision(to_dtype(dtype)), numel,
+                                    {{"params", params}, {"grads", grads}, {"states[0]", s[0]},
+                                     {"states[1]", s[1]}, {"states[2]", s[2]}});
         list.roles = 2 + static_cast<int>(k);
         py::gil_scoped_release release;
         fastlr::roofline(to_dtype(dtype), list, scratch.offsets.data());

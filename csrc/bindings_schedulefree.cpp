@@ -23,7 +23,7 @@ void bind_schedulefree(py::module_& m) {
         check_t(k);
         const auto sf_kind = static_cast<fastlr::ScheduleFreeKind>(kind);
         fastlr::TensorList list = make_list(
-            dtype, numel,
+            fastlr::same_precision(to_dtype(dtype)), numel,
             {{"params", params}, {"grads", grads}, {"zs", zs}, {"exp_avg_sqs", exp_avg_sqs}});
         if (list.base[2] == nullptr) throw py::value_error("zs are required");
         if (sf_kind != fastlr::ScheduleFreeKind::sgd && list.base[3] == nullptr)
@@ -55,7 +55,8 @@ void bind_schedulefree(py::module_& m) {
   m.def(
       "schedulefree_lerp",
       [](int dtype, const py::sequence& numel, py::object params, py::object zs, double weight) {
-        fastlr::TensorList list = make_list(dtype, numel, {{"params", params}, {"zs", zs}});
+        fastlr::TensorList list =
+            make_list(fastlr::same_precision(to_dtype(dtype)), numel, {{"params", params}, {"zs", zs}});
         py::gil_scoped_release release;
         fastlr::schedulefree_lerp(to_dtype(dtype), list, scratch.offsets.data(), weight);
       },

@@ -2,11 +2,15 @@
 // one pass per step over y, grad, z (and v), one per train()/eval() switch over p, z.
 #include "schedulefree_kernels.hpp"
 
-#include "cpu_dispatch.hpp"
+#include <stdexcept>
+
 #include "kernels.hpp"
+#include "kernels/leaves.hpp"  // the per-level target attributes, FASTLR_INLINE, split_on
 
 namespace fastlr {
 namespace {
+
+using leaves::split_on;
 
 template <class S, WeightDecay WD>
 FASTLR_INLINE void sgd_sf_loop(int64_t n, char* const* ptrs, const void* scalars) {
@@ -21,7 +25,7 @@ FASTLR_INLINE void sgd_sf_loop(int64_t n, char* const* ptrs, const void* scalars
     store(y[i], yi);
     store(z[i], zi);
   };
-  split_on(s.ckp1 < C(0.5) && s.ckp1 > C(-0.5), n, body);
+  split_on(s.ckp1 < C(0.5) && s.ckp1 > C(-0.5), 0, n, body);
 }
 
 template <class S, WeightDecay WD, bool ADAPTIVE>
@@ -39,7 +43,7 @@ FASTLR_INLINE void adamw_sf_loop(int64_t n, char* const* ptrs, const void* scala
     store(z[i], zi);
     store(v[i], vi);
   };
-  split_on(s.ckp1 < C(0.5) && s.ckp1 > C(-0.5), n, body);
+  split_on(s.ckp1 < C(0.5) && s.ckp1 > C(-0.5), 0, n, body);
 }
 
 template <class S>
@@ -49,37 +53,56 @@ FASTLR_INLINE void lerp_loop(int64_t n, char* const* ptrs, const void* scalars) 
   S* __restrict p = reinterpret_cast<S*>(ptrs[0]);
   const S* __restrict z = reinterpret_cast<const S*>(ptrs[1]);
   auto body = [&](int64_t i) FASTLR_INLINE_LAMBDA { store(p[i], lerp_signed(load(p[i]), load(z[i]), w)); };
-  split_on(w < C(0.5) && w > C(-0.5), n, body);
+  split_on(w < C(0.5) && w > C(-0.5), 0, n, body);
 }
 
 #define FASTLR_STAMP_SF_LEVEL(NS, TARGET)                                 \
   namespace NS {                                                          \
   template <class S, WeightDecay WD>                                      \
-  TARGET void sgd_sf(int64_t n, char* const* p, const void* s) {          \
+  TARGET void sgd_sf(int64_t n, char* const* p, const void* s, const Segment&) { \
     sgd_sf_loop<S, WD>(n, p, s);                                          \
   }                                                                       \
   template <class S, WeightDecay WD, bool ADAPTIVE>                       \
-  TARGET void adamw_sf(int64_t n, char* const* p, const void* s) {        \
+  TARGET void adamw_sf(int64_t n, char* const* p, const void* s, const Segment&) { \
     adamw_sf_loop<S, WD, ADAPTIVE>(n, p, s);                              \
   }                                                                       \
   template <class S>                                                      \
-  TARGET void lerp(int64_t n, char* const* p, const void* s) {            \
+  TARGET void lerp(int64_t n, char* const* p, const void* s, const Segment&) { \
     lerp_loop<S>(n, p, s);                                                \
   }                                                                       \
   }
 
-FASTLR_STAMP_SF_LEVEL(baseline, )
+FASTLR_STAMP_SF_LEVEL(sf_baseline, )
 #if FASTLR_X86
-FASTLR_STAMP_SF_LEVEL(avx2, FASTLR_TARGET_AVX2)
-FASTLR_STAMP_SF_LEVEL(avx512, FASTLR_TARGET_AVX512)
+FASTLR_STAMP_SF_LEVEL(sf_avx2, FASTLR_TARGET_AVX2)
+FASTLR_STAMP_SF_LEVEL(sf_avx512, FASTLR_TARGET_AVX512)
 #endif
 
-#define FASTLR_PICK(FN, ...) FASTLR_PICK_AT(cpu_level(), FN, __VA_ARGS__)
+// The copy of leaf FN<...> for the CPU level in use.
+#if FASTLR_X86
+#define FASTLR_SF_PICK(FN, ...)                                               \
+  (cpu_level() == CpuLevel::avx512 ? &sf_avx512::FN<__VA_ARGS__>                 \
+   : cpu_level() == CpuLevel::avx2 ? &sf_avx2::FN<__VA_ARGS__>                   \
+                                   : &sf_baseline::FN<__VA_ARGS__>)
+#else
+#define FASTLR_SF_PICK(FN, ...) (&sf_baseline::FN<__VA_ARGS__>)
+#endif
+
+template <template <class> class F, class Args>
+void by_dtype(DType dtype, const TensorList& list, int64_t* offsets, const Args& a) {
+  switch (dtype) {
+    case DType::float32: return F<float>::run(list, offsets, a);
+    case DType::float64: return F<double>::run(list, offsets, a);
+    case DType::bfloat16: return F<bf16>::run(list, offsets, a);
+    case DType::float16: return F<f16>::run(list, offsets, a);
+  }
+  throw std::invalid_argument("unknown dtype code");
+}
 
 template <class S, WeightDecay WD>
 LeafFn step_leaf(const ScheduleFreeArgs& a) {
-  if (a.kind == ScheduleFreeKind::sgd) return FASTLR_PICK(sgd_sf, S, WD);
-  return a.step.adaptive ? FASTLR_PICK(adamw_sf, S, WD, true) : FASTLR_PICK(adamw_sf, S, WD, false);
+  if (a.kind == ScheduleFreeKind::sgd) return FASTLR_SF_PICK(sgd_sf, S, WD);
+  return a.step.adaptive ? FASTLR_SF_PICK(adamw_sf, S, WD, true) : FASTLR_SF_PICK(adamw_sf, S, WD, false);
 }
 
 template <class S>
@@ -100,7 +123,7 @@ template <class S>
 struct LerpF {
   static void run(const TensorList& list, int64_t* offsets, const double& weight) {
     const compute_t<S> w(weight);
-    for_each_segment(list, offsets, FASTLR_PICK(lerp, S), &w, get_num_threads());
+    for_each_segment(list, offsets, FASTLR_SF_PICK(lerp, S), &w, get_num_threads());
   }
 };
 

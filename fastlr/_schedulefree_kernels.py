@@ -34,6 +34,15 @@ class ScheduleFreeStep(NamedTuple):
     weight_sum: float
 
 
+def _state(call, arrays, name):
+    """A state list in the params' dtype (the schedule-free kernels have no state_dtype)."""
+    arrays = call.state(arrays, name)
+    if arrays and call.n and arrays[0].dtype != call.dtype:
+        raise TypeError(f"{name}[0] has dtype {arrays[0].dtype}; the schedule-free kernels keep "
+                        f"their state in the params' dtype ({call.dtype})")
+    return arrays
+
+
 def _open_unit(x, name):
     x = _real(x, name)
     if not 0.0 < x < 1.0:
@@ -102,7 +111,7 @@ def sgd_schedulefree_step(params, grads, zs, *, step, lr, momentum=0.9, weight_d
     r = _finite_non_negative(r, "r")
     weight_lr_power = _finite_non_negative(weight_lr_power, "weight_lr_power")
     lr_max, weight_sum = _bookkeeping(lr_max, weight_sum)
-    zs = call.state(zs, "zs")
+    zs = _state(call, zs, "zs")
     call.require(zs, "zs", "calling sgd_schedulefree_step")
     call.finish()
     return _run(0, call, zs, None, step, lr, lr_enc, momentum, 0.0, 0.0, weight_decay, warmup,
@@ -121,8 +130,8 @@ def _adam_args(call, zs, exp_avg_sqs, name, lr, beta1, beta2, eps, weight_decay,
     r = _finite_non_negative(r, "r")
     weight_lr_power = _finite_non_negative(weight_lr_power, "weight_lr_power")
     lr_max, weight_sum = _bookkeeping(lr_max, weight_sum)
-    zs = call.state(zs, "zs")
-    vs = call.state(exp_avg_sqs, "exp_avg_sqs")
+    zs = _state(call, zs, "zs")
+    vs = _state(call, exp_avg_sqs, "exp_avg_sqs")
     call.require(zs, "zs", f"calling {name}")
     call.require(vs, "exp_avg_sqs", f"calling {name}")
     call.finish()

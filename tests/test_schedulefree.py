@@ -587,18 +587,10 @@ def test_state_dtype_bfloat16_rounds_state_to_nearest_each_step():
             assert torch.equal(opt.state[a][key].float(), ref.state[b][key])
 
 
-def test_stochastic_rounding_is_reproducible_and_seeded():
-    def run(seed):
-        ps = [p.to(torch.bfloat16).requires_grad_() for p in _params(torch.float32)]
-        opt = SGDScheduleFree(ps, lr=0.1, stochastic_rounding=True, seed=seed)
-        opt.train()
-        _steps([(opt, ps)], 6)
-        opt.eval()
-        return [p.detach().clone() for p in ps] + [opt.state[p]["z"].clone() for p in ps]
-
-    a, b, c = run(1), run(1), run(2)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+def test_stochastic_rounding_is_refused_for_now():
+    with pytest.raises(NotImplementedError, match="stochastic_rounding"):
+        SGDScheduleFree([torch.zeros(2, dtype=torch.bfloat16, requires_grad=True)],
+                        stochastic_rounding=True)
 
 
 def test_precision_options_are_validated():
@@ -622,3 +614,18 @@ def test_refused_param_group_and_state_dict_change_nothing():
     with pytest.raises(ValueError, match="weight_decay"):
         opt.load_state_dict(sd)
     assert opt.param_groups[0]["weight_decay"] == 0
+
+
+def test_readme_blocks_run(tmp_path, monkeypatch):
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Schedule-free optimizers"):]
+    section = section[:section.index("\n### ", 10)]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+    assert (tmp_path / "checkpoint.pt").exists()

@@ -8,9 +8,9 @@ loads into the other. Each step is one fastlr kernel call per group and dtype (t
 package makes about nine passes), each mode switch one; grads are only read (the package
 overwrites them with the normalized step). ``lr`` may also be a fastlr Schedule,
 evaluated at ``k``, the group's count of completed steps, before the warm-up factor.
-The keyword-only precision options of ``fastlr.optim.AdamW`` (``master_weights``,
-``state_dtype``, ``stochastic_rounding``, ``seed``) work here too; by default 16-bit params
-compute in float32 and round each stored value to nearest once.
+The keyword-only precision options ``master_weights`` and ``state_dtype`` of
+``fastlr.optim.AdamW`` work here too (``stochastic_rounding`` not yet); by default 16-bit
+params compute in float32 and round each stored value to nearest once.
 
 >>> opt = AdamWScheduleFree(model.parameters(), lr=1e-2, warmup_steps=100)  # doctest: +SKIP
 >>> opt.train()   # before training: the params hold y
@@ -378,10 +378,10 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         torch._foreach_sub_(zs, gs, alpha=lr)
 
     # ------------------------------------------------------ precision options ---
-    # master_weights / state_dtype / stochastic_rounding (fastlr.optim._precision): the
-    # update runs on float32 work tensors (the master copy, else the param when it is
-    # float32) and every 16-bit destination is written from them, rounded to nearest or
-    # stochastically with bits keyed by (seed, step, tensor, role).
+    # master_weights / state_dtype (fastlr.optim._precision): the update runs on float32
+    # work tensors (the master copy, else the param when it is float32) and every 16-bit
+    # destination is written from them, rounded to nearest. Stochastic rounding needs the
+    # fused precision kernels, which the schedule-free rules are not built into yet.
     def _precision_step(self, group):
         name = type(self).__name__
         keys = ("z", "exp_avg_sq") if self._kind != _SGD else ("z",)
@@ -453,16 +453,10 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         return buckets
 
     def _write_back(self, group, entries, step):
-        sr = bool(group.get("stochastic_rounding"))
-        seed = int(group.get("seed", 0))
         for roles, _ in entries:
-            for r, (w, dst, tid) in enumerate(roles):
-                if dst is None:
-                    continue
-                bits = None
-                if sr and tid is not None and dst.dtype in (torch.bfloat16, torch.float16):
-                    bits = _precision.random_bits(seed, step, (tid << 3) | r, dst.numel())
-                _precision.round_into(dst, w, bits)
+            for w, dst, _ in roles:
+                if dst is not None:
+                    dst.copy_(w)  # rounded to nearest
 
     def _precision_switch(self, group, weight):
         items = [(j, p, None) for j, p in enumerate(group["params"])
@@ -476,6 +470,13 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
             # from the updates' (steps >= 1)
             self._write_back(group, [([roles[0]], g) for roles, g in entries], 0)
         _increment_version([p for _, p, _ in items if not p.is_inference()])
+
+
+def _precision_defaults(master_weights, state_dtype, stochastic_rounding, seed):
+    if stochastic_rounding is True:
+        raise NotImplementedError("stochastic_rounding is not available for the schedule-free "
+                                  "optimizers yet (master_weights and state_dtype are)")
+    return _precision.defaults(master_weights, state_dtype, stochastic_rounding, seed)
 
 
 def _work(t, work, tid):
@@ -522,7 +523,7 @@ class SGDScheduleFree(_ScheduleFreeOptimizer):
                         train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0,
                         weight_lr_power=weight_lr_power, weight_decay=weight_decay,
                         foreach=foreach)
-        defaults.update(_precision.defaults(master_weights, state_dtype, stochastic_rounding, seed))
+        defaults.update(_precision_defaults(master_weights, state_dtype, stochastic_rounding, seed))
         super().__init__(params, defaults)
 
 
@@ -550,7 +551,7 @@ class AdamWScheduleFree(_ScheduleFreeOptimizer):
                         train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0,
                         weight_lr_power=weight_lr_power, weight_decay=weight_decay,
                         foreach=foreach)
-        defaults.update(_precision.defaults(master_weights, state_dtype, stochastic_rounding, seed))
+        defaults.update(_precision_defaults(master_weights, state_dtype, stochastic_rounding, seed))
         super().__init__(params, defaults)
 
 
@@ -576,5 +577,5 @@ class RAdamScheduleFree(_ScheduleFreeOptimizer):
                         weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0,
                         weight_lr_power=weight_lr_power, weight_decay=weight_decay,
                         foreach=foreach, silent_sgd_phase=silent_sgd_phase)
-        defaults.update(_precision.defaults(master_weights, state_dtype, stochastic_rounding, seed))
+        defaults.update(_precision_defaults(master_weights, state_dtype, stochastic_rounding, seed))
         super().__init__(params, defaults)
