@@ -30,7 +30,8 @@ import numpy as np
 from . import _C, _kernels
 from .schedules import Schedule
 
-__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
+           "SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree"]
 
 _SUPPORTED = ("float32", "float64", "float16", "bfloat16")
 
@@ -738,3 +739,6 @@ class Adagrad(_Optimizer):
                               maximize=group["maximize"], **self._precision)
         for s in states:
             s["step"] = step + 1
+
+
+from ._numpy_schedulefree import AdamWScheduleFree, RAdamScheduleFree, SGDScheduleFree  # noqa: E402
