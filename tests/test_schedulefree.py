@@ -614,18 +614,3 @@ def test_refused_param_group_and_state_dict_change_nothing():
     with pytest.raises(ValueError, match="weight_decay"):
         opt.load_state_dict(sd)
     assert opt.param_groups[0]["weight_decay"] == 0
-
-
-def test_readme_blocks_run(tmp_path, monkeypatch):
-    import pathlib
-    import re
-
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("### Schedule-free optimizers"):]
-    section = section[:section.index("\n### ", 10)]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) == 2
-    monkeypatch.chdir(tmp_path)
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
-    assert (tmp_path / "checkpoint.pt").exists()
