@@ -105,7 +105,9 @@ class build_ext_cuda(build_ext):
 # every core); setuptools would compile them one after the other.
 ParallelCompile("FASTLR_BUILD_JOBS", default=0).install()
 
-ext_modules = [cpu_extension()]
+# FASTLR_CUDA_ONLY=1 builds fastlr._C_cuda alone (CI's compile-only check of the CUDA
+# kernels, which would otherwise compile the CPU kernels a second time)
+ext_modules = [] if os.environ.get("FASTLR_CUDA_ONLY") == "1" else [cpu_extension()]
 if cuda_wanted():
     ext_modules.append(cuda_extension())
 
