@@ -323,6 +323,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="minimum samples per contender (default 5; --quick 3)")
     parser.add_argument("--json", metavar="PATH", default=None, help="write all results as JSON to PATH")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from . import _bench_precision
+
+    _bench_precision.add_arguments(parser)
 
 
 def machine_info(torch, threads):
@@ -538,6 +541,10 @@ def _check_json_path(path):
 
 
 def main(args) -> int:
+    if getattr(args, "precision", False):
+        from . import _bench_precision
+
+        return _bench_precision.main(args)
     if args.json and not _check_json_path(args.json):
         return 2
     try:

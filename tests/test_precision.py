@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -212,22 +213,27 @@ def test_round_to_nearest_drops_small_updates_stochastic_rounding_keeps_them():
     assert abs(mean - expected) < bound, (mean, expected, bound)
 
 
-def test_stochastic_rounding_is_unbiased_for_many_values():
-    x = torch.linspace(-3, 3, 257, dtype=torch.float32)
-    for dtype in (torch.bfloat16, torch.float16):
-        reps = 400
-        acc = torch.zeros_like(x, dtype=torch.float64)
-        for s in range(reps):
-            bits = fo._precision.random_bits(7, s + 1, 0, x.numel())
-            out = torch.empty(x.shape, dtype=dtype)
-            fo._precision.round_into(out, x, bits)
-            lo_hi = (out.float() - x).abs() <= ulp16(x, dtype)
-            assert lo_hi.all()  # one of the two neighbours
-            acc += out.double()
-        mean = acc / reps
-        ulp = ulp16(x, dtype).double()
-        # per element: a Bernoulli over one ulp, std of the mean <= ulp/(2 sqrt(reps))
-        assert ((mean - x.double()).abs() <= 5 * ulp / (2 * reps**0.5) + 1e-12).all()
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_stochastic_rounding_is_unbiased_for_many_values(dtype):
+    """bf16/f16 params at 0 take one SGD step to -0.1·g (a float32 value between two 16-bit
+    neighbours); over many seeds the mean of the stored values is -0.1·g."""
+    g = torch.linspace(-3, 3, 257).to(dtype)
+    target = -(torch.tensor(0.1, dtype=torch.float32) * g.float())  # the kernel's float32 value
+    reps = 300
+    acc = torch.zeros(g.shape, dtype=torch.float64)
+    for seed in range(reps):
+        p = torch.zeros(g.shape, dtype=dtype)
+        opt = fo.SGD([p], lr=0.1, stochastic_rounding=True, seed=seed)
+        p.grad = g
+        opt.step()
+        assert ((p.float() - target).abs() <= ulp16(target, dtype)).all()  # a neighbour
+        acc += p.double()
+    mean = acc / reps
+    ulp = ulp16(target, dtype).double()
+    # per element a Bernoulli over one ulp: the std of the mean is at most ulp / (2 sqrt(reps))
+    assert ((mean - target.double()).abs() <= 5 * ulp / (2 * reps**0.5) + 1e-12).all()
+    # and not rounding to nearest: most elements took both neighbours
+    assert (mean != p.double()).double().mean() > 0.5
 
 
 def _sr_run(seed=0, threads=None):
@@ -438,6 +444,7 @@ def test_bad_master_param_in_state_dict_is_refused(bad, exc, match):
 @pytest.mark.parametrize("kwargs, exc, match", [
     (dict(state_dtype=torch.int8), TypeError, "state_dtype"),
     (dict(state_dtype="bfloat16"), TypeError, "state_dtype"),
+    (dict(state_dtype=torch.float16), TypeError, "state_dtype"),
     (dict(master_weights="yes"), TypeError, "master_weights"),
     (dict(stochastic_rounding=1), TypeError, "stochastic_rounding"),
     (dict(seed=-1), ValueError, "seed"),
@@ -511,3 +518,94 @@ def test_grad_scaler_unscales_and_skips():
         assert torch.equal(p, p0)
         for k, v in o1.state[p].items():
             assert torch.equal(v, s0[k]), k
+
+
+# ----------------------------------------------------------------------- README ---
+def test_readme_low_precision_blocks_run(capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("### Low precision")[1].split("\n### ")[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 4
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "torch.float32 torch.bfloat16" in out
+    assert "float32 bfloat16" in out
+    assert "stochastic_rounding=False: mean 1.000" in out
+    assert "stochastic_rounding=True: mean 0.990" in out
+
+
+# ------------------------------------------------------------- the NumPy face ---
+NP_CONFIGS = ["SGD", "SGD-momentum", "Adam-amsgrad-wd", "AdamW", "RMSprop-centered-momentum", "Adagrad"]
+NP_MODES = {
+    "master": dict(master_weights=True),
+    "master-bf16state": dict(master_weights=True, state_dtype=torch.bfloat16),
+    "bf16state-sr": dict(state_dtype=torch.bfloat16, stochastic_rounding=True, seed=11),
+    "sr": dict(stochastic_rounding=True, seed=12),
+}
+
+
+@pytest.mark.parametrize("mode", list(NP_MODES))
+@pytest.mark.parametrize("config", NP_CONFIGS)
+def test_numpy_twins_equal_torch_face_bit_for_bit(config, mode):
+    """fastlr.numpy.X and fastlr.optim.X with the same options: the same kernel, tensor ids
+    and steps, so the same bits (stochastic rounding included)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import fastlr.numpy as fnp
+
+    options = NP_MODES[mode]
+    np_options = dict(options)
+    if "state_dtype" in np_options:
+        np_options["state_dtype"] = ml_dtypes.bfloat16  # NumPy's name for it
+    params = make_params(torch.bfloat16)
+    arrays = [p.float().numpy().astype(ml_dtypes.bfloat16) for p in params]
+    opt = getattr(fo, cls_name(config))(params, **CONFIGS[config], **options)
+    nopt = getattr(fnp, cls_name(config))(arrays, **CONFIGS[config], **np_options)
+    for step in range(4):
+        gs = grads_for(step, params, torch.bfloat16)
+        for p, g in zip(params, gs):
+            p.grad = g
+        opt.step()
+        nopt.step([g.float().numpy().astype(ml_dtypes.bfloat16) for g in gs])
+    for i, (p, a) in enumerate(zip(params, arrays)):
+        assert torch.equal(p.float(), torch.from_numpy(a.astype("float32"))), i
+        for key, v in opt.state[p].items():
+            got = nopt.state[i][key]
+            if key == "step":
+                assert float(v) == got
+            else:
+                assert torch.equal(v.float(), torch.from_numpy(np.asarray(got).astype("float32"))), key
+    # the options are saved alike, and a torch-face state_dict loads into the NumPy face
+    keys = ("master_weights", "stochastic_rounding", "seed")
+    assert {k: v for k, v in nopt.state_dict()["param_groups"][0].items() if k in keys} \
+        == {k: v for k, v in opt.state_dict()["param_groups"][0].items() if k in keys}
+    nopt2 = getattr(fnp, cls_name(config))([a.copy() for a in arrays], **CONFIGS[config])
+    nopt2.load_state_dict(opt.state_dict())
+    for key in options:
+        if key != "state_dtype":
+            assert nopt2.param_groups[0][key] == options[key]
+    if "state_dtype" in options:
+        assert nopt2.param_groups[0]["state_dtype"] == "bfloat16"
+    for i, p in enumerate(params):
+        for key, v in opt.state[p].items():
+            if key != "step":
+                got = nopt2.state[i][key]
+                assert got.dtype.name == str(v.dtype).replace("torch.", ""), key
+                assert torch.equal(v.float(), torch.from_numpy(got.astype("float32"))), key
+
+
+def test_numpy_twin_bad_options():
+    import fastlr.numpy as fnp
+
+    w = np.zeros(3, np.float32)
+    with pytest.raises(TypeError, match="state_dtype"):
+        fnp.Adam([w], state_dtype="int8")
+    with pytest.raises(TypeError, match="master_weights"):
+        fnp.Adam([w], master_weights=1)
+    with pytest.raises(ValueError, match="seed"):
+        fnp.SGD([w], seed=-3)
+    with pytest.raises(TypeError, match="state_dtype.*float64"):
+        fnp.Adam([np.zeros(3)], state_dtype="bfloat16")

@@ -7,9 +7,9 @@ default optimizer's groups and state_dict stay exactly torch's. SGD keeps the co
 stochastically rounded updates under ``sr_t`` (torch's SGD has no per-param step, and the
 random bits are keyed by the step).
 
-A group with any option set is updated here: per (param dtype, step) bucket, the update runs
-on float32 work tensors (the master copy, or the param itself when it is float32) and every
-16-bit destination is written from them, rounded to nearest or stochastically.
+A group with any option set is updated here: one fused kernel call per (param dtype, grad
+dtype, step) bucket reads the grads, updates the master (or the param) and the state in
+float32, and stores every 16-bit destination rounded to nearest or stochastically.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from ._base import _Bucket, _local_grad
 
 OPTIONS = ("master_weights", "state_dtype", "stochastic_rounding", "seed")
 _LOW = (torch.bfloat16, torch.float16)
-_STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# float16 state is not offered: its range is too narrow for exp_avg_sq (g² of 1e-4 underflows)
+_STATE_DTYPES = (torch.float32, torch.bfloat16)
 _CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 _MASK64 = (1 << 64) - 1
 
@@ -50,7 +51,7 @@ def check_values(where, master_weights, state_dtype, stochastic_rounding, seed):
         isinstance(state_dtype, torch.dtype) and state_dtype in _STATE_DTYPES
     ):
         raise TypeError(
-            f"{where}state_dtype must be None, torch.float32, torch.bfloat16 or torch.float16, "
+            f"{where}state_dtype must be None, torch.float32 or torch.bfloat16, "
             f"got {state_dtype!r}"
         )
     if not isinstance(stochastic_rounding, bool):
@@ -113,62 +114,6 @@ def state_dtype(group, p):
     if sdt is not None:
         return sdt
     return torch.float32 if uses_master(group, p) else p.dtype
-
-
-# ------------------------------------------------------ stochastic rounding ---
-def _splitmix64(x):
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def _lowbias32(x):  # on int64 tensors holding uint32 values; low bits of products wrap right
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & 0xFFFFFFFF
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & 0xFFFFFFFF
-    return x ^ (x >> 16)
-
-
-def random_bits(seed, step, tensor_id, numel):
-    """32 reproducible random bits per element: a function of (seed, step, tensor, element
-    index) only, so any chunking or thread count gives the same bits."""
-    key = _splitmix64(_splitmix64(_splitmix64(seed) ^ int(step)) ^ int(tensor_id))
-    idx = torch.arange(numel, dtype=torch.int64)
-    h = _lowbias32((idx & 0xFFFFFFFF) ^ (key & 0xFFFFFFFF))
-    return _lowbias32(h ^ ((idx >> 32) & 0xFFFFFFFF) ^ (key >> 32))
-
-
-def round_into(dst, src, bits=None):
-    """dst (16-bit or float32) := src (float32), to nearest, or stochastically with the
-    32-bit random numbers ``bits`` (int64 tensor, one per element) when dst is 16-bit."""
-    if bits is None or dst.dtype not in _LOW:
-        dst.copy_(src)
-        return
-    x = src.reshape(-1)
-    if dst.dtype == torch.bfloat16:
-        # add 16 random bits below bf16's last mantissa bit and truncate: rounds up with
-        # probability equal to the dropped fraction (unbiased)
-        u = x.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
-        r = ((u + (bits & 0xFFFF)) & 0xFFFF0000).to(torch.uint32).view(torch.int32)
-        out = r.view(torch.float32).to(torch.bfloat16)  # exact: low 16 bits are zero
-    else:
-        near = x.to(torch.float16)
-        nearf = near.float()
-        up = nearf < x
-        toward = torch.where(up, torch.full_like(near, float("inf")), torch.full_like(near, float("-inf")))
-        other = torch.nextafter(near, toward)
-        lo = torch.where(up, near, other).double()
-        hi = torch.where(up, other, near).double()
-        frac = (x.double() - lo) / (hi - lo)
-        u = (bits >> 8).double() * (1.0 / (1 << 24))
-        out = torch.where(u < frac, hi, lo).to(torch.float16)
-        exact = nearf == x
-        out = torch.where(exact | ~torch.isfinite(x) | ~torch.isfinite(frac), near, out)
-    finite = torch.isfinite(x)
-    out = torch.where(finite, out, x.to(dst.dtype))  # NaN and inf stay what they are
-    dst.copy_(out.view(dst.shape))
 
 
 # ------------------------------------------------------------------ step ---
@@ -243,16 +188,16 @@ def step_group(opt, group, gs, grad_scale):
                         f"{tuple(m.shape)} and dtype {m.dtype}; expected {tuple(pl.shape)}, float32"
                     )
         prepared.append((p, pl, gl, j, st, tensors, m, first))
-    if opt._kind == "sgd" and sr:
-        group["sr_t"] = group.get("sr_t", 0) + 1
+    sgd_t = group.get("sr_t", 0)
     buckets = {}
     for entry in prepared:
-        p, pl, st = entry[0], entry[1], entry[4]
+        pl, gl, st = entry[1], entry[2], entry[4]
         step = float(st["step"]) + 1.0 if opt._has_step else None
-        work = torch.float64 if pl.dtype == torch.float64 else torch.float32
-        buckets.setdefault((work, step, entry[7]), []).append(entry)
-    for (work, step, first), entries in buckets.items():
-        _run_bucket(opt, group, roles, work, step, first, entries, gs, sr, seed, first_id)
+        buckets.setdefault((pl.dtype, gl.dtype, step, entry[7]), []).append(entry)
+    for key, entries in buckets.items():
+        _run_bucket(opt, group, roles, key, entries, gs, sr, seed, first_id, sgd_t)
+    if opt._kind == "sgd" and sr:
+        group["sr_t"] = sgd_t + 1
     if opt._has_step:
         for entry in prepared:
             entry[4]["step"].add_(1.0)
@@ -262,58 +207,51 @@ def step_group(opt, group, gs, grad_scale):
             torch.autograd.graph.increment_version(p)
 
 
-def _run_bucket(opt, group, roles, work, step, first, entries, gs, sr, seed, first_id):
-    b = _Bucket(_CODES[work], first)
-    p_addr, g_addr, r_addr = [], [], [[] for _ in roles]
-    writes = []  # (destination, float work tensor, tensor_id) after the call
-    keep = []
-    sr_step = step if step is not None else group.get("sr_t", 0)
-    for p, pl, gl, j, st, tensors, m, first_ in entries:
-        tid = first_id + j
-        if uses_master(group, p):
-            if m is None:  # created on the first update from the param
-                m = pl.detach().to(torch.float32, copy=True).contiguous()
-                st["master_param"] = m if pl is p else _like_dtensor(p, m)
-            w = m
-            writes.append((pl, w, None))  # the param is its master rounded to nearest
-        elif pl.dtype == work and pl.is_contiguous():
-            w = pl
-        else:
-            w = pl.detach().to(work).contiguous()
-            writes.append((pl, w, tid if sr else None))
-        g = gl.detach()
-        if g.dtype != work or not g.is_contiguous():
-            g = g.to(work).contiguous()
-        keep += [w, g]
-        p_addr.append(w.data_ptr())
+def _run_bucket(opt, group, roles, key, entries, gs, sr, seed, first_id, sgd_t):
+    """One fused kernel call: the params (and masters) of one dtype and step count, their
+    grads, and the state in its storage dtype. Tensors the kernel cannot walk flat go
+    through contiguous temporaries of the same dtype, copied back after the call."""
+    p_dtype, g_dtype, step, first = key
+    b = _Bucket(_CODES[p_dtype], first)
+    p_addr, g_addr, m_addr, ids, r_addr = [], [], [], [], [[] for _ in roles]
+    copy_back, keep = [], []
+
+    def flat(t):
+        if t.is_contiguous():
+            return t
+        c = t.contiguous()
+        copy_back.append((t, c))
+        return c
+
+    master = uses_master(group, entries[0][0])
+    sdt = state_dtype(group, entries[0][0])
+    for p, pl, gl, j, st, tensors, m, _ in entries:
+        if master and m is None:  # created on the first update from the param
+            m = pl.detach().to(torch.float32, copy=True).contiguous()
+            st["master_param"] = m if pl is p else _like_dtensor(p, m)
+        pm = flat(pl)
+        g = gl if gl.is_contiguous() else gl.contiguous()
+        keep.append(g)
+        p_addr.append(pm.data_ptr())
         g_addr.append(g.data_ptr())
-        b.numel.append(w.numel())
+        b.numel.append(pm.numel())
+        ids.append(first_id + j)
+        if master:
+            m_addr.append(flat(m).data_ptr())
         for r, (role, t) in enumerate(zip(roles, tensors)):
-            if t is None:  # SGD's first momentum buffer: the kernel writes grad into it
-                t = torch.zeros(pl.shape, dtype=state_dtype(group, p))
+            if t is None:  # SGD's first momentum buffer: the kernel writes the grad into it
+                t = torch.zeros(pl.shape, dtype=sdt)
                 st[role] = t if pl is p else _like_dtensor(p, t)
-            if t.dtype == work and t.is_contiguous():
-                tw = t
-            else:
-                tw = t.to(work).contiguous()
-                writes.append((t, tw, tid if sr else None))
-            keep.append(tw)
-            r_addr[r].append(tw.data_ptr())
-    opt._call(group, b, (p_addr, g_addr, *r_addr), step, gs)
-    # distinct destinations of one param draw distinct bits: the role's index is mixed in
-    role_of = {}
-    for dst, src, tid in writes:
-        bits = None
-        if tid is not None and dst.dtype in _LOW:
-            k = role_of.get(tid, 0)
-            role_of[tid] = k + 1
-            bits = random_bits(seed, sr_step, (tid << 3) | k, dst.numel())
-        if dst.is_contiguous():
-            round_into(dst, src, bits)
-        else:
-            tmp = torch.empty(dst.shape, dtype=dst.dtype)
-            round_into(tmp, src, bits)
-            dst.copy_(tmp)
+            r_addr[r].append(flat(t).data_ptr())
+    precision = dict(
+        grad_dtype=_CODES[g_dtype], state_dtype=_CODES[sdt], masters=m_addr if master else None,
+        stochastic_rounding=sr, seed=seed, tensor_ids=ids,
+    )
+    if opt._kind in ("sgd", "rmsprop"):  # the rounding key takes the completed updates
+        precision["t"] = sgd_t if opt._kind == "sgd" else int(step) - 1
+    opt._call(group, b, (p_addr, g_addr, *r_addr), step, gs, **precision)
+    for dst, src in copy_back:
+        dst.copy_(src)
 
 
 def _like_dtensor(p, local):
@@ -334,6 +272,11 @@ def _first_tensor_id(opt, group):
 
 
 # ------------------------------------------------------------ state dicts ---
+def _torch_state_dtype(x):
+    """The NumPy face saves state_dtype by name."""
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(x, x) if isinstance(x, str) else x
+
+
 def keep_options(opt, state_dict):
     """A saved group without an option keeps the optimizer's own (a torch.optim state_dict
     loaded into an optimizer with options converts to them); the saved options are checked
@@ -344,6 +287,9 @@ def keep_options(opt, state_dict):
         missing = {k: current[k] for k in OPTIONS if k in current and k not in saved}
         if missing:
             saved = {**saved, **missing}
+            changed = True
+        if isinstance(saved.get("state_dtype"), str):
+            saved = {**saved, "state_dtype": _torch_state_dtype(saved["state_dtype"])}
             changed = True
         check_group(f"{name}[{g}]", {**saved, "params": current["params"]})
         groups.append(saved)

@@ -109,11 +109,11 @@ class Adagrad(FastlrOptimizer):
         state["sum"] = torch.full_like(p, init_value, dtype=_precision.state_dtype(group, p),
                                       memory_format=torch.preserve_format)
 
-    def _call(self, group, b, addrs, step, grad_scale):
+    def _call(self, group, b, addrs, step, grad_scale, **precision):
         _C.adagrad(
             b.code, b.numel, addrs[0], addrs[1], addrs[2], step, _scalar(group["lr"]), None,
             _scalar(group["lr_decay"]), _scalar(group["weight_decay"]), _scalar(group["eps"]),
-            bool(group["maximize"]), grad_scale,
+            bool(group["maximize"]), grad_scale, **precision,
         )
 
     def _sparse_step(self, group, params, grads, states, grad_scale):

@@ -146,14 +146,14 @@ class Adam(FastlrOptimizer):
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
 
-    def _call(self, group, b, addrs, step, grad_scale):
+    def _call(self, group, b, addrs, step, grad_scale, **precision):
         beta1, beta2 = group["betas"]
         _C.adam(
             b.code, b.numel, addrs[0], addrs[1], addrs[2], addrs[3],
             addrs[4] if len(addrs) > 4 else None, step, _scalar(group["lr"]), None,
             _scalar(beta1), None, _scalar(beta2), _scalar(group["eps"]),
             _scalar(group["weight_decay"]), bool(group["decoupled_weight_decay"]),
-            bool(group["amsgrad"]), bool(group["maximize"]), grad_scale,
+            bool(group["amsgrad"]), bool(group["maximize"]), grad_scale, **precision,
         )
 
     def _sparse_error(self):

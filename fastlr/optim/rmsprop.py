@@ -107,7 +107,7 @@ class RMSprop(FastlrOptimizer):
         if group["centered"]:
             state["grad_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
 
-    def _call(self, group, b, addrs, step, grad_scale):
+    def _call(self, group, b, addrs, step, grad_scale, t=0, **precision):
         centered = bool(group["centered"])
         use_momentum = self._use_momentum(group)
         k = 3
@@ -119,9 +119,9 @@ class RMSprop(FastlrOptimizer):
             momentum_buffers = addrs[k]
         _C.rmsprop(
             b.code, b.numel, addrs[0], addrs[1], addrs[2], grad_avgs, momentum_buffers,
-            _scalar(group["lr"]), None, 0, _scalar(group["alpha"]), _scalar(group["eps"]),
+            _scalar(group["lr"]), None, t, _scalar(group["alpha"]), _scalar(group["eps"]),
             _scalar(group["weight_decay"]), _scalar(group["momentum"]), None, centered,
-            use_momentum, bool(group["maximize"]), False, grad_scale,
+            use_momentum, bool(group["maximize"]), False, grad_scale, **precision,
         )
 
     def _sparse_error(self):

@@ -96,13 +96,13 @@ class SGD(FastlrOptimizer):
     def _init_state(self, group, p, state):
         pass  # torch creates the momentum buffer from the first gradient
 
-    def _call(self, group, b, addrs, step, grad_scale):
+    def _call(self, group, b, addrs, step, grad_scale, t=0, **precision):
         momentum = _scalar(group["momentum"])
         _C.sgd(
             b.code, b.numel, addrs[0], addrs[1], addrs[2] if len(addrs) > 2 else None,
-            _scalar(group["lr"]), None, 0, momentum, None, _scalar(group["dampening"]),
+            _scalar(group["lr"]), None, t, momentum, None, _scalar(group["dampening"]),
             bool(group["nesterov"]), _scalar(group["weight_decay"]), bool(group["maximize"]), b.first,
-            grad_scale,
+            grad_scale, **precision,
         )
 
     def _sparse_step(self, group, params, grads, states, grad_scale):
