@@ -61,8 +61,9 @@ def test_readme_block_runs(code, tmp_path, request):
         torch = pytest.importorskip("torch")
         if not torch.cuda.is_available():
             pytest.skip("needs a CUDA GPU")
-    if "import torch" in code:
-        pytest.importorskip("torch")
+    for module in ("torch", "ml_dtypes"):  # optional dependencies (both in the test extra)
+        if f"import {module}" in code:
+            pytest.importorskip(module)
     if "matplotlib" in code or ".plot(" in code:
         pytest.importorskip("matplotlib")
     kw = subprocess_kwargs()
