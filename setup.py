@@ -33,7 +33,7 @@ def cpu_extension():
         "fastlr._C",
         # the largest translation units first, so parallel jobs finish together
         sources=sorted(glob.glob("csrc/kernels/*.cpp"), key=_leaf_cost)
-        + ["csrc/bindings.cpp", "csrc/kernels.cpp", "csrc/roofline.cpp"],
+        + ["csrc/quant8.cpp", "csrc/schedulefree.cpp", "csrc/bindings.cpp", "csrc/bindings_schedulefree.cpp", "csrc/kernels.cpp", "csrc/roofline.cpp"],
         include_dirs=["csrc"],
         # headers, so that an in-place rebuild notices a changed rule or schedule
         depends=sorted(glob.glob("csrc/*.hpp") + glob.glob("csrc/fastlr/*.hpp")

@@ -322,6 +322,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--reps", type=positive, default=None,
                         help="minimum samples per contender (default 5; --quick 3)")
+    parser.add_argument("--schedulefree", action="store_true",
+                        help="run the schedule-free rows instead: fastlr.optim.*ScheduleFree against "
+                             "the schedulefree package (foreach, for-loop) and the roofline")
     parser.add_argument("--json", metavar="PATH", default=None, help="write all results as JSON to PATH")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     from . import _bench_precision
@@ -589,6 +592,9 @@ def main(args) -> int:
         budget = {k: v / 4 for k, v in budget.items()}
     target_sample_s = 0.002 if quick else 0.004
 
+    if getattr(args, "schedulefree", False):
+        return _main_schedulefree(args, torch, tqdm, threads, quick, min_reps, max_reps)
+
     # Plan: cells grouped by (dtype, workload) so the tensors are allocated once.
     plan = []
     for dtype in dtypes:
@@ -713,6 +719,30 @@ def main(args) -> int:
     print(table)
     for n in notes:
         print("note: " + n)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=1)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _main_schedulefree(args, torch, tqdm, threads, quick, min_reps, max_reps):
+    from . import _bench_schedulefree as sfb
+
+    meta = machine_info(torch, threads)
+    meta.update(quick=quick, min_reps=min_reps, max_reps=max_reps, suite="schedulefree")
+    bar = None
+    if tqdm is not None and not args.no_progress:
+        bar = tqdm(total=sfb.cells(args, quick, threads), desc="fastlr bench --schedulefree",
+                   unit="cell", file=sys.stderr, dynamic_ncols=True)
+    t_begin = time.perf_counter()
+    try:
+        results = sfb.run(args, torch, threads, quick, min_reps, max_reps, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    meta["wall_s"] = round(time.perf_counter() - t_begin, 1)
+    print(sfb.format_table(results, meta))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=1)

@@ -25,6 +25,12 @@ class Adam(FastlrOptimizer):
     show the value the next step uses). ``foreach``, ``fused`` and ``capturable`` are
     accepted and ignored on the CPU.
 
+    Low precision (keyword-only, defaults keep torch's behaviour): ``master_weights=True``
+    keeps a float32 ``state["master_param"]`` for bf16/f16 params, ``state_dtype``
+    (``torch.float32`` / ``torch.bfloat16``) stores the per-element state,
+    ``stochastic_rounding=True`` rounds 16-bit stores stochastically with random bits keyed
+    by ``seed``, the step, the tensor and the element (README, "Low precision").
+
     >>> opt = Adam(model.parameters(), lr=Warmup(Cosine(3e-4, 10_000), 500))  # doctest: +SKIP
     """
 
