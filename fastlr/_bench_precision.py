@@ -12,7 +12,7 @@ Two cells, each holding one set of params with grads (GPT-2 small by default):
     state, rounded to nearest): 14 B/el;
   - fastlr: bf16 params rounded to nearest (14 B), with stochastic rounding (14 B),
     with fp32 master weights (28 B), master weights and bf16 state (20 B);
-  - peers, when installed (``pip install torch==2.13.0 "fastlr[peers]"``): torchao's
+  - peers, when installed (``pip install torch==2.13.0 ".[peers]"`` in the checkout): torchao's
     ``_AdamW(bf16_stochastic_round=True)`` (14 B), optimi's ``AdamW(kahan_sum=True)``
     (bf16 Kahan compensation, 18 B), bitsandbytes' ``AdamW8bit`` (8-bit block-wise
     state, about 10 B).
@@ -385,7 +385,8 @@ def main(args) -> int:
     try:
         import torch
     except ImportError:
-        print('fastlr bench --precision: error: needs torch; pip install torch "fastlr[bench]"', file=sys.stderr)
+        print('fastlr bench --precision: error: needs torch; pip install torch tqdm (or, in the fastlr checkout, '
+              'pip install torch ".[bench]")', file=sys.stderr)
         return 2
     import fastlr
 
@@ -427,7 +428,7 @@ def main(args) -> int:
                             continue
                         factory = _peer_factory(torch, name)
                         if factory is None:
-                            missing.append(f"{name} (not installed: pip install \"fastlr[peers]\")")
+                            missing.append(f"{name} (not installed: pip install torch==2.13.0 \".[peers]\" in the fastlr checkout)")
                             continue
                         try:
                             c, o = peer_contender(torch, cell, name, factory)

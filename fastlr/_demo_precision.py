@@ -118,7 +118,7 @@ def _optimizer(torch, backend, params, steps):
         try:
             from torchao.optim import _AdamW
         except Exception as exc:  # noqa: BLE001 - missing or broken install
-            return f"torchao is not importable ({type(exc).__name__}); pip install \"fastlr[peers]\""
+            return f"torchao is not importable ({type(exc).__name__}); pip install torch==2.13.0 \".[peers]\" in the fastlr checkout"
         opt = _AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, bf16_stochastic_round=True)
         t = [0]
 
@@ -288,7 +288,8 @@ def main(args) -> int:
         import matplotlib
         import torch
     except ImportError as exc:
-        print(f"fastlr demo precision: error: needs torch and matplotlib (pip install \"fastlr[torch,plot]\"): {exc}",
+        print(f"fastlr demo precision: error: needs torch and matplotlib (pip install torch matplotlib, or in the "
+              f"fastlr checkout pip install \".[torch,plot]\"): {exc}",
               file=sys.stderr)
         return 2
     matplotlib.use("Agg")

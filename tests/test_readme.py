@@ -3,6 +3,8 @@
 A block whose first line is ``# requires: cuda`` runs only where torch sees a GPU; one whose
 first line is ``# skip: <reason>`` is not run (keep those rare: say why). Some blocks'
 printed results are checked too, where the README quotes them."""
+import ast
+import importlib.util
 import os
 import pathlib
 import re
@@ -61,8 +63,17 @@ def test_readme_block_runs(code, tmp_path, request):
         torch = pytest.importorskip("torch")
         if not torch.cuda.is_available():
             pytest.skip("needs a CUDA GPU")
-    if "import torch" in code:
-        pytest.importorskip("torch")
+    # optional dependencies (torch, ml_dtypes, matplotlib in the test extra; framework
+    # examples need theirs): a block runs where everything it imports is installed
+    imported = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            imported.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            imported.add(node.module.split(".")[0])
+    for module in sorted(imported):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"needs {module}")
     if "matplotlib" in code or ".plot(" in code:
         pytest.importorskip("matplotlib")
     kw = subprocess_kwargs()
