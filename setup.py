@@ -1,17 +1,23 @@
-"""Builds fastlr._C: the header-only core in csrc/fastlr plus one kernel file and the
-pybind11 bindings. No torch at build time. FASTLR_CUDA=1 also builds fastlr._C_cuda."""
+"""Builds fastlr._C: the header-only core in csrc/fastlr, the leaf kernels (one file per
+optimizer and CPU level, compiled in parallel), the dispatcher and the pybind11 bindings.
+No torch at build time. FASTLR_CUDA=1 also builds fastlr._C_cuda."""
 import glob
 import os
 import re
 import sys
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VERSION = re.search(
     r'__version__ = "([^"]+)"', open(os.path.join(HERE, "fastlr", "_version.py")).read()
 ).group(1)
+
+
+def _leaf_cost(path):
+    name = os.path.basename(path)
+    return (-("avx512" in name), -("rmsprop" in name or "sgd" in name), name)
 
 
 def cpu_extension():
@@ -25,10 +31,13 @@ def cpu_extension():
         link_args.append("-fopenmp")
     return Pybind11Extension(
         "fastlr._C",
-        sources=["csrc/bindings.cpp", "csrc/kernels.cpp", "csrc/quant8.cpp", "csrc/roofline.cpp"],
+        # the largest translation units first, so parallel jobs finish together
+        sources=sorted(glob.glob("csrc/kernels/*.cpp"), key=_leaf_cost)
+        + ["csrc/quant8.cpp", "csrc/bindings.cpp", "csrc/kernels.cpp", "csrc/roofline.cpp"],
         include_dirs=["csrc"],
         # headers, so that an in-place rebuild notices a changed rule or schedule
-        depends=sorted(glob.glob("csrc/*.hpp") + glob.glob("csrc/fastlr/*.hpp")),
+        depends=sorted(glob.glob("csrc/*.hpp") + glob.glob("csrc/fastlr/*.hpp")
+                       + glob.glob("csrc/kernels/*.hpp")),
         define_macros=[("FASTLR_VERSION", f'"{VERSION}"')],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
@@ -91,6 +100,10 @@ class build_ext_cuda(build_ext):
         ext.libraries = ["cudart_static", "dl", "rt", "pthread"]
         ext.define_macros.append(("FASTLR_CUDA_ARCHS", '"' + ";".join(archs) + '"'))
 
+
+# Compile the translation units of an extension in parallel (FASTLR_BUILD_JOBS, default:
+# every core); setuptools would compile them one after the other.
+ParallelCompile("FASTLR_BUILD_JOBS", default=0).install()
 
 ext_modules = [cpu_extension()]
 if cuda_wanted():

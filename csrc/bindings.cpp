@@ -33,7 +33,7 @@ using Schedule = std::optional<py::array_t<double, py::array::c_style | py::arra
 
 // Reused per-thread buffers: after the first call a step allocates nothing here.
 struct Scratch {
-  std::vector<int64_t> numel, offsets;
+  std::vector<int64_t> numel, offsets, tensor_ids;
   std::vector<char*> ptrs[fastlr::kMaxRoles];
 };
 thread_local Scratch scratch;
@@ -78,27 +78,77 @@ void read_role(TensorList& list, int r, const py::object& addresses, const char*
   list.base[r] = out.data();
 }
 
-// Builds the TensorList for one call. `roles` names the pointer lists in order.
-TensorList make_list(int dtype_code, const py::sequence& numels,
+// PySequence_Fast_GET_ITEM needs a list or tuple.
+py::object as_fast_sequence(py::object seq) {
+  if (!seq.is_none() && !py::isinstance<py::list>(seq) && !py::isinstance<py::tuple>(seq))
+    seq = py::list(seq);
+  return seq;
+}
+
+// Builds the TensorList for one call. `roles` names the pointer lists in order: params,
+// grads, then the states.
+TensorList make_list(const fastlr::Precision& prec, const py::sequence& numels,
                      std::initializer_list<std::pair<const char*, py::object>> roles) {
   TensorList list;
   read_numels(numels, scratch.numel);
   list.size = static_cast<int64_t>(scratch.numel.size());
   list.numel = scratch.numel.data();
-  list.elem_size = fastlr::dtype_size(to_dtype(dtype_code));
+  list.elem_size[0] = fastlr::dtype_size(prec.param);
+  list.elem_size[1] = fastlr::dtype_size(prec.grad);
+  for (int r = 2; r < fastlr::kMasterRole; ++r) list.elem_size[r] = fastlr::dtype_size(prec.state);
+  list.elem_size[fastlr::kMasterRole] = 4;
   int r = 0;
-  for (const auto& role : roles) {
-    // PySequence_Fast_GET_ITEM needs a list or tuple.
-    py::object seq = role.second;
-    if (!seq.is_none() && !py::isinstance<py::list>(seq) && !py::isinstance<py::tuple>(seq))
-      seq = py::list(seq);
-    read_role(list, r++, seq, role.first);
-  }
+  for (const auto& role : roles) read_role(list, r++, as_fast_sequence(role.second), role.first);
   list.roles = r;
   if (list.base[0] == nullptr || list.base[1] == nullptr)
     throw py::value_error("params and grads are required");
   scratch.offsets.resize(static_cast<size_t>(list.size) + 1);
   return list;
+}
+
+// The keyword-only precision options shared by every kernel (see _C.pyi).
+struct PrecisionOptions {
+  py::object grad_dtype, state_dtype, masters, tensor_ids;
+  bool stochastic_rounding;
+  py::object seed;
+};
+
+#define FASTLR_PRECISION_ARGS                                                         \
+  py::kw_only(), py::arg("grad_dtype") = py::none(), py::arg("state_dtype") = py::none(), \
+      py::arg("masters") = py::none(), py::arg("stochastic_rounding") = false,         \
+      py::arg("seed") = 0, py::arg("tensor_ids") = py::none()
+
+fastlr::Precision make_precision(int dtype_code, const PrecisionOptions& o) {
+  fastlr::Precision prec;
+  prec.param = to_dtype(dtype_code);
+  prec.grad = o.grad_dtype.is_none() ? prec.param : to_dtype(o.grad_dtype.cast<int>());
+  prec.master = !o.masters.is_none();
+  prec.state = !o.state_dtype.is_none() ? to_dtype(o.state_dtype.cast<int>())
+               : prec.master           ? DType::float32
+                                       : prec.param;
+  prec.stochastic = o.stochastic_rounding;
+  const std::string why = fastlr::unsupported_precision(prec);
+  if (!why.empty()) throw py::value_error(why);
+  return prec;
+}
+
+// Adds the master role, the tensor ids and the rounding key (t = completed updates).
+void add_precision(TensorList& list, const fastlr::Precision& prec, const PrecisionOptions& o,
+                   int64_t t) {
+  if (prec.master) read_role(list, fastlr::kMasterRole, as_fast_sequence(o.masters), "masters");
+  if (!o.tensor_ids.is_none()) {
+    const py::sequence ids = o.tensor_ids.cast<py::sequence>();
+    if (py::len(ids) != static_cast<size_t>(list.size))
+      throw py::value_error("tensor_ids: expected " + std::to_string(list.size) + " ids, got " +
+                            std::to_string(py::len(ids)));
+    scratch.tensor_ids.resize(static_cast<size_t>(std::max<int64_t>(list.size, 1)));
+    for (int64_t i = 0; i < list.size; ++i) scratch.tensor_ids[static_cast<size_t>(i)] = ids[i].cast<int64_t>();
+    list.tensor_ids = scratch.tensor_ids.data();
+  }
+  // seed: any integer, taken modulo 2**64 (so negative seeds work too)
+  const uint64_t seed = PyLong_AsUnsignedLongLongMask(o.seed.ptr());
+  if (PyErr_Occurred()) throw py::error_already_set();
+  list.rounding_key = fastlr::rounding_call_key(seed, t);
 }
 
 double eval(const Schedule& schedule, double value, int64_t t) {
@@ -158,10 +208,15 @@ PYBIND11_MODULE(_C, m) {
       [](int dtype, const py::sequence& numel, py::object params, py::object grads,
          py::object momentum_buffers, double lr, Schedule lr_schedule, int64_t t,
          double momentum, Schedule momentum_schedule, double dampening, bool nesterov,
-         double weight_decay, bool maximize, bool first_step, double grad_scale) {
+         double weight_decay, bool maximize, bool first_step, double grad_scale,
+         py::object grad_dtype, py::object state_dtype, py::object masters,
+         bool stochastic_rounding, py::object seed, py::object tensor_ids) {
         check_t(t);
-        TensorList list = make_list(dtype, numel, {{"params", params}, {"grads", grads},
-                                                   {"momentum_buffers", momentum_buffers}});
+        const PrecisionOptions po{grad_dtype, state_dtype, masters, tensor_ids, stochastic_rounding, seed};
+        const fastlr::Precision prec = make_precision(dtype, po);
+        TensorList list = make_list(prec, numel, {{"params", params}, {"grads", grads},
+                                                  {"momentum_buffers", momentum_buffers}});
+        add_precision(list, prec, po, t);
         fastlr::SgdArgs a{eval(lr_schedule, lr, t), eval(momentum_schedule, momentum, t),
                           dampening, weight_decay, (maximize ? -1.0 : 1.0) / grad_scale,
                           nesterov, first_step};
@@ -169,7 +224,7 @@ PYBIND11_MODULE(_C, m) {
           throw py::value_error("momentum_buffers are required when momentum != 0");
         {
           py::gil_scoped_release release;
-          fastlr::sgd(to_dtype(dtype), list, scratch.offsets.data(), a);
+          fastlr::sgd(prec, list, scratch.offsets.data(), a);
         }
         return py::make_tuple(a.lr, a.momentum);
       },
@@ -177,7 +232,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("momentum_buffers"), py::arg("lr"), py::arg("lr_schedule"), py::arg("t"),
       py::arg("momentum"), py::arg("momentum_schedule"), py::arg("dampening"),
       py::arg("nesterov"), py::arg("weight_decay"), py::arg("maximize"), py::arg("first_step"),
-      py::arg("grad_scale") = 1.0);
+      py::arg("grad_scale") = 1.0, FASTLR_PRECISION_ARGS);
 
   m.def(
       "adam",
@@ -185,12 +240,16 @@ PYBIND11_MODULE(_C, m) {
          py::object exp_avgs, py::object exp_avg_sqs, py::object max_exp_avg_sqs, double step,
          double lr, Schedule lr_schedule, double beta1, Schedule beta1_schedule, double beta2,
          double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad,
-         bool maximize, double grad_scale) {
+         bool maximize, double grad_scale, py::object grad_dtype, py::object state_dtype,
+         py::object masters, bool stochastic_rounding, py::object seed, py::object tensor_ids) {
         const int64_t t = completed_updates(step);
-        TensorList list = make_list(dtype, numel,
+        const PrecisionOptions po{grad_dtype, state_dtype, masters, tensor_ids, stochastic_rounding, seed};
+        const fastlr::Precision prec = make_precision(dtype, po);
+        TensorList list = make_list(prec, numel,
                                     {{"params", params}, {"grads", grads}, {"exp_avgs", exp_avgs},
                                      {"exp_avg_sqs", exp_avg_sqs},
                                      {"max_exp_avg_sqs", max_exp_avg_sqs}});
+        add_precision(list, prec, po, t);
         if (list.base[2] == nullptr || list.base[3] == nullptr)
           throw py::value_error("exp_avgs and exp_avg_sqs are required");
         if (amsgrad && list.base[4] == nullptr)
@@ -200,7 +259,7 @@ PYBIND11_MODULE(_C, m) {
                            decoupled_weight_decay, amsgrad};
         {
           py::gil_scoped_release release;
-          fastlr::adam(to_dtype(dtype), list, scratch.offsets.data(), a);
+          fastlr::adam(prec, list, scratch.offsets.data(), a);
         }
         return py::make_tuple(a.lr, a.beta1);
       },
@@ -209,7 +268,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("lr"), py::arg("lr_schedule"), py::arg("beta1"), py::arg("beta1_schedule"),
       py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
       py::arg("decoupled_weight_decay"), py::arg("amsgrad"), py::arg("maximize"),
-      py::arg("grad_scale") = 1.0);
+      py::arg("grad_scale") = 1.0, FASTLR_PRECISION_ARGS);
 
   m.def(
       "rmsprop",
@@ -217,12 +276,17 @@ PYBIND11_MODULE(_C, m) {
          py::object square_avgs, py::object grad_avgs, py::object momentum_buffers, double lr,
          Schedule lr_schedule, int64_t t, double alpha, double eps, double weight_decay,
          double momentum, Schedule momentum_schedule, bool centered, bool use_momentum,
-         bool maximize, bool first_step, double grad_scale) {
+         bool maximize, bool first_step, double grad_scale, py::object grad_dtype,
+         py::object state_dtype, py::object masters, bool stochastic_rounding, py::object seed,
+         py::object tensor_ids) {
         check_t(t);
+        const PrecisionOptions po{grad_dtype, state_dtype, masters, tensor_ids, stochastic_rounding, seed};
+        const fastlr::Precision prec = make_precision(dtype, po);
         TensorList list =
-            make_list(dtype, numel,
+            make_list(prec, numel,
                       {{"params", params}, {"grads", grads}, {"square_avgs", square_avgs},
                        {"grad_avgs", grad_avgs}, {"momentum_buffers", momentum_buffers}});
+        add_precision(list, prec, po, t);
         if (list.base[2] == nullptr) throw py::value_error("square_avgs are required");
         if (centered && list.base[3] == nullptr)
           throw py::value_error("grad_avgs are required when centered=True");
@@ -242,7 +306,7 @@ PYBIND11_MODULE(_C, m) {
                               first_step};
         {
           py::gil_scoped_release release;
-          fastlr::rmsprop(to_dtype(dtype), list, scratch.offsets.data(), a);
+          fastlr::rmsprop(prec, list, scratch.offsets.data(), a);
         }
         return py::make_tuple(a.lr, a.momentum);
       },
@@ -251,29 +315,34 @@ PYBIND11_MODULE(_C, m) {
       py::arg("lr_schedule"), py::arg("t"), py::arg("alpha"), py::arg("eps"),
       py::arg("weight_decay"), py::arg("momentum"), py::arg("momentum_schedule"),
       py::arg("centered"), py::arg("use_momentum"), py::arg("maximize"), py::arg("first_step"),
-      py::arg("grad_scale") = 1.0);
+      py::arg("grad_scale") = 1.0, FASTLR_PRECISION_ARGS);
 
   m.def(
       "adagrad",
       [](int dtype, const py::sequence& numel, py::object params, py::object grads,
          py::object state_sums, double step, double lr, Schedule lr_schedule, double lr_decay,
-         double weight_decay, double eps, bool maximize, double grad_scale) {
+         double weight_decay, double eps, bool maximize, double grad_scale,
+         py::object grad_dtype, py::object state_dtype, py::object masters,
+         bool stochastic_rounding, py::object seed, py::object tensor_ids) {
         const int64_t t = completed_updates(step);
-        TensorList list = make_list(dtype, numel, {{"params", params}, {"grads", grads},
-                                                   {"state_sums", state_sums}});
+        const PrecisionOptions po{grad_dtype, state_dtype, masters, tensor_ids, stochastic_rounding, seed};
+        const fastlr::Precision prec = make_precision(dtype, po);
+        TensorList list = make_list(prec, numel, {{"params", params}, {"grads", grads},
+                                                  {"state_sums", state_sums}});
+        add_precision(list, prec, po, t);
         if (list.base[2] == nullptr) throw py::value_error("state_sums are required");
         fastlr::AdagradArgs a{eval(lr_schedule, lr, t), lr_decay, weight_decay, eps,
                               (maximize ? -1.0 : 1.0) / grad_scale, step};
         {
           py::gil_scoped_release release;
-          fastlr::adagrad(to_dtype(dtype), list, scratch.offsets.data(), a);
+          fastlr::adagrad(prec, list, scratch.offsets.data(), a);
         }
         return a.lr;
       },
       py::arg("dtype"), py::arg("numel"), py::arg("params"), py::arg("grads"),
       py::arg("state_sums"), py::arg("step"), py::arg("lr"), py::arg("lr_schedule"),
       py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"),
-      py::arg("grad_scale") = 1.0);
+      py::arg("grad_scale") = 1.0, FASTLR_PRECISION_ARGS);
 
   // Block-wise 8-bit Adam/AdamW (quant8_kernels.hpp). store: 0 float32, 1 bfloat16,
   // 2 bfloat16 with stochastic rounding, 3 float16; flavour: 0 torchao, 1 fastlr.
@@ -448,9 +517,9 @@ PYBIND11_MODULE(_C, m) {
         if (k > 3) throw py::value_error("roofline: at most 3 state lists");
         py::object s[3] = {py::none(), py::none(), py::none()};
         for (py::ssize_t j = 0; j < k; ++j) s[j] = states[j];
-        TensorList list = make_list(dtype, numel, {{"params", params}, {"grads", grads},
-                                                   {"states[0]", s[0]}, {"states[1]", s[1]},
-                                                   {"states[2]", s[2]}});
+        TensorList list = make_list(fastlr::same_precision(to_dtype(dtype)), numel,
+                                    {{"params", params}, {"grads", grads}, {"states[0]", s[0]},
+                                     {"states[1]", s[1]}, {"states[2]", s[2]}});
         list.roles = 2 + static_cast<int>(k);
         py::gil_scoped_release release;
         fastlr::roofline(to_dtype(dtype), list, scratch.offsets.data());

@@ -1,12 +1,7 @@
-// Per-CPU-level leaf kernels and the dispatcher.
-//
-// Each leaf is one plain loop over the update rule of fastlr/update.hpp, stamped out
-// at three levels with per-function `target` attributes: baseline (the build's
-// default ISA: SSE2 on x86-64, NEON on aarch64), x86-64-v3 (AVX2+FMA+F16C) and
-// x86-64-v4 (AVX-512). gcc auto-vectorizes each copy for its level. The level is
-// chosen once at import from __builtin_cpu_supports, overridable with
-// FASTLR_CPU_LEVEL=baseline|avx2|avx512. Threading lives in multi_tensor.hpp,
-// outside the per-level code.
+// The dispatcher of the CPU kernels: per-call scalars, the storage policy and the
+// leaf for the CPU level in use (leaves in kernels/, one translation unit per
+// optimizer and level). The level is chosen once at import from
+// __builtin_cpu_supports, overridable with FASTLR_CPU_LEVEL=baseline|avx2|avx512.
 #include "kernels.hpp"
 
 #include <atomic>
@@ -20,151 +15,10 @@
 #include <pthread.h>
 #endif
 
-#include "fastlr/update.hpp"
-
-#if defined(__x86_64__) || defined(__i386__)
-#define FASTLR_X86 1
-#define FASTLR_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define FASTLR_TARGET_AVX512 \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,prefer-vector-width=512")))
-#else
-#define FASTLR_X86 0
-#define FASTLR_TARGET_AVX2
-#define FASTLR_TARGET_AVX512
-#endif
-
-#define FASTLR_INLINE inline __attribute__((always_inline))
+#include "kernels/leaves.hpp"
 
 namespace fastlr {
 namespace {
-
-// ------------------------------------------------------------ leaf loops ---
-// Modes are template parameters (STYLE habit 2); loads of unused roles are skipped
-// at compile time so each variant moves only the bytes its rule needs.
-
-#define FASTLR_INLINE_LAMBDA __attribute__((always_inline))
-
-// Runs body(0..n-1) in one of two identical loops chosen by `cond`, a loop-invariant
-// test that the rule repeats per element (lerp's `weight < 0.5`). gcc unswitches such
-// a loop itself only while the body is small (--param max-unswitch-insns) and, under
-// -ftrapping-math, does not if-convert it, so the bfloat16/float16 Adam and centered
-// RMSprop loops stayed scalar (~10 ns/el instead of ~0.5). In each copy the test is
-// known, folds away, and the loop vectorizes. Performance only: same operations.
-template <class F>
-FASTLR_INLINE void split_on(bool cond, int64_t n, F& body) {
-  if (cond) {
-    for (int64_t i = 0; i < n; ++i) body(i);
-  } else {
-    for (int64_t i = 0; i < n; ++i) body(i);
-  }
-}
-
-template <class S, WeightDecay WD, Momentum MOM, bool FIRST>
-FASTLR_INLINE void sgd_loop(int64_t n, char* const* ptrs, const void* scalars) {
-  using C = compute_t<S>;
-  const SgdScalars<C> s = *static_cast<const SgdScalars<C>*>(scalars);
-  S* __restrict p = reinterpret_cast<S*>(ptrs[0]);
-  const S* __restrict g = reinterpret_cast<const S*>(ptrs[1]);
-  S* __restrict buf = reinterpret_cast<S*>(ptrs[2]);
-  for (int64_t i = 0; i < n; ++i) {
-    C pi = load(p[i]);
-    C bi = (MOM != Momentum::none && !FIRST) ? load(buf[i]) : C(0);
-    sgd_update<WD, MOM, FIRST>(pi, load(g[i]), bi, s);
-    store(p[i], pi);
-    if (MOM != Momentum::none) store(buf[i], bi);
-  }
-}
-
-template <class S, WeightDecay WD, bool AMSGRAD>
-FASTLR_INLINE void adam_loop(int64_t n, char* const* ptrs, const void* scalars) {
-  using C = compute_t<S>;
-  const AdamScalars<C> s = *static_cast<const AdamScalars<C>*>(scalars);
-  S* __restrict p = reinterpret_cast<S*>(ptrs[0]);
-  const S* __restrict g = reinterpret_cast<const S*>(ptrs[1]);
-  S* __restrict m = reinterpret_cast<S*>(ptrs[2]);
-  S* __restrict v = reinterpret_cast<S*>(ptrs[3]);
-  S* __restrict vmax = reinterpret_cast<S*>(ptrs[4]);
-  auto body = [&](int64_t i) FASTLR_INLINE_LAMBDA {
-    C pi = load(p[i]), mi = load(m[i]), vi = load(v[i]);
-    C vmi = AMSGRAD ? load(vmax[i]) : C(0);
-    adam_update<WD, AMSGRAD>(pi, load(g[i]), mi, vi, vmi, s);
-    store(p[i], pi);
-    store(m[i], mi);
-    store(v[i], vi);
-    if (AMSGRAD) store(vmax[i], vmi);
-  };
-  split_on(s.one_minus_beta1 < C(0.5), n, body);
-}
-
-template <class S, WeightDecay WD, bool CENTERED, bool MOM, bool FIRST>
-FASTLR_INLINE void rmsprop_loop(int64_t n, char* const* ptrs, const void* scalars) {
-  using C = compute_t<S>;
-  const RmspropScalars<C> s = *static_cast<const RmspropScalars<C>*>(scalars);
-  S* __restrict p = reinterpret_cast<S*>(ptrs[0]);
-  const S* __restrict g = reinterpret_cast<const S*>(ptrs[1]);
-  S* __restrict sq = reinterpret_cast<S*>(ptrs[2]);
-  S* __restrict ga = reinterpret_cast<S*>(ptrs[3]);
-  S* __restrict buf = reinterpret_cast<S*>(ptrs[4]);
-  auto body = [&](int64_t i) FASTLR_INLINE_LAMBDA {
-    C pi = load(p[i]), sqi = load(sq[i]);
-    C gai = CENTERED ? load(ga[i]) : C(0);
-    C bi = (MOM && !FIRST) ? load(buf[i]) : C(0);
-    rmsprop_update<WD, CENTERED, MOM, FIRST>(pi, load(g[i]), sqi, gai, bi, s);
-    store(p[i], pi);
-    store(sq[i], sqi);
-    if (CENTERED) store(ga[i], gai);
-    if (MOM) store(buf[i], bi);
-  };
-  if (CENTERED)
-    split_on(s.one_minus_alpha < C(0.5), n, body);
-  else
-    for (int64_t i = 0; i < n; ++i) body(i);
-}
-
-template <class S, WeightDecay WD>
-FASTLR_INLINE void adagrad_loop(int64_t n, char* const* ptrs, const void* scalars) {
-  using C = compute_t<S>;
-  const AdagradScalars<C> s = *static_cast<const AdagradScalars<C>*>(scalars);
-  S* __restrict p = reinterpret_cast<S*>(ptrs[0]);
-  const S* __restrict g = reinterpret_cast<const S*>(ptrs[1]);
-  S* __restrict sum = reinterpret_cast<S*>(ptrs[2]);
-  for (int64_t i = 0; i < n; ++i) {
-    C pi = load(p[i]), si = load(sum[i]);
-    adagrad_update<WD>(pi, load(g[i]), si, s);
-    store(p[i], pi);
-    store(sum[i], si);
-  }
-}
-
-// ------------------------------------------------- per-level leaf copies ---
-
-#define FASTLR_STAMP_LEVEL(NS, TARGET)                                                   \
-  namespace NS {                                                                         \
-  template <class S, WeightDecay WD, Momentum MOM, bool FIRST>                           \
-  TARGET void sgd(int64_t n, char* const* p, const void* s) {                            \
-    sgd_loop<S, WD, MOM, FIRST>(n, p, s);                                                \
-  }                                                                                      \
-  template <class S, WeightDecay WD, bool AMSGRAD>                                       \
-  TARGET void adam(int64_t n, char* const* p, const void* s) {                           \
-    adam_loop<S, WD, AMSGRAD>(n, p, s);                                                  \
-  }                                                                                      \
-  template <class S, WeightDecay WD, bool CENTERED, bool MOM, bool FIRST>                \
-  TARGET void rmsprop(int64_t n, char* const* p, const void* s) {                        \
-    rmsprop_loop<S, WD, CENTERED, MOM, FIRST>(n, p, s);                                  \
-  }                                                                                      \
-  template <class S, WeightDecay WD>                                                     \
-  TARGET void adagrad(int64_t n, char* const* p, const void* s) {                        \
-    adagrad_loop<S, WD>(n, p, s);                                                        \
-  }                                                                                      \
-  }
-
-FASTLR_STAMP_LEVEL(baseline, )
-#if FASTLR_X86
-FASTLR_STAMP_LEVEL(avx2, FASTLR_TARGET_AVX2)
-FASTLR_STAMP_LEVEL(avx512, FASTLR_TARGET_AVX512)
-#endif
-
-// ------------------------------------------------------------ dispatcher ---
 
 CpuLevel detect() {
 #if FASTLR_X86
@@ -219,14 +73,14 @@ int threads_for_call() {
   return g_num_threads.load(std::memory_order_relaxed);
 }
 
-// Picks the copy of one leaf for the level in use.
+// The pickers of the level in use.
 #if FASTLR_X86
-#define FASTLR_PICK(FN, ...)                                                     \
-  (g_level == CpuLevel::avx512 ? &avx512::FN<__VA_ARGS__>                        \
-   : g_level == CpuLevel::avx2 ? &avx2::FN<__VA_ARGS__>                          \
-                               : &baseline::FN<__VA_ARGS__>)
+#define FASTLR_PICK(FN, ...)                                          \
+  (g_level == CpuLevel::avx512 ? avx512::FN(__VA_ARGS__)              \
+   : g_level == CpuLevel::avx2 ? avx2::FN(__VA_ARGS__)                \
+                               : baseline::FN(__VA_ARGS__))
 #else
-#define FASTLR_PICK(FN, ...) (&baseline::FN<__VA_ARGS__>)
+#define FASTLR_PICK(FN, ...) (baseline::FN(__VA_ARGS__))
 #endif
 
 WeightDecay wd_mode(double weight_decay, bool decoupled) {
@@ -234,44 +88,75 @@ WeightDecay wd_mode(double weight_decay, bool decoupled) {
   return decoupled ? WeightDecay::decoupled : WeightDecay::coupled;
 }
 
-// ------------------------------------------------------------------ SGD ---
+bool is_16bit(DType d) { return d == DType::bfloat16 || d == DType::float16; }
 
-template <class S, WeightDecay WD>
-LeafFn sgd_leaf(Momentum mom, bool first) {
-  switch (mom) {
-    case Momentum::none: return FASTLR_PICK(sgd, S, WD, Momentum::none, false);
-    case Momentum::heavy_ball:
-      return first ? FASTLR_PICK(sgd, S, WD, Momentum::heavy_ball, true)
-                   : FASTLR_PICK(sgd, S, WD, Momentum::heavy_ball, false);
-    default:
-      return first ? FASTLR_PICK(sgd, S, WD, Momentum::nesterov, true)
-                   : FASTLR_PICK(sgd, S, WD, Momentum::nesterov, false);
+// Stochastic rounding only changes 16-bit stores: elsewhere it is rounding to nearest.
+Precision normalized(Precision p) {
+  p.stochastic = p.stochastic && (is_16bit(p.state) || (!p.master && is_16bit(p.param)));
+  return p;
+}
+
+bool matches(const Precision& p, DType param, DType grad, DType state, bool master,
+             bool stochastic) {
+  return p.param == param && p.grad == grad && p.state == state && p.master == master &&
+         p.stochastic == stochastic;
+}
+
+template <class T>
+constexpr DType dtype_of() {
+  return std::is_same<T, double>::value  ? DType::float64
+         : std::is_same<T, bf16>::value ? DType::bfloat16
+         : std::is_same<T, f16>::value  ? DType::float16
+                                        : DType::float32;
+}
+
+// The storage policy of a (normalized) precision; false if it is not built.
+bool find_storage(const Precision& prec, StorageId& out) {
+  const Precision p = normalized(prec);
+#define FASTLR_STORAGE_MATCH(ID, P, G, S, M, R)                                          \
+  if (matches(p, dtype_of<P>(), dtype_of<G>(), dtype_of<S>(),                            \
+              !std::is_same<M, NoMaster>::value, Rounding::R == Rounding::stochastic)) { \
+    out = StorageId::ID;                                                                 \
+    return true;                                                                         \
+  }
+  FASTLR_FOR_EACH_STORAGE(FASTLR_STORAGE_MATCH)
+#undef FASTLR_STORAGE_MATCH
+  return false;
+}
+
+const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::float64: return "float64";
+    case DType::bfloat16: return "bfloat16";
+    case DType::float16: return "float16";
+    default: return "float32";
   }
 }
 
-template <class S>
-void sgd_typed(const TensorList& list, int64_t* offsets, const SgdArgs& a) {
-  using C = compute_t<S>;
+StorageId storage_for(const Precision& prec) {
+  StorageId id;
+  if (!find_storage(prec, id)) throw std::invalid_argument(unsupported_precision(prec));
+  return id;
+}
+
+// ------------------------------------------------------------------ SGD ---
+
+template <class C>
+void sgd_typed(StorageId st, const TensorList& list, int64_t* offsets, const SgdArgs& a) {
   const SgdScalars<C> s{C(a.grad_mul), C(a.weight_decay), C(a.momentum),
                         C(1.0 - a.dampening), C(-a.lr)};
   const Momentum mom = a.momentum == 0.0 ? Momentum::none
                        : a.nesterov      ? Momentum::nesterov
                                          : Momentum::heavy_ball;
-  const LeafFn leaf = a.weight_decay != 0.0 ? sgd_leaf<S, WeightDecay::coupled>(mom, a.first_step)
-                                            : sgd_leaf<S, WeightDecay::none>(mom, a.first_step);
+  const WeightDecay wd = a.weight_decay != 0.0 ? WeightDecay::coupled : WeightDecay::none;
+  const LeafFn leaf = FASTLR_PICK(sgd_leaf, st, wd, mom, a.first_step);
   for_each_segment(list, offsets, leaf, &s, threads_for_call());
 }
 
 // ----------------------------------------------------------------- Adam ---
 
-template <class S, WeightDecay WD>
-LeafFn adam_leaf(bool amsgrad) {
-  return amsgrad ? FASTLR_PICK(adam, S, WD, true) : FASTLR_PICK(adam, S, WD, false);
-}
-
-template <class S>
-void adam_typed(const TensorList& list, int64_t* offsets, const AdamArgs& a) {
-  using C = compute_t<S>;
+template <class C>
+void adam_typed(StorageId st, const TensorList& list, int64_t* offsets, const AdamArgs& a) {
   // Same scalar arithmetic as torch.optim.adam._single_tensor_adam, in double.
   const double bias_correction1 = 1.0 - std::pow(a.beta1, a.step);
   const double bias_correction2 = 1.0 - std::pow(a.beta2, a.step);
@@ -284,67 +169,32 @@ void adam_typed(const TensorList& list, int64_t* offsets, const AdamArgs& a) {
                          C(std::pow(bias_correction2, 0.5)),
                          C(a.eps),
                          C(-(a.lr / bias_correction1))};
-  LeafFn leaf;
-  switch (wd_mode(a.weight_decay, a.decoupled_weight_decay)) {
-    case WeightDecay::none: leaf = adam_leaf<S, WeightDecay::none>(a.amsgrad); break;
-    case WeightDecay::coupled: leaf = adam_leaf<S, WeightDecay::coupled>(a.amsgrad); break;
-    default: leaf = adam_leaf<S, WeightDecay::decoupled>(a.amsgrad); break;
-  }
+  const LeafFn leaf =
+      FASTLR_PICK(adam_leaf, st, wd_mode(a.weight_decay, a.decoupled_weight_decay), a.amsgrad);
   for_each_segment(list, offsets, leaf, &s, threads_for_call());
 }
 
 // -------------------------------------------------------------- RMSprop ---
 
-template <class S, WeightDecay WD, bool CENTERED>
-LeafFn rmsprop_leaf(bool mom, bool first) {
-  if (!mom) return FASTLR_PICK(rmsprop, S, WD, CENTERED, false, false);
-  return first ? FASTLR_PICK(rmsprop, S, WD, CENTERED, true, true)
-               : FASTLR_PICK(rmsprop, S, WD, CENTERED, true, false);
-}
-
-template <class S>
-void rmsprop_typed(const TensorList& list, int64_t* offsets, const RmspropArgs& a) {
-  using C = compute_t<S>;
+template <class C>
+void rmsprop_typed(StorageId st, const TensorList& list, int64_t* offsets, const RmspropArgs& a) {
   const RmspropScalars<C> s{C(a.grad_mul), C(a.weight_decay), C(a.alpha), C(1.0 - a.alpha),
                             C(a.eps),      C(a.momentum),     C(-a.lr)};
-  const bool wd = a.weight_decay != 0.0;
-  LeafFn leaf;
-  if (wd)
-    leaf = a.centered ? rmsprop_leaf<S, WeightDecay::coupled, true>(a.use_momentum, a.first_step)
-                      : rmsprop_leaf<S, WeightDecay::coupled, false>(a.use_momentum, a.first_step);
-  else
-    leaf = a.centered ? rmsprop_leaf<S, WeightDecay::none, true>(a.use_momentum, a.first_step)
-                      : rmsprop_leaf<S, WeightDecay::none, false>(a.use_momentum, a.first_step);
+  const WeightDecay wd = a.weight_decay != 0.0 ? WeightDecay::coupled : WeightDecay::none;
+  const LeafFn leaf =
+      FASTLR_PICK(rmsprop_leaf, st, wd, a.centered, a.use_momentum, a.first_step);
   for_each_segment(list, offsets, leaf, &s, threads_for_call());
 }
 
 // -------------------------------------------------------------- Adagrad ---
 
-template <class S>
-void adagrad_typed(const TensorList& list, int64_t* offsets, const AdagradArgs& a) {
-  using C = compute_t<S>;
+template <class C>
+void adagrad_typed(StorageId st, const TensorList& list, int64_t* offsets, const AdagradArgs& a) {
   const double clr = a.lr / (1.0 + (a.step - 1.0) * a.lr_decay);
   const AdagradScalars<C> s{C(a.grad_mul), C(a.weight_decay), C(a.eps), C(-clr)};
-  const LeafFn leaf = a.weight_decay != 0.0 ? FASTLR_PICK(adagrad, S, WeightDecay::coupled)
-                                            : FASTLR_PICK(adagrad, S, WeightDecay::none);
-  for_each_segment(list, offsets, leaf, &s, threads_for_call());
+  const WeightDecay wd = a.weight_decay != 0.0 ? WeightDecay::coupled : WeightDecay::none;
+  for_each_segment(list, offsets, FASTLR_PICK(adagrad_leaf, st, wd), &s, threads_for_call());
 }
-
-template <template <class> class F, class Args>
-void by_dtype(DType dtype, const TensorList& list, int64_t* offsets, const Args& a) {
-  switch (dtype) {
-    case DType::float32: return F<float>::run(list, offsets, a);
-    case DType::float64: return F<double>::run(list, offsets, a);
-    case DType::bfloat16: return F<bf16>::run(list, offsets, a);
-    case DType::float16: return F<f16>::run(list, offsets, a);
-  }
-  throw std::invalid_argument("unknown dtype code");
-}
-
-template <class S> struct SgdF { static void run(const TensorList& l, int64_t* o, const SgdArgs& a) { sgd_typed<S>(l, o, a); } };
-template <class S> struct AdamF { static void run(const TensorList& l, int64_t* o, const AdamArgs& a) { adam_typed<S>(l, o, a); } };
-template <class S> struct RmspropF { static void run(const TensorList& l, int64_t* o, const RmspropArgs& a) { rmsprop_typed<S>(l, o, a); } };
-template <class S> struct AdagradF { static void run(const TensorList& l, int64_t* o, const AdagradArgs& a) { adagrad_typed<S>(l, o, a); } };
 
 }  // namespace
 
@@ -385,9 +235,36 @@ bool openmp_enabled() {
 #endif
 }
 
-void sgd(DType d, const TensorList& l, int64_t* o, const SgdArgs& a) { by_dtype<SgdF>(d, l, o, a); }
-void adam(DType d, const TensorList& l, int64_t* o, const AdamArgs& a) { by_dtype<AdamF>(d, l, o, a); }
-void rmsprop(DType d, const TensorList& l, int64_t* o, const RmspropArgs& a) { by_dtype<RmspropF>(d, l, o, a); }
-void adagrad(DType d, const TensorList& l, int64_t* o, const AdagradArgs& a) { by_dtype<AdagradF>(d, l, o, a); }
+std::string unsupported_precision(const Precision& prec) {
+  StorageId id;
+  if (find_storage(prec, id)) return std::string();
+  std::string why = std::string("no kernel for ") + dtype_name(prec.param) + " params with " +
+                    dtype_name(prec.grad) + " grads and " + dtype_name(prec.state) + " state" +
+                    (prec.master ? " and float32 master weights" : "");
+  if (prec.master && !is_16bit(prec.param))
+    why += " (master weights are for bfloat16/float16 params)";
+  else if (!prec.master && prec.grad != prec.param)
+    why += " (grads must have the params' dtype, or be float32 with master weights)";
+  else if (prec.master && prec.grad != prec.param && prec.grad != DType::float32)
+    why += " (with master weights grads are the params' dtype or float32)";
+  else
+    why += " (state is float32, bfloat16, or the params' dtype; float64 params: float64, "
+           "float32 or bfloat16)";
+  return why;
+}
+
+// float64 params compute in double, everything else in float.
+#define FASTLR_ENTRY(NAME, ARGS)                                                        \
+  void NAME(const Precision& prec, const TensorList& l, int64_t* o, const ARGS& a) {    \
+    const StorageId st = storage_for(prec);                                             \
+    if (prec.param == DType::float64)                                                   \
+      NAME##_typed<double>(st, l, o, a);                                                \
+    else                                                                                \
+      NAME##_typed<float>(st, l, o, a);                                                 \
+  }
+FASTLR_ENTRY(sgd, SgdArgs)
+FASTLR_ENTRY(adam, AdamArgs)
+FASTLR_ENTRY(rmsprop, RmspropArgs)
+FASTLR_ENTRY(adagrad, AdagradArgs)
 
 }  // namespace fastlr

@@ -37,13 +37,27 @@ struct AdagradArgs {
   double lr, lr_decay, weight_decay, eps, grad_mul, step;
 };
 
+// How the roles are stored: the dtypes of params, grads and every state tensor, a
+// float32 master copy of 16-bit params (role 5), and stochastic rounding of 16-bit stores
+// (list.rounding_key then holds rounding_call_key(seed, t)). Precision{d, d, d} is
+// torch's layout. Combinations not built (see kernels/leaves.hpp) throw
+// std::invalid_argument from the kernel entry points, before any data is touched.
+struct Precision {
+  DType param = DType::float32, grad = DType::float32, state = DType::float32;
+  bool master = false;
+  bool stochastic = false;
+};
+inline Precision same_precision(DType d) { return Precision{d, d, d, false, false}; }
+// Empty if supported, else why not.
+std::string unsupported_precision(const Precision& prec);
+
 // Roles, in order: SGD (param, grad, momentum_buffer), Adam (param, grad, exp_avg,
 // exp_avg_sq, max_exp_avg_sq), RMSprop (param, grad, square_avg, grad_avg,
-// momentum_buffer), Adagrad (param, grad, sum). Unused roles may be null.
-// `offsets` is scratch for list.size + 1 entries.
-void sgd(DType dtype, const TensorList& list, int64_t* offsets, const SgdArgs& a);
-void adam(DType dtype, const TensorList& list, int64_t* offsets, const AdamArgs& a);
-void rmsprop(DType dtype, const TensorList& list, int64_t* offsets, const RmspropArgs& a);
-void adagrad(DType dtype, const TensorList& list, int64_t* offsets, const AdagradArgs& a);
+// momentum_buffer), Adagrad (param, grad, sum); role 5 the master. Unused roles may be
+// null. `offsets` is scratch for list.size + 1 entries.
+void sgd(const Precision& prec, const TensorList& list, int64_t* offsets, const SgdArgs& a);
+void adam(const Precision& prec, const TensorList& list, int64_t* offsets, const AdamArgs& a);
+void rmsprop(const Precision& prec, const TensorList& list, int64_t* offsets, const RmspropArgs& a);
+void adagrad(const Precision& prec, const TensorList& list, int64_t* offsets, const AdagradArgs& a);
 
 }  // namespace fastlr

@@ -27,7 +27,7 @@ struct RoofScalars {
 
 template <class U, int K>
 inline __attribute__((always_inline)) void roof_loop(int64_t n, char* const* ptrs,
-                                                     const void* scalars) {
+                                                     const void* scalars, const Segment&) {
   const U zero = static_cast<U>(static_cast<const RoofScalars*>(scalars)->zero);
   const U* __restrict g = reinterpret_cast<const U*>(ptrs[1]);
   U* __restrict a0 = reinterpret_cast<U*>(ptrs[0]);
@@ -46,8 +46,8 @@ inline __attribute__((always_inline)) void roof_loop(int64_t n, char* const* ptr
 #define FASTLR_ROOF_STAMP(NS, TARGET)                         \
   namespace NS {                                              \
   template <class U, int K>                                   \
-  TARGET void roof(int64_t n, char* const* p, const void* s) { \
-    roof_loop<U, K>(n, p, s);                                 \
+  TARGET void roof(int64_t n, char* const* p, const void* s, const Segment& seg) { \
+    roof_loop<U, K>(n, p, s, seg);                                 \
   }                                                           \
   }
 
@@ -84,10 +84,10 @@ volatile uint64_t g_zero = 0;  // read at run time so `g & zero` cannot be folde
 
 }  // namespace
 
-void roofline(DType dtype, const TensorList& list, int64_t* offsets) {
+void roofline(DType, const TensorList& list, int64_t* offsets) {
   const int k = list.roles - 1;  // params + states; role 1 (grads) is read-only
   LeafFn leaf;
-  switch (dtype_size(dtype)) {
+  switch (list.elem_size[0]) {
     case 8: leaf = pick_k<uint64_t>(k); break;
     case 4: leaf = pick_k<uint32_t>(k); break;
     default: leaf = pick_k<uint16_t>(k); break;

@@ -1,6 +1,22 @@
 """fastlr's private C++ module (see csrc/bindings.cpp). Addresses are integer data
 pointers, one per tensor, per role; a schedule is its float64 encoding array, and the
-value used is then value * schedule(t)."""
+value used is then value * schedule(t). Dtype codes: 0 float32, 1 float64, 2 bfloat16,
+3 float16.
+
+Every kernel takes the same keyword-only precision options:
+
+- grad_dtype: the grads' dtype code (None: the params' `dtype`). float32 grads for
+  16-bit params only with `masters`.
+- state_dtype: the dtype code of every state tensor (None: float32 with `masters`, else
+  the params' dtype). Built: float32 or bfloat16 for any params, or the params' dtype.
+- masters: addresses of float32 master copies, one per param (params bfloat16/float16):
+  the update runs on the master and writes the param as the master rounded to nearest.
+- stochastic_rounding: 16-bit stores (params without master, bfloat16/float16 state)
+  round stochastically; bits from (seed, t, tensor_ids[i], element index), where t is
+  the completed-update count: `t` for sgd/rmsprop, step - 1 for adam/adagrad.
+- seed: an integer (taken modulo 2**64). tensor_ids: one id per tensor (None: 0..n-1);
+  fastlr.optim passes the param's flat position in the optimizer.
+An unsupported combination raises ValueError before anything is touched."""
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -13,13 +29,19 @@ def sgd(dtype: int, numel: Sequence[int], params: Sequence[int], grads: Sequence
         momentum_buffers: Optional[Sequence[int]], lr: float, lr_schedule: Optional[np.ndarray],
         t: int, momentum: float, momentum_schedule: Optional[np.ndarray], dampening: float,
         nesterov: bool, weight_decay: float, maximize: bool, first_step: bool,
-        grad_scale: float = 1.0) -> Tuple[float, float]: ...
+        grad_scale: float = 1.0, *, grad_dtype: Optional[int] = None,
+        state_dtype: Optional[int] = None, masters: Optional[Sequence[int]] = None,
+        stochastic_rounding: bool = False, seed: int = 0,
+        tensor_ids: Optional[Sequence[int]] = None) -> Tuple[float, float]: ...
 def adam(dtype: int, numel: Sequence[int], params: Sequence[int], grads: Sequence[int],
          exp_avgs: Sequence[int], exp_avg_sqs: Sequence[int], max_exp_avg_sqs: Optional[Sequence[int]],
          step: float, lr: float, lr_schedule: Optional[np.ndarray], beta1: float,
          beta1_schedule: Optional[np.ndarray], beta2: float, eps: float, weight_decay: float,
          decoupled_weight_decay: bool, amsgrad: bool, maximize: bool,
-         grad_scale: float = 1.0) -> Tuple[float, float]: ...
+         grad_scale: float = 1.0, *, grad_dtype: Optional[int] = None,
+        state_dtype: Optional[int] = None, masters: Optional[Sequence[int]] = None,
+        stochastic_rounding: bool = False, seed: int = 0,
+        tensor_ids: Optional[Sequence[int]] = None) -> Tuple[float, float]: ...
 def adam8(store: int, block: int, q8: bool, flavour: int, numel: Sequence[int], params: Sequence[int],
           grads: Sequence[int], exp_avgs: Sequence[int], exp_avg_scales: Optional[Sequence[int]],
           exp_avg_sqs: Sequence[int], exp_avg_sq_scales: Optional[Sequence[int]],
@@ -36,11 +58,17 @@ def rmsprop(dtype: int, numel: Sequence[int], params: Sequence[int], grads: Sequ
             momentum_buffers: Optional[Sequence[int]], lr: float, lr_schedule: Optional[np.ndarray],
             t: int, alpha: float, eps: float, weight_decay: float, momentum: float,
             momentum_schedule: Optional[np.ndarray], centered: bool, use_momentum: bool,
-            maximize: bool, first_step: bool, grad_scale: float = 1.0) -> Tuple[float, float]: ...
+            maximize: bool, first_step: bool, grad_scale: float = 1.0, *, grad_dtype: Optional[int] = None,
+        state_dtype: Optional[int] = None, masters: Optional[Sequence[int]] = None,
+        stochastic_rounding: bool = False, seed: int = 0,
+        tensor_ids: Optional[Sequence[int]] = None) -> Tuple[float, float]: ...
 def adagrad(dtype: int, numel: Sequence[int], params: Sequence[int], grads: Sequence[int],
             state_sums: Sequence[int], step: float, lr: float, lr_schedule: Optional[np.ndarray],
             lr_decay: float, weight_decay: float, eps: float, maximize: bool,
-            grad_scale: float = 1.0) -> float: ...
+            grad_scale: float = 1.0, *, grad_dtype: Optional[int] = None,
+        state_dtype: Optional[int] = None, masters: Optional[Sequence[int]] = None,
+        stochastic_rounding: bool = False, seed: int = 0,
+        tensor_ids: Optional[Sequence[int]] = None) -> float: ...
 def roofline(dtype: int, numel: Sequence[int], params: Sequence[int], grads: Sequence[int],
              states: Sequence[Sequence[int]]) -> None: ...
 def schedule_values(enc: np.ndarray, t: np.ndarray) -> np.ndarray: ...

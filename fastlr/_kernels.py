@@ -2,6 +2,19 @@
 
 Every argument is one ndarray or a list of them; one call updates them all through a
 single multi-threaded C++ call. Everything is validated before any array is touched.
+
+Precision options, the same for every kernel (keyword-only):
+
+- ``master_params``: float32 arrays, one per bfloat16/float16 param. The update runs on
+  them in float32 and writes each param as its master rounded to nearest, in the same
+  pass (the param is not read). Grads may then be float32 or the params' dtype.
+- State arrays may be stored in float32 or bfloat16 (``ml_dtypes.bfloat16``) whatever the
+  params' dtype (or in the params' dtype without masters); all state arrays of a call
+  share one dtype. Arithmetic is float32 (float64 for float64 params).
+- ``stochastic_rounding=True``: every store into a 16-bit array (a param without master,
+  a bfloat16 state) rounds stochastically, with counter-based random bits from
+  (``seed``, ``step``, ``tensor_ids[i]``, element index): the same for any thread count,
+  CPU level or chunking, and the same as fastlr.optim's with the same tensor ids.
 """
 from __future__ import annotations
 
@@ -18,6 +31,7 @@ __all__ = ["sgd_step", "adam_step", "adam8bit_step", "rmsprop_step", "adagrad_st
 
 _DTYPE_CODES = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}
 _MAX_STEP = 2**53
+_SIXTEEN_BIT = ("bfloat16", "float16")
 
 
 # ------------------------------------------------------------- validation ---
@@ -42,7 +56,7 @@ def _as_list(x, name, *, n=None):
 
 def _check_arrays(name, arrays, params, dtype, *, updated):
     for i, a in enumerate(arrays):
-        if a.dtype != dtype:
+        if a.dtype != dtype or not a.dtype.isnative:
             raise TypeError(f"{name}[{i}] has dtype {a.dtype}, expected {dtype} (dtypes must not be mixed)")
         if a.shape != params[i].shape:
             raise ValueError(f"{name}[{i}] has shape {a.shape}, but params[{i}] has shape {params[i].shape}")
@@ -96,10 +110,39 @@ def _step(step, name="step", *, required):
     return step
 
 
-class _Call:
-    """Validated arrays of one call: dtype code, numels and data addresses per role."""
+def _seed(seed):
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
+    seed = int(seed)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    return seed
 
-    def __init__(self, params, grads):
+
+def _tensor_ids(ids, n):
+    if ids is None:
+        return None
+    if isinstance(ids, np.ndarray):
+        ids = ids.tolist()
+    if not isinstance(ids, (list, tuple)):
+        raise TypeError(f"tensor_ids must be a list of integers, got {type(ids).__name__}")
+    if len(ids) != n:
+        raise ValueError(f"tensor_ids has {len(ids)} ids but params has {n}")
+    out = []
+    for i, t in enumerate(ids):
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral):
+            raise TypeError(f"tensor_ids[{i}] must be an integer, got {type(t).__name__}")
+        if not 0 <= int(t) < 2**63:
+            raise ValueError(f"tensor_ids[{i}] must be in [0, 2**63), got {t}")
+        out.append(int(t))
+    return out
+
+
+class _Call:
+    """Validated arrays of one call: dtype codes, numels and data addresses per role."""
+
+    def __init__(self, params, grads, master_params=None, stochastic_rounding=False, seed=0,
+                 tensor_ids=None):
         self.params = _as_list(params, "params")
         self.n = len(self.params)
         self.grads = _as_list(grads, "grads", n=self.n)
@@ -115,18 +158,57 @@ class _Call:
                 raise TypeError(f"params[0] has non-native byte order ({self.dtype.str}); "
                                 "convert with a.astype(a.dtype.newbyteorder('='))")
         _check_arrays("params", self.params, self.params, self.dtype, updated=True)
-        _check_arrays("grads", self.grads, self.params, self.dtype, updated=False)
         self.code = _DTYPE_CODES[self.dtype.name]
         self.numel = [a.size for a in self.params]
         self._addrs = {}  # id(list) -> its data addresses, read once
         self._updated = [self.params]
+        self.masters = None
+        grad_dtype = self.dtype
+        if master_params is not None:
+            self.masters = _as_list(master_params, "master_params", n=self.n)
+            if self.n and self.dtype.name not in _SIXTEEN_BIT:
+                raise TypeError(f"master_params are for bfloat16/float16 params; params[0] has "
+                                f"dtype {self.dtype}")
+            _check_arrays("master_params", self.masters, self.params, np.dtype(np.float32),
+                          updated=True)
+            self._updated.append(self.masters)
+            if self.n and self.grads[0].dtype == np.float32:
+                grad_dtype = np.dtype(np.float32)  # float32 grads: allowed with masters
+        _check_arrays("grads", self.grads, self.params, grad_dtype, updated=False)
+        self.grad_code = _DTYPE_CODES[grad_dtype.name]
+        self.state_dtype = None  # set by the first state list
+        if not isinstance(stochastic_rounding, (bool, np.bool_)):
+            raise TypeError(f"stochastic_rounding must be a bool, got {type(stochastic_rounding).__name__}")
+        self.stochastic_rounding = bool(stochastic_rounding)
+        self.seed = _seed(seed)
+        self.tensor_ids = _tensor_ids(tensor_ids, self.n)
+
+    def precision(self):
+        """The precision keywords of the _C kernels."""
+        return {
+            "grad_dtype": self.grad_code,
+            "state_dtype": None if self.state_dtype is None else _DTYPE_CODES[self.state_dtype.name],
+            "masters": self.addresses(self.masters),
+            "stochastic_rounding": self.stochastic_rounding,
+            "seed": self.seed,
+            "tensor_ids": self.tensor_ids,
+        }
 
     def state(self, arrays, name):
         """Validates an updated state list; returns None for a missing one."""
         if arrays is None:
             return None
         arrays = _as_list(arrays, name, n=self.n)
-        _check_arrays(name, arrays, self.params, self.dtype, updated=True)
+        if self.state_dtype is None and arrays:
+            dtype = arrays[0].dtype
+            allowed = ["float32", "bfloat16"]
+            if self.masters is None and self.dtype.name not in allowed:
+                allowed.insert(0, self.dtype.name)
+            if dtype.name not in allowed or not dtype.isnative:
+                raise TypeError(f"{name}[0] has dtype {dtype}; state arrays are "
+                                f"{' or '.join(allowed)}" + (" with master_params" if self.masters else ""))
+            self.state_dtype = dtype
+        _check_arrays(name, arrays, self.params, self.state_dtype or self.dtype, updated=True)
         self._updated.append(arrays)
         return arrays
 
@@ -187,7 +269,8 @@ def _overlaps_inexactly(spans, starts, span):
 
 
 def sgd_step(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampening=0.0,
-             nesterov=False, weight_decay=0.0, maximize=False, step=None):
+             nesterov=False, weight_decay=0.0, maximize=False, step=None, master_params=None,
+             stochastic_rounding=False, seed=0, tensor_ids=None):
     """One step of torch.optim.SGD over NumPy arrays, in place.
 
     ``g ← ±grad + weight_decay·θ``; with momentum ``b ← μ·b + (1−dampening)·g``
@@ -200,7 +283,9 @@ def sgd_step(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampenin
             momentum is not 0.
         lr: float or Schedule (evaluated at ``step - 1``). momentum: float or Schedule.
         step: 1-based index of this update; ``step == 1`` initialises the momentum
-            buffers from the gradient; ``None`` takes them as initialised.
+            buffers from the gradient; ``None`` takes them as initialised. Required with
+            ``stochastic_rounding`` (it keys the random bits).
+        master_params, stochastic_rounding, seed, tensor_ids: see the module docstring.
 
     Returns:
         The learning rate used.
@@ -210,12 +295,12 @@ def sgd_step(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampenin
         >>> sgd_step(p, g, b, lr=0.1, momentum=0.9, step=1)
         0.1
     """
-    call = _Call(params, grads)
+    call = _Call(params, grads, master_params, stochastic_rounding, seed, tensor_ids)
     lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
     momentum, mom_enc = _schedule_or_value(momentum, "momentum", _non_negative)
     dampening = _real(dampening, "dampening")
     weight_decay = _non_negative(weight_decay, "weight_decay")
-    step = _step(step, required=lr_enc is not None or mom_enc is not None)
+    step = _step(step, required=lr_enc is not None or mom_enc is not None or call.stochastic_rounding)
     uses_momentum = mom_enc is not None or momentum != 0.0
     if nesterov and (not uses_momentum or dampening != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
@@ -226,13 +311,14 @@ def sgd_step(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampenin
     used_lr, _ = _C.sgd(call.code, call.numel, call.addresses(call.params), call.addresses(call.grads),
                         call.addresses(bufs) if uses_momentum else None, lr, lr_enc,
                         0 if step is None else step - 1, momentum, mom_enc, dampening, bool(nesterov),
-                        weight_decay, bool(maximize), step == 1)
+                        weight_decay, bool(maximize), step == 1, **call.precision())
     return used_lr
 
 
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1=0.9, beta2=0.999,
               eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
-              max_exp_avg_sqs=None, maximize=False):
+              max_exp_avg_sqs=None, maximize=False, master_params=None,
+              stochastic_rounding=False, seed=0, tensor_ids=None):
     """One step of torch.optim.Adam (or AdamW with ``decoupled_weight_decay=True``), in place.
 
     ``m ← lerp(m, g, 1−β1)``, ``v ← β2·v + (1−β2)·g²``,
@@ -243,6 +329,7 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1=0.9, beta
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: an ndarray or a list of them.
         step: the 1-based index of this update (bias correction).
         lr: float or Schedule; beta1: float or Schedule (both evaluated at ``step - 1``).
+        master_params, stochastic_rounding, seed, tensor_ids: see the module docstring.
 
     Returns:
         The learning rate used.
@@ -253,7 +340,7 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1=0.9, beta
         >>> adam_step(p, g, m, v, step=1, lr=1e-3)
         0.001
     """
-    call = _Call(params, grads)
+    call = _Call(params, grads, master_params, stochastic_rounding, seed, tensor_ids)
     step = _step(step, required=True)
     lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
     beta1, b1_enc = _schedule_or_value(beta1, "beta1", _beta)
@@ -274,7 +361,8 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1=0.9, beta
     used_lr, _ = _C.adam(call.code, call.numel, call.addresses(call.params), call.addresses(call.grads),
                          call.addresses(m), call.addresses(v), call.addresses(vmax) if amsgrad else None,
                          float(step), lr, lr_enc, beta1, b1_enc, beta2, eps, weight_decay,
-                         bool(decoupled_weight_decay), bool(amsgrad), bool(maximize))
+                         bool(decoupled_weight_decay), bool(amsgrad), bool(maximize),
+                         **call.precision())
     return used_lr
 
 
@@ -386,7 +474,8 @@ def _beta(x, name):
 
 def rmsprop_step(params, grads, square_avgs, *, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
                  momentum=0.0, momentum_buffers=None, centered=False, grad_avgs=None,
-                 maximize=False, step=None):
+                 maximize=False, step=None, master_params=None, stochastic_rounding=False,
+                 seed=0, tensor_ids=None):
     """One step of torch.optim.RMSprop, in place.
 
     ``v ← α·v + (1−α)·g²``; centered: ``ḡ ← lerp(ḡ, g, 1−α)``, ``avg = √(v − ḡ²) + eps``,
@@ -397,18 +486,20 @@ def rmsprop_step(params, grads, square_avgs, *, lr, alpha=0.99, eps=1e-8, weight
         square_avgs, grad_avgs (centered), momentum_buffers (momentum > 0): state arrays.
         lr, momentum: float or Schedule (evaluated at ``step - 1``).
         step: 1-based index of this update; ``step == 1`` starts the momentum buffers
-            from zero as torch does; ``None`` takes them as they are.
+            from zero as torch does; ``None`` takes them as they are. Required with
+            ``stochastic_rounding`` (it keys the random bits).
+        master_params, stochastic_rounding, seed, tensor_ids: see the module docstring.
 
     Returns:
         The learning rate used.
     """
-    call = _Call(params, grads)
+    call = _Call(params, grads, master_params, stochastic_rounding, seed, tensor_ids)
     lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
     alpha = _non_negative(alpha, "alpha")
     eps = _non_negative(eps, "eps")
     weight_decay = _non_negative(weight_decay, "weight_decay")
     momentum, mom_enc = _schedule_or_value(momentum, "momentum", _non_negative)
-    step = _step(step, required=lr_enc is not None or mom_enc is not None)
+    step = _step(step, required=lr_enc is not None or mom_enc is not None or call.stochastic_rounding)
     uses_momentum = mom_enc is not None or momentum > 0
     sq = call.state(square_avgs, "square_avgs")
     call.require(sq, "square_avgs", "calling rmsprop_step")
@@ -423,12 +514,14 @@ def rmsprop_step(params, grads, square_avgs, *, lr, alpha=0.99, eps=1e-8, weight
                             call.addresses(sq), call.addresses(ga) if centered else None,
                             call.addresses(bufs) if uses_momentum else None, lr, lr_enc,
                             0 if step is None else step - 1, alpha, eps, weight_decay, momentum, mom_enc,
-                            bool(centered), uses_momentum, bool(maximize), step == 1)
+                            bool(centered), uses_momentum, bool(maximize), step == 1,
+                            **call.precision())
     return used_lr
 
 
 def adagrad_step(params, grads, state_sums, *, step, lr, lr_decay=0.0, weight_decay=0.0,
-                 eps=1e-10, maximize=False):
+                 eps=1e-10, maximize=False, master_params=None, stochastic_rounding=False,
+                 seed=0, tensor_ids=None):
     """One step of torch.optim.Adagrad, in place.
 
     ``clr = lr / (1 + (step−1)·lr_decay)``, ``s ← s + g²``, ``θ ← θ − clr·g/(√s + eps)``.
@@ -437,11 +530,12 @@ def adagrad_step(params, grads, state_sums, *, step, lr, lr_decay=0.0, weight_de
         state_sums: the accumulators (torch's ``sum``; start them at
             ``initial_accumulator_value``).
         step: 1-based index of this update. lr: float or Schedule (at ``step - 1``).
+        master_params, stochastic_rounding, seed, tensor_ids: see the module docstring.
 
     Returns:
         The learning rate used (before ``lr_decay``).
     """
-    call = _Call(params, grads)
+    call = _Call(params, grads, master_params, stochastic_rounding, seed, tensor_ids)
     step = _step(step, required=True)
     lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
     lr_decay = _non_negative(lr_decay, "lr_decay")
@@ -452,4 +546,4 @@ def adagrad_step(params, grads, state_sums, *, step, lr, lr_decay=0.0, weight_de
     call.finish()
     return _C.adagrad(call.code, call.numel, call.addresses(call.params), call.addresses(call.grads),
                       call.addresses(sums), float(step), lr, lr_enc, lr_decay, weight_decay, eps,
-                      bool(maximize))
+                      bool(maximize), **call.precision())

@@ -12,23 +12,36 @@
 #include <cstdint>
 #include <vector>
 
+#include "fastlr/rounding.hpp"
+
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
 
 namespace fastlr {
 
-constexpr int kMaxRoles = 5;
+// Roles: 0 param, 1 grad, 2-4 states, 5 the float32 master copy of the param.
+constexpr int kMaxRoles = 6;
+constexpr int kMasterRole = 5;
 
-// Updates n elements; ptrs[r] points at the first element of role r (param, grad, states).
-using LeafFn = void (*)(int64_t n, char* const* ptrs, const void* scalars);
+// Where a run of elements lies: the rounding key of its tensor and the index of its
+// first element in that tensor (stochastic rounding's counter).
+struct Segment {
+  uint64_t key;
+  int64_t index;
+};
+
+// Updates n elements; ptrs[r] points at the first element of role r.
+using LeafFn = void (*)(int64_t n, char* const* ptrs, const void* scalars, const Segment& seg);
 
 struct TensorList {
   int64_t size = 0;                     // number of tensors
   const int64_t* numel = nullptr;       // [size]
-  char* const* base[kMaxRoles] = {};    // base[r][i]: tensor i's data for role r
-  int roles = 0;
-  int elem_size = 4;
+  char* const* base[kMaxRoles] = {};    // base[r][i]: tensor i's data for role r (null: unused)
+  int roles = 0;                        // roles 0 .. roles-1 are read (a master is role 5)
+  int elem_size[kMaxRoles] = {4, 4, 4, 4, 4, 4};  // bytes per element, per role
+  const int64_t* tensor_ids = nullptr;  // [size] ids for the rounding key; null: 0..size-1
+  uint64_t rounding_key = 0;            // rounding_call_key(seed, t)
 };
 
 // Below this many elements per thread the wake-up costs more than it saves: on the
@@ -49,9 +62,11 @@ inline void run_range(const TensorList& list, const int64_t* offsets, int64_t lo
     const int64_t end = std::min(hi, offsets[i + 1]);
     if (end <= lo) continue;
     const int64_t local = lo - offsets[i];
-    for (int r = 0; r < list.roles; ++r)
-      ptrs[r] = list.base[r] ? list.base[r][i] + local * list.elem_size : nullptr;
-    leaf(end - lo, ptrs, scalars);
+    for (int r = 0; r < kMaxRoles; ++r)
+      ptrs[r] = list.base[r] ? list.base[r][i] + local * list.elem_size[r] : nullptr;
+    const Segment seg{
+        rounding_tensor_key(list.rounding_key, list.tensor_ids ? list.tensor_ids[i] : i), local};
+    leaf(end - lo, ptrs, scalars, seg);
     lo = end;
   }
 }

@@ -22,7 +22,10 @@ from .adam8bit import Adam8bit, AdamW8bit, state_dict_to_float32
 from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adam8bit", "AdamW8bit", "state_dict_to_float32"]
+from ._precision import to_torch_state_dict
+
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "to_torch_state_dict", "Adam8bit", "AdamW8bit",
+           "state_dict_to_float32"]
 
 
 def _allow_schedules_in_checkpoints():

@@ -1,0 +1,6 @@
+// adagrad leaves at the avx2 level (see leaves.hpp).
+#include "kernels/leaves.hpp"
+
+namespace fastlr {
+FASTLR_LEVEL_avx2(FASTLR_ADAGRAD_LEAVES)
+}  // namespace fastlr

@@ -1,0 +1,6 @@
+// adam leaves at the avx2 level (see leaves.hpp).
+#include "kernels/leaves.hpp"
+
+namespace fastlr {
+FASTLR_LEVEL_avx2(FASTLR_ADAM_LEAVES)
+}  // namespace fastlr

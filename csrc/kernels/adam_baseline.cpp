@@ -1,0 +1,6 @@
+// adam leaves at the baseline level (see leaves.hpp).
+#include "kernels/leaves.hpp"
+
+namespace fastlr {
+FASTLR_LEVEL_baseline(FASTLR_ADAM_LEAVES)
+}  // namespace fastlr

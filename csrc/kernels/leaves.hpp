@@ -1,0 +1,369 @@
+// The leaf loops of the CPU kernels and the storage policies they are built for.
+//
+// Each leaf is one plain loop over an update rule of fastlr/update.hpp on the compute
+// type, with one storage policy (fastlr/rounding.hpp) saying how each role is loaded
+// and stored. The loops are stamped per CPU level with per-function `target`
+// attributes (baseline: the build's default ISA; x86-64-v3: AVX2+FMA+F16C; x86-64-v4:
+// AVX-512) in one translation unit per (optimizer, level), compiled in parallel;
+// gcc auto-vectorizes each copy for its level. Threading lives in multi_tensor.hpp,
+// outside the per-level code.
+#pragma once
+#include <cstdint>
+
+#include "fastlr/dtype.hpp"
+#include "fastlr/multi_tensor.hpp"
+#include "fastlr/rounding.hpp"
+#include "fastlr/update.hpp"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define FASTLR_X86 1
+#define FASTLR_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define FASTLR_TARGET_AVX512 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,prefer-vector-width=512")))
+#else
+#define FASTLR_X86 0
+#define FASTLR_TARGET_AVX2
+#define FASTLR_TARGET_AVX512
+#endif
+
+#define FASTLR_INLINE inline __attribute__((always_inline))
+#define FASTLR_INLINE_LAMBDA __attribute__((always_inline))
+
+namespace fastlr {
+
+// ------------------------------------------------------- storage policies ---
+// The combinations the kernels are built for (each costs one copy of every leaf at
+// every level): X(id, param, grad, state, master, rounding). Stochastic rounding only
+// where some store is 16-bit; float32 grads for 16-bit params only with a master.
+#define FASTLR_FOR_EACH_STORAGE(X)                                                 \
+  /* torch's layout: everything in the param's dtype */                            \
+  X(f32, float, float, float, NoMaster, nearest)                                  \
+  X(f64, double, double, double, NoMaster, nearest)                               \
+  X(bf16, bf16, bf16, bf16, NoMaster, nearest)                                    \
+  X(f16, f16, f16, f16, NoMaster, nearest)                                        \
+  /* state_dtype other than the param's */                                         \
+  X(f32_sbf16, float, float, bf16, NoMaster, nearest)                             \
+  X(f32_sbf16_sr, float, float, bf16, NoMaster, stochastic)                       \
+  X(f64_sf32, double, double, float, NoMaster, nearest)                           \
+  X(f64_sbf16, double, double, bf16, NoMaster, nearest)                           \
+  X(f64_sbf16_sr, double, double, bf16, NoMaster, stochastic)                     \
+  X(bf16_sr, bf16, bf16, bf16, NoMaster, stochastic)                              \
+  X(bf16_sf32, bf16, bf16, float, NoMaster, nearest)                              \
+  X(bf16_sf32_sr, bf16, bf16, float, NoMaster, stochastic)                        \
+  X(f16_sr, f16, f16, f16, NoMaster, stochastic)                                  \
+  X(f16_sf32, f16, f16, float, NoMaster, nearest)                                 \
+  X(f16_sf32_sr, f16, f16, float, NoMaster, stochastic)                           \
+  X(f16_sbf16, f16, f16, bf16, NoMaster, nearest)                                 \
+  X(f16_sbf16_sr, f16, f16, bf16, NoMaster, stochastic)                           \
+  /* float32 master weights for 16-bit params, 16-bit or float32 grads */          \
+  X(bf16_m, bf16, bf16, float, float, nearest)                                    \
+  X(bf16_m_sbf16, bf16, bf16, bf16, float, nearest)                               \
+  X(bf16_m_sbf16_sr, bf16, bf16, bf16, float, stochastic)                         \
+  X(bf16_g32_m, bf16, float, float, float, nearest)                               \
+  X(bf16_g32_m_sbf16, bf16, float, bf16, float, nearest)                          \
+  X(bf16_g32_m_sbf16_sr, bf16, float, bf16, float, stochastic)                    \
+  X(f16_m, f16, f16, float, float, nearest)                                       \
+  X(f16_m_sbf16, f16, f16, bf16, float, nearest)                                  \
+  X(f16_m_sbf16_sr, f16, f16, bf16, float, stochastic)                            \
+  X(f16_g32_m, f16, float, float, float, nearest)                                 \
+  X(f16_g32_m_sbf16, f16, float, bf16, float, nearest)                            \
+  X(f16_g32_m_sbf16_sr, f16, float, bf16, float, stochastic)
+
+enum class StorageId : int {
+#define FASTLR_STORAGE_ENUM(ID, P, G, S, M, R) ID,
+  FASTLR_FOR_EACH_STORAGE(FASTLR_STORAGE_ENUM)
+#undef FASTLR_STORAGE_ENUM
+};
+
+template <class St>
+struct Tag {
+  using type = St;
+};
+
+// Calls f(Tag<Storage<...>>{}) for the policy `id`.
+template <class F>
+FASTLR_INLINE auto visit_storage(StorageId id, F&& f) {
+  switch (id) {
+#define FASTLR_STORAGE_CASE(ID, P, G, S, M, R) \
+  case StorageId::ID:                          \
+    return f(Tag<Storage<P, G, S, M, Rounding::R>>{});
+    FASTLR_FOR_EACH_STORAGE(FASTLR_STORAGE_CASE)
+#undef FASTLR_STORAGE_CASE
+  }
+  return f(Tag<Storage<float, float, float, NoMaster, Rounding::nearest>>{});
+}
+
+namespace leaves {
+
+// ------------------------------------------------------------ role access ---
+
+template <class St>
+FASTLR_INLINE typename St::C load_param(const typename St::Param* __restrict p,
+                                        const typename St::Master* __restrict master, int64_t i) {
+  if constexpr (St::has_master)
+    return load(master[i]);
+  else
+    return load(p[i]);
+}
+
+// A param with a master copy is the master rounded to nearest; otherwise the param is
+// stored with the policy's rounding.
+template <class St>
+FASTLR_INLINE void store_param(typename St::Param* __restrict p, typename St::Master* __restrict master,
+                               int64_t i, typename St::C x, uint32_t r) {
+  if constexpr (St::has_master) {
+    store(master[i], x);
+    store(p[i], x);
+  } else {
+    store_rounded<St::rounding>(p[i], x, r);
+  }
+}
+
+#define FASTLR_PARAM_ROLES(St)                                                              \
+  using C = typename St::C;                                                                 \
+  using S = typename St::State;                                                             \
+  constexpr Rounding R = St::rounding;                                                      \
+  typename St::Param* __restrict p = reinterpret_cast<typename St::Param*>(ptrs[0]);       \
+  const typename St::Grad* __restrict g = reinterpret_cast<const typename St::Grad*>(ptrs[1]); \
+  typename St::Master* __restrict master = reinterpret_cast<typename St::Master*>(ptrs[kMasterRole])
+
+// Runs block(lo, hi, key, idx0) over [0, n) split where the element index crosses a
+// multiple of 2^32 (stochastic rounding only): in a block the element index is
+// idx0 + i in 32-bit arithmetic and the key holds the index's high half.
+template <Rounding R, class F>
+FASTLR_INLINE void for_each_key_block(int64_t n, const Segment& seg, F&& block) {
+  if constexpr (R == Rounding::nearest) {
+    block(int64_t(0), n, uint64_t(0), uint32_t(0));
+  } else {
+    int64_t lo = 0;
+    while (lo < n) {
+      const uint64_t index = static_cast<uint64_t>(seg.index + lo);
+      const int64_t room = static_cast<int64_t>((uint64_t(1) << 32) - (index & 0xFFFFFFFFu));
+      const int64_t hi = n - lo > room ? lo + room : n;
+      block(lo, hi, rounding_block_key(seg.key, index >> 32),
+            static_cast<uint32_t>(index) - static_cast<uint32_t>(lo));
+      lo = hi;
+    }
+  }
+}
+
+// Runs body(lo..hi-1) in one of two identical loops chosen by `cond`, a loop-invariant
+// test that the rule repeats per element (lerp's `weight < 0.5`). gcc unswitches such
+// a loop itself only while the body is small (--param max-unswitch-insns) and, under
+// -ftrapping-math, does not if-convert it, so the bfloat16/float16 Adam and centered
+// RMSprop loops stayed scalar (~10 ns/el instead of ~0.5). In each copy the test is
+// known, folds away, and the loop vectorizes. Performance only: same operations.
+template <class F>
+FASTLR_INLINE void split_on(bool cond, int64_t lo, int64_t hi, F& body) {
+  if (cond) {
+    for (int64_t i = lo; i < hi; ++i) body(i);
+  } else {
+    for (int64_t i = lo; i < hi; ++i) body(i);
+  }
+}
+
+// ------------------------------------------------------------ leaf loops ---
+// Modes are template parameters (STYLE habit 2); loads of unused roles are skipped
+// at compile time so each variant moves only the bytes its rule needs. Random-bit
+// slots: 0 the param, then the states in role order.
+
+template <class St, WeightDecay WD, Momentum MOM, bool FIRST>
+FASTLR_INLINE void sgd_loop(int64_t n, char* const* ptrs, const void* scalars, const Segment& seg) {
+  FASTLR_PARAM_ROLES(St);
+  const SgdScalars<C> s = *static_cast<const SgdScalars<C>*>(scalars);
+  S* __restrict buf = reinterpret_cast<S*>(ptrs[2]);
+  for_each_key_block<R>(n, seg, [&](int64_t lo, int64_t hi, uint64_t key, uint32_t idx0) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const RandomBits<R> rb(key, idx0 + static_cast<uint32_t>(i));
+      C pi = load_param<St>(p, master, i);
+      C bi = (MOM != Momentum::none && !FIRST) ? C(load(buf[i])) : C(0);
+      sgd_update<WD, MOM, FIRST>(pi, C(load(g[i])), bi, s);
+      store_param<St>(p, master, i, pi, rb.slot(0));
+      if (MOM != Momentum::none) store_rounded<R>(buf[i], bi, rb.slot(1));
+    }
+  });
+}
+
+template <class St, WeightDecay WD, bool AMSGRAD>
+FASTLR_INLINE void adam_loop(int64_t n, char* const* ptrs, const void* scalars, const Segment& seg) {
+  FASTLR_PARAM_ROLES(St);
+  const AdamScalars<C> s = *static_cast<const AdamScalars<C>*>(scalars);
+  S* __restrict m = reinterpret_cast<S*>(ptrs[2]);
+  S* __restrict v = reinterpret_cast<S*>(ptrs[3]);
+  S* __restrict vmax = reinterpret_cast<S*>(ptrs[4]);
+  for_each_key_block<R>(n, seg, [&](int64_t lo, int64_t hi, uint64_t key, uint32_t idx0) {
+    auto body = [&](int64_t i) FASTLR_INLINE_LAMBDA {
+      const RandomBits<R> rb(key, idx0 + static_cast<uint32_t>(i));
+      C pi = load_param<St>(p, master, i), mi = load(m[i]), vi = load(v[i]);
+      C vmi = AMSGRAD ? C(load(vmax[i])) : C(0);
+      adam_update<WD, AMSGRAD>(pi, C(load(g[i])), mi, vi, vmi, s);
+      store_param<St>(p, master, i, pi, rb.slot(0));
+      store_rounded<R>(m[i], mi, rb.slot(1));
+      store_rounded<R>(v[i], vi, rb.slot(2));
+      if (AMSGRAD) store_rounded<R>(vmax[i], vmi, rb.slot(3));
+    };
+    split_on(s.one_minus_beta1 < C(0.5), lo, hi, body);
+  });
+}
+
+template <class St, WeightDecay WD, bool CENTERED, bool MOM, bool FIRST>
+FASTLR_INLINE void rmsprop_loop(int64_t n, char* const* ptrs, const void* scalars,
+                                const Segment& seg) {
+  FASTLR_PARAM_ROLES(St);
+  const RmspropScalars<C> s = *static_cast<const RmspropScalars<C>*>(scalars);
+  S* __restrict sq = reinterpret_cast<S*>(ptrs[2]);
+  S* __restrict ga = reinterpret_cast<S*>(ptrs[3]);
+  S* __restrict buf = reinterpret_cast<S*>(ptrs[4]);
+  for_each_key_block<R>(n, seg, [&](int64_t lo, int64_t hi, uint64_t key, uint32_t idx0) {
+    auto body = [&](int64_t i) FASTLR_INLINE_LAMBDA {
+      const RandomBits<R> rb(key, idx0 + static_cast<uint32_t>(i));
+      C pi = load_param<St>(p, master, i), sqi = load(sq[i]);
+      C gai = CENTERED ? C(load(ga[i])) : C(0);
+      C bi = (MOM && !FIRST) ? C(load(buf[i])) : C(0);
+      rmsprop_update<WD, CENTERED, MOM, FIRST>(pi, C(load(g[i])), sqi, gai, bi, s);
+      store_param<St>(p, master, i, pi, rb.slot(0));
+      store_rounded<R>(sq[i], sqi, rb.slot(1));
+      if (CENTERED) store_rounded<R>(ga[i], gai, rb.slot(2));
+      if (MOM) store_rounded<R>(buf[i], bi, rb.slot(3));
+    };
+    if (CENTERED)
+      split_on(s.one_minus_alpha < C(0.5), lo, hi, body);
+    else
+      for (int64_t i = lo; i < hi; ++i) body(i);
+  });
+}
+
+template <class St, WeightDecay WD>
+FASTLR_INLINE void adagrad_loop(int64_t n, char* const* ptrs, const void* scalars,
+                                const Segment& seg) {
+  FASTLR_PARAM_ROLES(St);
+  const AdagradScalars<C> s = *static_cast<const AdagradScalars<C>*>(scalars);
+  S* __restrict sum = reinterpret_cast<S*>(ptrs[2]);
+  for_each_key_block<R>(n, seg, [&](int64_t lo, int64_t hi, uint64_t key, uint32_t idx0) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const RandomBits<R> rb(key, idx0 + static_cast<uint32_t>(i));
+      C pi = load_param<St>(p, master, i), si = load(sum[i]);
+      adagrad_update<WD>(pi, C(load(g[i])), si, s);
+      store_param<St>(p, master, i, pi, rb.slot(0));
+      store_rounded<R>(sum[i], si, rb.slot(1));
+    }
+  });
+}
+
+}  // namespace leaves
+
+// ------------------------------------------------------------- pickers ---
+// Each level's translation unit defines these in namespace fastlr::<level>: the leaf
+// for a storage policy and the modes of one call.
+#define FASTLR_DECLARE_PICKERS(NS)                                                  \
+  namespace NS {                                                                    \
+  LeafFn sgd_leaf(StorageId st, WeightDecay wd, Momentum mom, bool first);          \
+  LeafFn adam_leaf(StorageId st, WeightDecay wd, bool amsgrad);                     \
+  LeafFn rmsprop_leaf(StorageId st, WeightDecay wd, bool centered, bool mom, bool first); \
+  LeafFn adagrad_leaf(StorageId st, WeightDecay wd);                                \
+  }
+
+FASTLR_DECLARE_PICKERS(baseline)
+FASTLR_DECLARE_PICKERS(avx2)
+FASTLR_DECLARE_PICKERS(avx512)
+
+// Leaf copies of one optimizer at one level: NS::OPT<St, modes...>, TARGET'ed.
+#define FASTLR_SGD_LEAVES(NS, TARGET)                                                     \
+  namespace NS {                                                                          \
+  template <class St, WeightDecay WD, Momentum MOM, bool FIRST>                           \
+  TARGET void sgd(int64_t n, char* const* p, const void* s, const Segment& seg) {         \
+    leaves::sgd_loop<St, WD, MOM, FIRST>(n, p, s, seg);                                   \
+  }                                                                                       \
+  template <class St, WeightDecay WD>                                                     \
+  LeafFn sgd_pick(Momentum mom, bool first) {                                             \
+    switch (mom) {                                                                        \
+      case Momentum::none: return &sgd<St, WD, Momentum::none, false>;                    \
+      case Momentum::heavy_ball:                                                          \
+        return first ? &sgd<St, WD, Momentum::heavy_ball, true>                           \
+                     : &sgd<St, WD, Momentum::heavy_ball, false>;                         \
+      default:                                                                            \
+        return first ? &sgd<St, WD, Momentum::nesterov, true>                             \
+                     : &sgd<St, WD, Momentum::nesterov, false>;                           \
+    }                                                                                     \
+  }                                                                                       \
+  LeafFn sgd_leaf(StorageId st, WeightDecay wd, Momentum mom, bool first) {               \
+    return visit_storage(st, [&](auto tag) -> LeafFn {                                    \
+      using St = typename decltype(tag)::type;                                            \
+      return wd == WeightDecay::none ? sgd_pick<St, WeightDecay::none>(mom, first)        \
+                                     : sgd_pick<St, WeightDecay::coupled>(mom, first);    \
+    });                                                                                   \
+  }                                                                                       \
+  }
+
+#define FASTLR_ADAM_LEAVES(NS, TARGET)                                                    \
+  namespace NS {                                                                          \
+  template <class St, WeightDecay WD, bool AMSGRAD>                                       \
+  TARGET void adam(int64_t n, char* const* p, const void* s, const Segment& seg) {        \
+    leaves::adam_loop<St, WD, AMSGRAD>(n, p, s, seg);                                     \
+  }                                                                                       \
+  template <class St, WeightDecay WD>                                                     \
+  LeafFn adam_pick(bool amsgrad) {                                                        \
+    return amsgrad ? &adam<St, WD, true> : &adam<St, WD, false>;                          \
+  }                                                                                       \
+  LeafFn adam_leaf(StorageId st, WeightDecay wd, bool amsgrad) {                          \
+    return visit_storage(st, [&](auto tag) -> LeafFn {                                    \
+      using St = typename decltype(tag)::type;                                            \
+      switch (wd) {                                                                       \
+        case WeightDecay::none: return adam_pick<St, WeightDecay::none>(amsgrad);         \
+        case WeightDecay::coupled: return adam_pick<St, WeightDecay::coupled>(amsgrad);   \
+        default: return adam_pick<St, WeightDecay::decoupled>(amsgrad);                   \
+      }                                                                                   \
+    });                                                                                   \
+  }                                                                                       \
+  }
+
+#define FASTLR_RMSPROP_LEAVES(NS, TARGET)                                                 \
+  namespace NS {                                                                          \
+  template <class St, WeightDecay WD, bool CENTERED, bool MOM, bool FIRST>                \
+  TARGET void rmsprop(int64_t n, char* const* p, const void* s, const Segment& seg) {     \
+    leaves::rmsprop_loop<St, WD, CENTERED, MOM, FIRST>(n, p, s, seg);                     \
+  }                                                                                       \
+  template <class St, WeightDecay WD, bool CENTERED>                                      \
+  LeafFn rmsprop_pick(bool mom, bool first) {                                             \
+    if (!mom) return &rmsprop<St, WD, CENTERED, false, false>;                            \
+    return first ? &rmsprop<St, WD, CENTERED, true, true>                                 \
+                 : &rmsprop<St, WD, CENTERED, true, false>;                               \
+  }                                                                                       \
+  LeafFn rmsprop_leaf(StorageId st, WeightDecay wd, bool centered, bool mom, bool first) { \
+    return visit_storage(st, [&](auto tag) -> LeafFn {                                    \
+      using St = typename decltype(tag)::type;                                            \
+      if (wd == WeightDecay::none)                                                        \
+        return centered ? rmsprop_pick<St, WeightDecay::none, true>(mom, first)           \
+                        : rmsprop_pick<St, WeightDecay::none, false>(mom, first);         \
+      return centered ? rmsprop_pick<St, WeightDecay::coupled, true>(mom, first)          \
+                      : rmsprop_pick<St, WeightDecay::coupled, false>(mom, first);        \
+    });                                                                                   \
+  }                                                                                       \
+  }
+
+#define FASTLR_ADAGRAD_LEAVES(NS, TARGET)                                                 \
+  namespace NS {                                                                          \
+  template <class St, WeightDecay WD>                                                     \
+  TARGET void adagrad(int64_t n, char* const* p, const void* s, const Segment& seg) {     \
+    leaves::adagrad_loop<St, WD>(n, p, s, seg);                                           \
+  }                                                                                       \
+  LeafFn adagrad_leaf(StorageId st, WeightDecay wd) {                                     \
+    return visit_storage(st, [&](auto tag) -> LeafFn {                                    \
+      using St = typename decltype(tag)::type;                                            \
+      return wd == WeightDecay::none ? &adagrad<St, WeightDecay::none>                    \
+                                     : &adagrad<St, WeightDecay::coupled>;                \
+    });                                                                                   \
+  }                                                                                       \
+  }
+
+// Defines one optimizer's leaves at one level; the x86 levels only on x86.
+#define FASTLR_LEVEL_baseline(LEAVES) LEAVES(baseline, )
+#if FASTLR_X86
+#define FASTLR_LEVEL_avx2(LEAVES) LEAVES(avx2, FASTLR_TARGET_AVX2)
+#define FASTLR_LEVEL_avx512(LEAVES) LEAVES(avx512, FASTLR_TARGET_AVX512)
+#else
+#define FASTLR_LEVEL_avx2(LEAVES)
+#define FASTLR_LEVEL_avx512(LEAVES)
+#endif
+
+}  // namespace fastlr
