@@ -142,10 +142,10 @@ class _Call:
     """Validated arrays of one call: dtype codes, numels and data addresses per role."""
 
     def __init__(self, params, grads, master_params=None, stochastic_rounding=False, seed=0,
-                 tensor_ids=None):
+                 tensor_ids=None, grads_name="grads"):
         self.params = _as_list(params, "params")
         self.n = len(self.params)
-        self.grads = _as_list(grads, "grads", n=self.n)
+        self.grads = _as_list(grads, grads_name, n=self.n)
         if self.n == 0:
             self.dtype = np.dtype(np.float32)
         else:
@@ -174,7 +174,7 @@ class _Call:
             self._updated.append(self.masters)
             if self.n and self.grads[0].dtype == np.float32:
                 grad_dtype = np.dtype(np.float32)  # float32 grads: allowed with masters
-        _check_arrays("grads", self.grads, self.params, grad_dtype, updated=False)
+        _check_arrays(grads_name, self.grads, self.params, grad_dtype, updated=False)
         self.grad_code = _DTYPE_CODES[grad_dtype.name]
         self.state_dtype = None  # set by the first state list
         if not isinstance(stochastic_rounding, (bool, np.bool_)):
