@@ -1,5 +1,6 @@
 """8-bit AdamW on GPT-2-small shapes: fastlr's fused 8-bit step against torch's fused
-float32 AdamW, fastlr's float32 AdamW and (with --peers) torchao's AdamW8bit, per CPU
+float32 AdamW, fastlr's float32 AdamW and (with --peers) torchao's and bitsandbytes'
+AdamW8bit, per CPU
 level and thread count, with the bandwidth roofline of each mode's own bytes.
 
     python bench/bench_quant8.py [--threads 1,2] [--levels avx512,avx2] [--reps 7] [--peers]
@@ -35,7 +36,8 @@ def _contenders(params, peers):
     numel = [p.numel() for p in params]
     addrs = ([p.data_ptr() for p in params], [p.grad.data_ptr() for p in params],
              [[t.data_ptr() for t in s] for s in states32])
-    out["roofline fp32 (28 B/el)"] = lambda: _C.roofline(0, numel, addrs[0], addrs[1], addrs[2])
+    # the lambda keeps states32 alive: the kernel only sees their addresses
+    out["roofline fp32 (28 B/el)"] = lambda keep=states32: _C.roofline(0, numel, addrs[0], addrs[1], addrs[2])
     tor = torch.optim.AdamW(params, lr=1e-4, fused=True)
     out["torch fused fp32"] = tor.step
     f32 = fastlr.optim.AdamW(params, lr=1e-4)
@@ -68,6 +70,16 @@ def _contenders(params, peers):
             out["torchao AdamW8bit"] = ao.step
         except Exception as e:  # noqa: BLE001 - a peer that does not run is reported, not fatal
             print(f"torchao AdamW8bit: not measured ({type(e).__name__}: {e})", flush=True)
+        try:
+            import bitsandbytes as bnb
+
+            bo = bnb.optim.AdamW8bit(params, lr=1e-4)
+            t0 = time.perf_counter()
+            bo.step()
+            print(f"bitsandbytes AdamW8bit first step: {time.perf_counter() - t0:.1f} s", flush=True)
+            out["bitsandbytes AdamW8bit"] = bo.step
+        except Exception as e:  # noqa: BLE001
+            print(f"bitsandbytes AdamW8bit: not measured ({type(e).__name__}: {e})", flush=True)
     return out, n
 
 
@@ -85,7 +97,7 @@ def run(threads, level, reps, peers):
         f()
     samples = {k: [] for k in cont}
     names = list(cont)
-    slow = {k for k in names if k.startswith("torchao")}
+    slow = {k for k in names if k.startswith(("torchao", "bitsandbytes"))}
     for r in range(reps):
         order = names[r % len(names):] + names[: r % len(names)]
         for k in order:

@@ -54,8 +54,8 @@ FASTLR_Q8_INLINE void dequant(Base, const uint8_t* c, int64_t n, const float* ma
   for (int64_t i = 0; i < n; ++i) out[i] = map[c[i]] * s;
 }
 
-FASTLR_Q8_INLINE void quantize(Base, const float* x, int64_t n, float s, const Quant8Table& t, uint8_t* c) {
-  for (int64_t i = 0; i < n; ++i) c[i] = t.code(x[i] / s);
+FASTLR_Q8_INLINE void quantize(Base, const float* x, int64_t n, float inv, const Quant8Table& t, uint8_t* c) {
+  for (int64_t i = 0; i < n; ++i) c[i] = t.code(x[i] * inv);
 }
 
 #if FASTLR_Q8_X86
@@ -70,9 +70,9 @@ FASTLR_Q8_AVX2 __attribute__((noinline)) void dequant(Avx2, const uint8_t* c, in
   for (; i < n; ++i) out[i] = map[c[i]] * s;
 }
 
-FASTLR_Q8_AVX2 __attribute__((noinline)) void quantize(Avx2, const float* x, int64_t n, float s, const Quant8Table& t,
+FASTLR_Q8_AVX2 __attribute__((noinline)) void quantize(Avx2, const float* x, int64_t n, float inv, const Quant8Table& t,
                                               uint8_t* c) {
-  const __m256 vs = _mm256_set1_ps(s);
+  const __m256 vs = _mm256_set1_ps(inv);
   const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
   const __m256i low = _mm256_set1_epi32(static_cast<int>(Quant8Table::kLow));
   const __m256i high = _mm256_set1_epi32(static_cast<int>(Quant8Table::kHigh));
@@ -88,7 +88,7 @@ FASTLR_Q8_AVX2 __attribute__((noinline)) void quantize(Avx2, const float* x, int
   const int shift = t.shift;
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m256 q = _mm256_div_ps(_mm256_loadu_ps(x + i), vs);
+    const __m256 q = _mm256_mul_ps(_mm256_loadu_ps(x + i), vs);
     const __m256i u = _mm256_castps_si256(q);
     const __m256i mag = _mm256_sub_epi32(
         _mm256_min_epu32(_mm256_max_epu32(_mm256_and_si256(u, abs_mask), low), high), low);
@@ -102,7 +102,7 @@ FASTLR_Q8_AVX2 __attribute__((noinline)) void quantize(Avx2, const float* x, int
     const __m256i packed = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(code, pick), gather_lanes);
     _mm_storel_epi64(reinterpret_cast<__m128i*>(c + i), _mm256_castsi256_si128(packed));
   }
-  for (; i < n; ++i) c[i] = t.code(x[i] / s);
+  for (; i < n; ++i) c[i] = t.code(x[i] * inv);
 }
 
 FASTLR_Q8_AVX512 __attribute__((noinline)) void dequant(Avx512, const uint8_t* c, int64_t n, const float* map, float s,
@@ -116,9 +116,9 @@ FASTLR_Q8_AVX512 __attribute__((noinline)) void dequant(Avx512, const uint8_t* c
   for (; i < n; ++i) out[i] = map[c[i]] * s;
 }
 
-FASTLR_Q8_AVX512 __attribute__((noinline)) void quantize(Avx512, const float* x, int64_t n, float s,
+FASTLR_Q8_AVX512 __attribute__((noinline)) void quantize(Avx512, const float* x, int64_t n, float inv,
                                                 const Quant8Table& t, uint8_t* c) {
-  const __m512 vs = _mm512_set1_ps(s);
+  const __m512 vs = _mm512_set1_ps(inv);
   const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
   const __m512i low = _mm512_set1_epi32(static_cast<int>(Quant8Table::kLow));
   const __m512i high = _mm512_set1_epi32(static_cast<int>(Quant8Table::kHigh));
@@ -130,7 +130,7 @@ FASTLR_Q8_AVX512 __attribute__((noinline)) void quantize(Avx512, const float* x,
   const int shift = t.shift;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    const __m512 q = _mm512_div_ps(_mm512_loadu_ps(x + i), vs);
+    const __m512 q = _mm512_mul_ps(_mm512_loadu_ps(x + i), vs);
     const __m512i u = _mm512_castps_si512(q);
     const __m512i mag = _mm512_sub_epi32(
         _mm512_min_epu32(_mm512_max_epu32(_mm512_and_si512(u, abs_mask), low), high), low);
@@ -143,7 +143,7 @@ FASTLR_Q8_AVX512 __attribute__((noinline)) void quantize(Avx512, const float* x,
     code = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(q, q, _CMP_ORD_Q), code);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(c + i), _mm512_cvtepi32_epi8(code));
   }
-  for (; i < n; ++i) c[i] = t.code(x[i] / s);
+  for (; i < n; ++i) c[i] = t.code(x[i] * inv);
 }
 #endif
 
@@ -222,7 +222,7 @@ FASTLR_Q8_INLINE float lerp_by(const Lerp& l, float start, float end) {
 }
 struct Adam8Scalars {
   float grad_mul, weight_decay, lr_wd, decay_factor, one_minus_beta1, beta2, one_minus_beta2,
-      bias_correction1, bias_correction2_sqrt, eps, lr, neg_step_size;
+      bias_correction2_sqrt, eps, lr, step_size, neg_step_size;
   uint32_t key;  // seed, step, for the random bits (the tensor is mixed in per block)
   Lerp lerp1, lerp2;  // torchao: both moments; fastlr: exp_avg only
 };
@@ -283,7 +283,7 @@ FASTLR_Q8_INLINE void adam8_block(int64_t n, char* const* ptrs, float* const* sc
         denom_src = xm;
       }
       const float denom = std::sqrt(denom_src) / s.bias_correction2_sqrt + s.eps;
-      pi = pi - (s.lr * (mi / s.bias_correction1)) / denom;
+      pi = pi - (s.step_size * mi) / denom;  // torchao: lr·(m/bc1)/denom (one division here)
       m[i] = mi;
       v[i] = vi;
     } else {
@@ -318,12 +318,13 @@ FASTLR_Q8_INLINE void adam8_block(int64_t n, char* const* ptrs, float* const* sc
     const float sm = block_scale(am), sv = block_scale(av);
     *scales[0] = sm;
     *scales[1] = sv;
-    quantize(L{}, mb, n, sm, st, reinterpret_cast<uint8_t*>(ptrs[2]));
-    quantize(L{}, vb, n, sv, ut, reinterpret_cast<uint8_t*>(ptrs[3]));
+    // x·(1/scale): one division per block instead of one per element
+    quantize(L{}, mb, n, 1.0f / sm, st, reinterpret_cast<uint8_t*>(ptrs[2]));
+    quantize(L{}, vb, n, 1.0f / sv, ut, reinterpret_cast<uint8_t*>(ptrs[3]));
     if (AMS) {
       const float sx = block_scale(ax);
       *scales[2] = sx;
-      quantize(L{}, xb, n, sx, ut, reinterpret_cast<uint8_t*>(ptrs[4]));
+      quantize(L{}, xb, n, 1.0f / sx, ut, reinterpret_cast<uint8_t*>(ptrs[4]));
     }
   } else {
     T* __restrict m0 = reinterpret_cast<T*>(ptrs[2]);
@@ -420,14 +421,14 @@ void adam8(const Quant8List& list, int64_t* offsets, const Adam8Args& a) {
     // torchao's scalars are float32 tensors: lr·wd and the bias corrections in float32
     s.lr_wd = static_cast<float>(static_cast<double>(s.lr) * static_cast<float>(a.weight_decay));
     s.decay_factor = 1.0f;
-    s.bias_correction1 = static_cast<float>(bc1);
     s.bias_correction2_sqrt = std::sqrt(static_cast<float>(bc2));
+    s.step_size = static_cast<float>(a.lr / bc1);
     s.neg_step_size = 0.0f;
   } else {  // torch.optim.Adam's, as kernels.cpp
     s.lr_wd = 0.0f;
     s.decay_factor = static_cast<float>(coupled || a.weight_decay == 0.0 ? 1.0 : 1.0 - a.lr * a.weight_decay);
-    s.bias_correction1 = static_cast<float>(bc1);
     s.bias_correction2_sqrt = static_cast<float>(std::pow(bc2, 0.5));
+    s.step_size = 0.0f;
     s.neg_step_size = static_cast<float>(-(a.lr / bc1));
   }
   s.key = mix32(static_cast<uint32_t>(a.seed) ^

@@ -56,15 +56,18 @@ def block_absmax(x, block_size):
 
 
 def quantize(x, block_size, signed, encoding="linear"):
-    """float32 values -> (codes uint8 of x's shape, scales float32 per block). For the
-    unsigned map with encoding "sqrt", sqrt(x) is quantized."""
+    """float32 values -> (codes uint8 of x's shape, scales float32 per block): the code of
+    x·(1/scale) by the reference search. For the unsigned map with encoding "sqrt", sqrt(x)
+    is quantized."""
     x = np.asarray(x, dtype=np.float32)
     flat = x.reshape(-1)
     if not signed and encoding == "sqrt":
         flat = np.sqrt(flat)
     scales = block_absmax(flat, block_size)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scaled = flat / np.repeat(scales, block_size)[: flat.size]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        # x·(1/scale) in float32, as the kernels (one division per block)
+        inv = np.float32(1) / scales
+        scaled = flat * np.repeat(inv, block_size)[: flat.size]
     codes = reference_codes(scaled, SIGNED_MAP if signed else UNSIGNED_MAP)
     return codes.reshape(x.shape), scales
 

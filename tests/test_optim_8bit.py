@@ -184,3 +184,39 @@ def test_bad_input():
     with pytest.raises(TypeError, match="float64"):
         opt.step()
     assert not q.any()
+
+
+def test_readme_blocks_run():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    section = text.split("### 8-bit optimizer state", 1)[1].split("\n### ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+
+
+def test_variant_fastlr_matches_numpy_kernel():
+    ps = _params()
+    opt = AdamW8bit(ps, lr=1e-2, variant="fastlr")
+    ref = [p.detach().clone().numpy() for p in ps]
+    st = [(np.zeros(r.size, np.uint8), np.zeros(-(-r.size // 256), np.float32),
+           np.zeros(r.size, np.uint8), np.zeros(-(-r.size // 256), np.float32)) for r in ref]
+    small = {2: (np.zeros(300, np.float32), np.zeros(300, np.float32))}
+    for step in range(1, 4):
+        gs = _grads(step)
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
+        opt.step()
+        for i, (r, g) in enumerate(zip(ref, gs)):
+            if i in small:
+                fastlr.adam_step(r.reshape(-1), g.numpy().reshape(-1), *small[i], step=step, lr=1e-2,
+                                 weight_decay=0.01, decoupled_weight_decay=True)
+            else:
+                fastlr.adam8bit_step(r.reshape(-1), g.numpy().reshape(-1), *st[i], step=step, lr=1e-2,
+                                     weight_decay=0.01, decoupled_weight_decay=True)
+    for p, r in zip(ps, ref):
+        np.testing.assert_array_equal(p.detach().numpy(), r)
+    assert "exp_avg_codes" in opt.state[ps[0]] and "exp_avg" in opt.state[ps[2]]

@@ -152,7 +152,7 @@ def _ref_step(p, g, st, step, lr, b1, b2, eps, wd, decoupled, amsgrad, variant, 
             x = np.where((x < v) | np.isnan(v), v, x)
             src = x
         denom = np.sqrt(src) / np.sqrt(f(bc2)) + f(eps)
-        pf = pf - (f(lr) * (m / f(bc1))) / denom
+        pf = pf - (f(lr / bc1) * m) / denom
         q = v
     else:
         m = np.where(r == 0, f(0), m)

@@ -16,7 +16,8 @@ __all__ = ["Adam8bit", "AdamW8bit", "state_dict_to_float32"]
 _STORE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 3}
 _ROLES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 _SIGNED = {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False}
-_FLAVOUR = {"linear": 0, "sqrt": 1}  # torchao's arithmetic / fastlr's (see quant8_kernels.hpp)
+_FLAVOUR = {"linear": 0, "sqrt": 1}
+_DTYPE_CODE = {0: 0, 1: 2, 2: 2, 3: 3}  # param store -> _C.adam's dtype code  # torchao's arithmetic / fastlr's (see quant8_kernels.hpp)
 
 
 def _np(t):
@@ -29,7 +30,7 @@ class _Adam8bitBase(torch.optim.Optimizer):
     _encoding = "linear"
 
     def __init__(self, params, lr, betas, eps, weight_decay, amsgrad, *, block_size,
-                 bf16_stochastic_round, compile_backend=None, seed=0):
+                 bf16_stochastic_round, compile_backend=None, seed=0, variant="torchao"):
         if isinstance(lr, Tensor):
             if lr.numel() != 1:
                 raise ValueError("Tensor lr must be 1-element")
@@ -51,6 +52,9 @@ class _Adam8bitBase(torch.optim.Optimizer):
             raise ValueError(f"block_size must be an integer in [1, 4096], got {block_size!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        if variant not in ("torchao", "fastlr"):
+            raise ValueError(f"variant must be 'torchao' or 'fastlr', got {variant!r}")
+        self._encoding = "linear" if variant == "torchao" else "sqrt"
         defaults = dict(lr=lr, betas=tuple(float(b) for b in betas), eps=eps, weight_decay=weight_decay,
                         amsgrad=bool(amsgrad))
         super().__init__(params, defaults)
@@ -67,7 +71,8 @@ class _Adam8bitBase(torch.optim.Optimizer):
     # ------------------------------------------------------------------ state ---
     def _quantized(self, p):
         n = p.numel()
-        return n >= _quant8.MIN_QUANT8_NUMEL and n % self.block_size == 0
+        # torchao's rule; the fastlr variant also quantizes a partial last block
+        return n >= _quant8.MIN_QUANT8_NUMEL and (self._encoding == "sqrt" or n % self.block_size == 0)
 
     def _init_state(self, group, p, state):
         state["step"] = torch.tensor(0.0)
@@ -142,6 +147,13 @@ class _Adam8bitBase(torch.optim.Optimizer):
                              [s[role + "_scale"].data_ptr() for _, _, s in members]]
                 else:
                     args += [[s[role].data_ptr() for _, _, s in members], None]
+            if not q8 and self._encoding == "sqrt":  # 32-bit state: torch.optim.Adam's kernel
+                _C.adam(_DTYPE_CODE[store], [p.numel() for p, _, _ in members],
+                        [p.data_ptr() for p, _, _ in members], [g.data_ptr() for _, g, _ in members],
+                        args[0], args[2], args[4], step, lr, None, beta1, None, beta2, group["eps"],
+                        group["weight_decay"], self._decoupled, group["amsgrad"], False,
+                        stochastic_rounding=store == 2, seed=self.seed)
+                continue
             _C.adam8(store, self.block_size, q8, _FLAVOUR[self._encoding],
                      [p.numel() for p, _, _ in members], [p.data_ptr() for p, _, _ in members],
                      [g.data_ptr() for _, g, _ in members], *args, step, lr, None, beta1, None, beta2,
@@ -297,7 +309,9 @@ class Adam8bit(_Adam8bitBase):
     dequantized state, ``p −= lr·(m/bc1)/(√v/√bc2 + eps)``, then m and v are re-quantized
     (scale = block absmax, nearest code). Tensors below 4096 elements or not divisible into
     blocks keep 32-bit state (the param's dtype), as torchao. ``seed`` keys the stochastic
-    rounding of bf16 params (reproducible, unlike torchao's).
+    rounding of bf16 params (reproducible, unlike torchao's). ``variant="fastlr"`` switches
+    to torch.optim.Adam's arithmetic and fastlr's encoding (sqrt(exp_avg_sq) quantized, the
+    zero-code guard; see the README), which tracks float32 Adam on heavy-tailed gradients.
 
     State keys: ``step``; ``exp_avg_codes`` (uint8, the param's shape) and
     ``exp_avg_scale`` (float32, one per block), the same for ``exp_avg_sq`` and, with
@@ -306,10 +320,11 @@ class Adam8bit(_Adam8bitBase):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
-                 block_size=256, bf16_stochastic_round=False, compile_backend=None, seed=0):
+                 block_size=256, bf16_stochastic_round=False, compile_backend=None, seed=0,
+                 variant="torchao"):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, block_size=block_size,
                          bf16_stochastic_round=bf16_stochastic_round, compile_backend=compile_backend,
-                         seed=seed)
+                         seed=seed, variant=variant)
 
 
 class AdamW8bit(_Adam8bitBase):
@@ -322,8 +337,9 @@ class AdamW8bit(_Adam8bitBase):
     _decoupled = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 block_size=256, bf16_stochastic_round=False, compile_backend=None, seed=0):
+                 block_size=256, bf16_stochastic_round=False, compile_backend=None, seed=0,
+                 variant="torchao"):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, block_size=block_size,
                          bf16_stochastic_round=bf16_stochastic_round, compile_backend=compile_backend,
-                         seed=seed)
+                         seed=seed, variant=variant)
 
