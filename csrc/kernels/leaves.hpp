@@ -98,8 +98,8 @@ namespace leaves {
 // ------------------------------------------------------------ role access ---
 
 template <class St>
-FASTLR_INLINE typename St::C load_param(const typename St::Param* __restrict p,
-                                        const typename St::Master* __restrict master, int64_t i) {
+FASTLR_INLINE typename St::C load_param(const typename St::Param* p,
+                                        const typename St::Master* master, int64_t i) {
   if constexpr (St::has_master)
     return load(master[i]);
   else
@@ -109,8 +109,8 @@ FASTLR_INLINE typename St::C load_param(const typename St::Param* __restrict p,
 // A param with a master copy is the master rounded to nearest; otherwise the param is
 // stored with the policy's rounding.
 template <class St>
-FASTLR_INLINE void store_param(typename St::Param* __restrict p, typename St::Master* __restrict master,
-                               int64_t i, typename St::C x, uint32_t r) {
+FASTLR_INLINE void store_param(typename St::Param* p, typename St::Master* master, int64_t i,
+                               typename St::C x, uint32_t r) {
   if constexpr (St::has_master) {
     store(master[i], x);
     store(p[i], x);
@@ -123,9 +123,9 @@ FASTLR_INLINE void store_param(typename St::Param* __restrict p, typename St::Ma
   using C = typename St::C;                                                                 \
   using S = typename St::State;                                                             \
   constexpr Rounding R = St::rounding;                                                      \
-  typename St::Param* __restrict p = reinterpret_cast<typename St::Param*>(ptrs[0]);       \
-  const typename St::Grad* __restrict g = reinterpret_cast<const typename St::Grad*>(ptrs[1]); \
-  typename St::Master* __restrict master = reinterpret_cast<typename St::Master*>(ptrs[kMasterRole])
+  typename St::Param* p = reinterpret_cast<typename St::Param*>(ptrs[0]);                   \
+  const typename St::Grad* g = reinterpret_cast<const typename St::Grad*>(ptrs[1]);         \
+  typename St::Master* master = reinterpret_cast<typename St::Master*>(ptrs[kMasterRole])
 
 // Runs block(lo, hi, key, idx0) over [0, n) split where the element index crosses a
 // multiple of 2^32 (stochastic rounding only): in a block the element index is
@@ -147,63 +147,105 @@ FASTLR_INLINE void for_each_key_block(int64_t n, const Segment& seg, F&& block) 
   }
 }
 
-// Runs body(lo..hi-1) in one of two identical loops chosen by `cond`, a loop-invariant
-// test that the rule repeats per element (lerp's `weight < 0.5`). gcc unswitches such
-// a loop itself only while the body is small (--param max-unswitch-insns) and, under
-// -ftrapping-math, does not if-convert it, so the bfloat16/float16 Adam and centered
-// RMSprop loops stayed scalar (~10 ns/el instead of ~0.5). In each copy the test is
-// known, folds away, and the loop vectorizes. Performance only: same operations.
-template <class F>
-FASTLR_INLINE void split_on(bool cond, int64_t lo, int64_t hi, F& body) {
-  if (cond) {
-    for (int64_t i = lo; i < hi; ++i) body(i);
-  } else {
-    for (int64_t i = lo; i < hi; ++i) body(i);
-  }
-}
-
 // ------------------------------------------------------------ leaf loops ---
 // Modes are template parameters (STYLE habit 2); loads of unused roles are skipped
 // at compile time so each variant moves only the bytes its rule needs. Random-bit
 // slots: 0 the param, then the states in role order.
+//
+// The element loops live in *_range functions whose pointer parameters are __restrict:
+// gcc then proves the roles disjoint and vectorizes without run-time alias checks and
+// a scalar copy of the loop (restrict does not survive a lambda's captures, nor nested
+// restrict-qualified helpers, hence plain pointers in load_param / store_param).
+//
+// Adam and centered RMSprop call their range twice, under a loop-invariant test that
+// the rule repeats per element (lerp's `weight < 0.5`): gcc unswitches such a loop
+// itself only while the body is small (--param max-unswitch-insns) and, under
+// -ftrapping-math, does not if-convert it, so the bfloat16/float16 loops stayed scalar
+// (~10 ns/el instead of ~0.5). In each copy the test is known, folds away, and the
+// loop vectorizes. Performance only: same operations.
+
+template <class St, WeightDecay WD, Momentum MOM, bool FIRST, class C = typename St::C,
+          class P = typename St::Param, class G = typename St::Grad, class S = typename St::State,
+          class M = typename St::Master>
+FASTLR_INLINE void sgd_range(int64_t lo, int64_t hi, uint64_t key, uint32_t idx0,
+                             P* __restrict p, const G* __restrict g, S* __restrict buf,
+                             M* __restrict master, const SgdScalars<C> s) {
+  constexpr Rounding R = St::rounding;
+  for (int64_t i = lo; i < hi; ++i) {
+    const RandomBits<R> rb(key, idx0 + static_cast<uint32_t>(i));
+    C pi = load_param<St>(p, master, i);
+    C bi = (MOM != Momentum::none && !FIRST) ? C(load(buf[i])) : C(0);
+    sgd_update<WD, MOM, FIRST>(pi, C(load(g[i])), bi, s);
+    store_param<St>(p, master, i, pi, rb.slot(0));
+    if (MOM != Momentum::none) store_rounded<R>(buf[i], bi, rb.slot(1));
+  }
+}
 
 template <class St, WeightDecay WD, Momentum MOM, bool FIRST>
 FASTLR_INLINE void sgd_loop(int64_t n, char* const* ptrs, const void* scalars, const Segment& seg) {
   FASTLR_PARAM_ROLES(St);
   const SgdScalars<C> s = *static_cast<const SgdScalars<C>*>(scalars);
-  S* __restrict buf = reinterpret_cast<S*>(ptrs[2]);
-  for_each_key_block<R>(n, seg, [&](int64_t lo, int64_t hi, uint64_t key, uint32_t idx0) {
-    for (int64_t i = lo; i < hi; ++i) {
-      const RandomBits<R> rb(key, idx0 + static_cast<uint32_t>(i));
-      C pi = load_param<St>(p, master, i);
-      C bi = (MOM != Momentum::none && !FIRST) ? C(load(buf[i])) : C(0);
-      sgd_update<WD, MOM, FIRST>(pi, C(load(g[i])), bi, s);
-      store_param<St>(p, master, i, pi, rb.slot(0));
-      if (MOM != Momentum::none) store_rounded<R>(buf[i], bi, rb.slot(1));
-    }
+  S* buf = reinterpret_cast<S*>(ptrs[2]);
+  for_each_key_block<R>(n, seg, [&](int64_t lo, int64_t hi, uint64_t key, uint32_t idx0) FASTLR_INLINE_LAMBDA {
+    sgd_range<St, WD, MOM, FIRST>(lo, hi, key, idx0, p, g, buf, master, s);
   });
+}
+
+template <class St, WeightDecay WD, bool AMSGRAD, class C = typename St::C,
+          class P = typename St::Param, class G = typename St::Grad, class S = typename St::State,
+          class M = typename St::Master>
+FASTLR_INLINE void adam_range(int64_t lo, int64_t hi, uint64_t key, uint32_t idx0,
+                              P* __restrict p, const G* __restrict g, S* __restrict m,
+                              S* __restrict v, S* __restrict vmax, M* __restrict master,
+                              const AdamScalars<C> s) {
+  constexpr Rounding R = St::rounding;
+  for (int64_t i = lo; i < hi; ++i) {
+    const RandomBits<R> rb(key, idx0 + static_cast<uint32_t>(i));
+    C pi = load_param<St>(p, master, i), mi = load(m[i]), vi = load(v[i]);
+    C vmi = AMSGRAD ? C(load(vmax[i])) : C(0);
+    adam_update<WD, AMSGRAD>(pi, C(load(g[i])), mi, vi, vmi, s);
+    store_param<St>(p, master, i, pi, rb.slot(0));
+    store_rounded<R>(m[i], mi, rb.slot(1));
+    store_rounded<R>(v[i], vi, rb.slot(2));
+    if (AMSGRAD) store_rounded<R>(vmax[i], vmi, rb.slot(3));
+  }
 }
 
 template <class St, WeightDecay WD, bool AMSGRAD>
 FASTLR_INLINE void adam_loop(int64_t n, char* const* ptrs, const void* scalars, const Segment& seg) {
   FASTLR_PARAM_ROLES(St);
   const AdamScalars<C> s = *static_cast<const AdamScalars<C>*>(scalars);
-  S* __restrict m = reinterpret_cast<S*>(ptrs[2]);
-  S* __restrict v = reinterpret_cast<S*>(ptrs[3]);
-  S* __restrict vmax = reinterpret_cast<S*>(ptrs[4]);
-  for_each_key_block<R>(n, seg, [&](int64_t lo, int64_t hi, uint64_t key, uint32_t idx0) {
-    auto body = [&](int64_t i) FASTLR_INLINE_LAMBDA {
-      const RandomBits<R> rb(key, idx0 + static_cast<uint32_t>(i));
-      C pi = load_param<St>(p, master, i), mi = load(m[i]), vi = load(v[i]);
-      C vmi = AMSGRAD ? C(load(vmax[i])) : C(0);
-      adam_update<WD, AMSGRAD>(pi, C(load(g[i])), mi, vi, vmi, s);
-      store_param<St>(p, master, i, pi, rb.slot(0));
-      store_rounded<R>(m[i], mi, rb.slot(1));
-      store_rounded<R>(v[i], vi, rb.slot(2));
-      if (AMSGRAD) store_rounded<R>(vmax[i], vmi, rb.slot(3));
-    };
-    split_on(s.one_minus_beta1 < C(0.5), lo, hi, body);
+  S* m = reinterpret_cast<S*>(ptrs[2]);
+  S* v = reinterpret_cast<S*>(ptrs[3]);
+  S* vmax = reinterpret_cast<S*>(ptrs[4]);
+  for_each_key_block<R>(n, seg, [&](int64_t lo, int64_t hi, uint64_t key, uint32_t idx0) FASTLR_INLINE_LAMBDA {
+    // two copies: in each, lerp's weight test is known (see above)
+    if (s.one_minus_beta1 < C(0.5))
+      adam_range<St, WD, AMSGRAD>(lo, hi, key, idx0, p, g, m, v, vmax, master, s);
+    else
+      adam_range<St, WD, AMSGRAD>(lo, hi, key, idx0, p, g, m, v, vmax, master, s);
   });
+}
+
+template <class St, WeightDecay WD, bool CENTERED, bool MOM, bool FIRST, class C = typename St::C,
+          class P = typename St::Param, class G = typename St::Grad, class S = typename St::State,
+          class M = typename St::Master>
+FASTLR_INLINE void rmsprop_range(int64_t lo, int64_t hi, uint64_t key, uint32_t idx0,
+                                 P* __restrict p, const G* __restrict g, S* __restrict sq,
+                                 S* __restrict ga, S* __restrict buf, M* __restrict master,
+                                 const RmspropScalars<C> s) {
+  constexpr Rounding R = St::rounding;
+  for (int64_t i = lo; i < hi; ++i) {
+    const RandomBits<R> rb(key, idx0 + static_cast<uint32_t>(i));
+    C pi = load_param<St>(p, master, i), sqi = load(sq[i]);
+    C gai = CENTERED ? C(load(ga[i])) : C(0);
+    C bi = (MOM && !FIRST) ? C(load(buf[i])) : C(0);
+    rmsprop_update<WD, CENTERED, MOM, FIRST>(pi, C(load(g[i])), sqi, gai, bi, s);
+    store_param<St>(p, master, i, pi, rb.slot(0));
+    store_rounded<R>(sq[i], sqi, rb.slot(1));
+    if (CENTERED) store_rounded<R>(ga[i], gai, rb.slot(2));
+    if (MOM) store_rounded<R>(buf[i], bi, rb.slot(3));
+  }
 }
 
 template <class St, WeightDecay WD, bool CENTERED, bool MOM, bool FIRST>
@@ -211,26 +253,31 @@ FASTLR_INLINE void rmsprop_loop(int64_t n, char* const* ptrs, const void* scalar
                                 const Segment& seg) {
   FASTLR_PARAM_ROLES(St);
   const RmspropScalars<C> s = *static_cast<const RmspropScalars<C>*>(scalars);
-  S* __restrict sq = reinterpret_cast<S*>(ptrs[2]);
-  S* __restrict ga = reinterpret_cast<S*>(ptrs[3]);
-  S* __restrict buf = reinterpret_cast<S*>(ptrs[4]);
-  for_each_key_block<R>(n, seg, [&](int64_t lo, int64_t hi, uint64_t key, uint32_t idx0) {
-    auto body = [&](int64_t i) FASTLR_INLINE_LAMBDA {
-      const RandomBits<R> rb(key, idx0 + static_cast<uint32_t>(i));
-      C pi = load_param<St>(p, master, i), sqi = load(sq[i]);
-      C gai = CENTERED ? C(load(ga[i])) : C(0);
-      C bi = (MOM && !FIRST) ? C(load(buf[i])) : C(0);
-      rmsprop_update<WD, CENTERED, MOM, FIRST>(pi, C(load(g[i])), sqi, gai, bi, s);
-      store_param<St>(p, master, i, pi, rb.slot(0));
-      store_rounded<R>(sq[i], sqi, rb.slot(1));
-      if (CENTERED) store_rounded<R>(ga[i], gai, rb.slot(2));
-      if (MOM) store_rounded<R>(buf[i], bi, rb.slot(3));
-    };
-    if (CENTERED)
-      split_on(s.one_minus_alpha < C(0.5), lo, hi, body);
+  S* sq = reinterpret_cast<S*>(ptrs[2]);
+  S* ga = reinterpret_cast<S*>(ptrs[3]);
+  S* buf = reinterpret_cast<S*>(ptrs[4]);
+  for_each_key_block<R>(n, seg, [&](int64_t lo, int64_t hi, uint64_t key, uint32_t idx0) FASTLR_INLINE_LAMBDA {
+    // centered: two copies, in each lerp's weight test is known (see adam_loop)
+    if (CENTERED && s.one_minus_alpha < C(0.5))
+      rmsprop_range<St, WD, CENTERED, MOM, FIRST>(lo, hi, key, idx0, p, g, sq, ga, buf, master, s);
     else
-      for (int64_t i = lo; i < hi; ++i) body(i);
+      rmsprop_range<St, WD, CENTERED, MOM, FIRST>(lo, hi, key, idx0, p, g, sq, ga, buf, master, s);
   });
+}
+
+template <class St, WeightDecay WD, class C = typename St::C, class P = typename St::Param,
+          class G = typename St::Grad, class S = typename St::State, class M = typename St::Master>
+FASTLR_INLINE void adagrad_range(int64_t lo, int64_t hi, uint64_t key, uint32_t idx0,
+                                 P* __restrict p, const G* __restrict g, S* __restrict sum,
+                                 M* __restrict master, const AdagradScalars<C> s) {
+  constexpr Rounding R = St::rounding;
+  for (int64_t i = lo; i < hi; ++i) {
+    const RandomBits<R> rb(key, idx0 + static_cast<uint32_t>(i));
+    C pi = load_param<St>(p, master, i), si = load(sum[i]);
+    adagrad_update<WD>(pi, C(load(g[i])), si, s);
+    store_param<St>(p, master, i, pi, rb.slot(0));
+    store_rounded<R>(sum[i], si, rb.slot(1));
+  }
 }
 
 template <class St, WeightDecay WD>
@@ -238,15 +285,9 @@ FASTLR_INLINE void adagrad_loop(int64_t n, char* const* ptrs, const void* scalar
                                 const Segment& seg) {
   FASTLR_PARAM_ROLES(St);
   const AdagradScalars<C> s = *static_cast<const AdagradScalars<C>*>(scalars);
-  S* __restrict sum = reinterpret_cast<S*>(ptrs[2]);
-  for_each_key_block<R>(n, seg, [&](int64_t lo, int64_t hi, uint64_t key, uint32_t idx0) {
-    for (int64_t i = lo; i < hi; ++i) {
-      const RandomBits<R> rb(key, idx0 + static_cast<uint32_t>(i));
-      C pi = load_param<St>(p, master, i), si = load(sum[i]);
-      adagrad_update<WD>(pi, C(load(g[i])), si, s);
-      store_param<St>(p, master, i, pi, rb.slot(0));
-      store_rounded<R>(sum[i], si, rb.slot(1));
-    }
+  S* sum = reinterpret_cast<S*>(ptrs[2]);
+  for_each_key_block<R>(n, seg, [&](int64_t lo, int64_t hi, uint64_t key, uint32_t idx0) FASTLR_INLINE_LAMBDA {
+    adagrad_range<St, WD>(lo, hi, key, idx0, p, g, sum, master, s);
   });
 }
 
