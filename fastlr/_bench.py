@@ -31,9 +31,11 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
+
+from ._benchstats import (MAX_WIDTH, Contender, HostMonitor, Ratio, Verdict, format_ratio, measure_cell,
+                          trust_summary)
 
 # name -> torch class, constructor kwargs, state keys (torch's names, in the order of
 # the NumPy API's state arguments), bytes per float32 element, has torch fused,
@@ -102,64 +104,6 @@ def _numel(shape):
 
 
 # ------------------------------------------------------------------- timing ---
-
-
-class Contender:
-    """One way of taking a step. `step()` does one optimizer step; `inner` steps are
-    timed together so that one sample lasts at least ~2 ms."""
-
-    def __init__(self, name, step, note=None):
-        self.name = name
-        self.step = step
-        self.note = note
-        self.inner = 1
-        self.warm_s = 0.0
-        self.samples = []
-
-    def calibrate(self, target_s):
-        t0 = time.perf_counter()
-        self.step()  # warm-up: first-touch, lazy state, caches
-        per = time.perf_counter() - t0
-        if per < 0.05:  # a second look for fast steps (the first may include setup)
-            t1 = time.perf_counter()
-            self.step()
-            per = min(per, time.perf_counter() - t1)
-        self.warm_s = per
-        self.inner = max(1, min(1000, int(math.ceil(target_s / max(per, 1e-7)))))
-
-    def sample(self):
-        step, inner = self.step, self.inner
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            step()
-        self.samples.append((time.perf_counter() - t0) / inner)
-
-    def summary(self):
-        s = sorted(self.samples)
-        # inclusive: quartiles within [min, max] even for two samples (the default
-        # exclusive method extrapolates, below zero with --reps 1)
-        q = statistics.quantiles(s, n=4, method="inclusive") if len(s) >= 2 else [s[0]] * 3
-        return {"median_s": statistics.median(s), "min_s": s[0], "max_s": s[-1],
-                "q1_s": q[0], "q3_s": q[2], "samples": len(s), "inner": self.inner,
-                **({"note": self.note} if self.note else {})}
-
-
-def run_round_robin(contenders, *, min_reps, max_reps, budget_s):
-    """Samples every contender once per repetition, in an order rotated each time,
-    until each has min_reps samples and the budget is spent (or max_reps)."""
-    t_start = time.perf_counter()
-    # Contenders over 4x slower than the fastest (torch for-loop, the NumPy reference)
-    # need fewer samples to be told apart; they stop at 3 once the budget is spent.
-    fastest = min(c.warm_s * c.inner for c in contenders)
-    need = {id(c): (min_reps if c.warm_s * c.inner <= 4 * fastest else min(3, min_reps)) for c in contenders}
-    for r in range(max_reps):
-        spent = time.perf_counter() - t_start >= budget_s
-        if spent and all(len(c.samples) >= need[id(c)] for c in contenders):
-            break
-        k = r % len(contenders)
-        for c in contenders[k:] + contenders[:k]:
-            if len(c.samples) < need[id(c)] or time.perf_counter() - t_start < budget_s:
-                c.sample()
 
 
 # --------------------------------------------------------------- contenders ---
@@ -378,6 +322,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="minimum samples per contender (default 5; --quick 3)")
     parser.add_argument("--json", metavar="PATH", default=None, help="write all results as JSON to PATH")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from . import _bench_precision
+
+    _bench_precision.add_arguments(parser)
 
 
 def machine_info(torch, threads):
@@ -425,17 +372,19 @@ def _fmt_ms(s):
     return f"{ms:.3f}" if ms < 10 else f"{ms:.1f}"
 
 
-def _summarize(res):
-    """Derived numbers of one cell (in place)."""
+def _summarize(res, cell):
+    """Derived numbers of one cell (in place): speed-ups are the paired ratios of
+    `cell` (a _benchstats.CellResult), with their intervals and the cell's verdict."""
     c = res["contenders"]
     med = {k: v["median_s"] for k, v in c.items()}
+    ratios = cell.ratios
     nbytes = res["bytes_per_element"] * res["numel"]
     fl = next((k for k in ("fastlr", "fastlr+OneCycle") if k in med), None)
     res["fastlr_key"] = fl
     if "roofline" in med:
         res["roofline_gbps"] = nbytes / med["roofline"] / 1e9
         if fl:
-            res["fastlr_pct_roofline"] = 100.0 * med["roofline"] / med[fl]
+            res["fastlr_pct_roofline"] = 100.0 * ratios["roofline"].value
     if fl:
         res["fastlr_gbps"] = nbytes / med[fl] / 1e9
     torch_keys = [k for k in med if k.split("+")[0] in TORCH_IMPLS]
@@ -445,16 +394,36 @@ def _summarize(res):
         best = min(torch_keys, key=lambda k: med[k])
         res["torch_best"] = best
         if fl:
-            res["speedup_vs_torch_best"] = med[best] / med[fl]
+            res["speedup_vs_torch_best"] = ratios[best].value
+            res["speedup_vs_torch_best_ci"] = [ratios[best].lo, ratios[best].hi]
             fused = [k for k in torch_keys if k.startswith("fused")]
             if fused:
-                res["speedup_vs_torch_fused"] = med[fused[0]] / med[fl]
-    if "numpy_ref" in med and "fastlr_np" in med:
-        res["numpy_speedup"] = med["numpy_ref"] / med["fastlr_np"]
+                res["speedup_vs_torch_fused"] = ratios[fused[0]].value
+    if "numpy" in ratios:
+        res["numpy_speedup"] = ratios["numpy"].value
+    res["trusted"] = cell.verdict.trusted
+    res["flags"] = list(cell.verdict.flags)
+    res["stats"] = cell.to_json()
+
+
+def cell_ratios(names):
+    """The paired ratios a cell is judged by: each torch contender and the roofline
+    over fastlr (speed-up, share of roofline), the NumPy reference over fastlr's NumPy
+    kernels."""
+    fl = next((k for k in ("fastlr", "fastlr+OneCycle") if k in names), None)
+    ratios = {}
+    if fl:
+        ratios.update({k: (k, fl) for k in names if k.split("+")[0] in TORCH_IMPLS})
+        if "roofline" in names:
+            ratios["roofline"] = ("roofline", fl)
+    if "numpy_ref" in names and "fastlr_np" in names:
+        ratios["numpy"] = ("numpy_ref", "fastlr_np")
+    return ratios
 
 
 def format_table(results, meta):
-    """Markdown tables, one per (case, dtype, workload, threads) group."""
+    """Markdown tables, one per (case, dtype, workload, threads) group. A cell whose
+    verdict is not trusted shows '?', its flags and only the interval of its ratios."""
     lines = []
     groups = {}
     for r in results:
@@ -472,20 +441,28 @@ def format_table(results, meta):
         lines += ["", title, ""]
         suffix = "+OneCycleLR" if sched else ""
         if sched:
-            head = ["optimizer", "fastlr+OneCycle ms", "forloop", "foreach", "fused", "speed-up vs best torch"]
+            head = ["optimizer", "fastlr+OneCycle ms", "forloop", "foreach", "fused", "speed-up vs best torch [95% CI]"]
         else:
             head = ["optimizer", "B/el", "roofline ms (GB/s)", "fastlr ms", "% roofline", "forloop", "foreach",
-                    "fused", "speed-up vs best torch"]
-            if any("numpy_ref" in r["contenders"] or "fastlr_np" in r["contenders"] for r in rows):
+                    "fused", "speed-up vs best torch [95% CI]"]
+            numpy_cols = any("numpy_ref" in r["contenders"] or "fastlr_np" in r["contenders"] for r in rows)
+            if numpy_cols:
                 head += ["fastlr NumPy ms", "NumPy ref ms", "NumPy speed-up"]
+        head.append("trust")
         lines.append("| " + " | ".join(head) + " |")
-        lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
+        lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 2) + ["---"]) + "|")
         for r in sorted(rows, key=lambda r: list(OPTIMIZERS).index(r["optimizer"])):
             c = r["contenders"]
+            verdict = Verdict(tuple(r.get("flags", ())))
+            ratios = r.get("stats", {}).get("ratios", {})
 
             def ms(k):
                 v = c.get(k)
                 return _fmt_ms(v["median_s"]) if v else "-"
+
+            def ratio(key, digits=2):
+                j = ratios.get(key)
+                return format_ratio(Ratio(j["value"], j["lo"], j["hi"], j["pairs"]), verdict, digits, flags=False) if j else "-"
 
             fused = ms("fused" + suffix)
             if c.get("fused" + suffix) is None and not OPTIMIZERS[r["optimizer"]]["fused"]:
@@ -493,8 +470,8 @@ def format_table(results, meta):
             if r.get("torch_fused_correct") is False:
                 fused += " WRONG†"
             best = r.get("torch_best")
-            sp = r.get("speedup_vs_torch_best")
-            sp_txt = f"{sp:.2f}x ({best.split('+')[0]})" if sp else "-"
+            sp_txt = f"{ratio(best)} ({best.split('+')[0]})" if best and best in ratios else "-"
+            trust = "ok" if verdict.trusted else "+".join(verdict.flags)
             if sched:
                 cells = [r["label"], ms("fastlr+OneCycle"), ms("forloop" + suffix), ms("foreach" + suffix), fused,
                          sp_txt]
@@ -502,22 +479,53 @@ def format_table(results, meta):
                 roof = c.get("roofline")
                 roof_txt = f"{_fmt_ms(roof['median_s'])} ({r['roofline_gbps']:.1f})" if roof else "-"
                 pct = r.get("fastlr_pct_roofline")
+                pct_txt = "-" if not pct else f"{pct:.0f}%" if verdict.trusted else "?"
                 cells = [r["label"], str(r["bytes_per_element"]), roof_txt, ms("fastlr"),
-                         f"{pct:.0f}%" if pct else "-", ms("forloop"), ms("foreach"), fused, sp_txt]
-                if len(head) > 9:
-                    ns = r.get("numpy_speedup")
-                    cells += [ms("fastlr_np"), ms("numpy_ref"), f"{ns:.1f}x" if ns else "-"]
-            lines.append("| " + " | ".join(cells) + " |")
+                         pct_txt, ms("forloop"), ms("foreach"), fused, sp_txt]
+                if numpy_cols:
+                    cells += [ms("fastlr_np"), ms("numpy_ref"), ratio("numpy", 1)]
+            lines.append("| " + " | ".join(cells + [trust]) + " |")
     notes = sorted({r["fused_check"] for r in results if r.get("torch_fused_correct") is False})
     if notes:
         lines += ["", "† torch fused result is wrong for this dtype (pytorch#191763); excluded from the speed-up. "
                   + "; ".join(notes)]
-    lines += ["", f"Medians of interleaved samples; CPU: {meta['cpu']} ({meta['cores']} cores, fastlr cpu_level "
+    lines += ["", f"Medians of interleaved samples; speed-ups: median of paired per-repetition ratios with a "
+              f"95% bootstrap interval. trust: ok, or busy (other processes took cores the cell needed), "
+              f"drifting (the probe kernel slowed down around the cell), wide (interval over "
+              f"{MAX_WIDTH:.0%}); a marked cell shows '?' and its interval, never a plain speed-up. "
+              f"CPU: {meta['cpu']} ({meta['cores']} cores, fastlr cpu_level "
               f"{meta['cpu_level']}); torch {meta['torch']}; numpy {meta['numpy']}; fastlr {meta['fastlr']}; "
               f"{meta['date']}; environment: "
               + (", ".join(f"{k}={v}" for k, v in meta["env"].items()) or "OMP_WAIT_POLICY unset")
               + ". % roofline = roofline time / fastlr time."]
+    host = meta.get("host")
+    if host:
+        lines += ["", f"Host: other processes used {host['other_cores_start']:.2f} of {meta['cores']} cores before "
+                  f"the run, up to {host['other_cores_max']:.2f} during it; {meta['wall_s']:.0f} s in all "
+                  f"({host['retries']} cells re-measured)."]
+    lines += ["", trust_summary(Verdict(tuple(r.get("flags", ()))) for r in results) + "."]
     return "\n".join(lines).lstrip("\n")
+
+
+# Seconds one cell takes on a quiet 2-core host (Zen 5 VM, ~40 GB/s), per workload, with
+# the default budgets: the full run's large cells overrun their budget (5 repetitions of
+# ~1.5 s), its small cells stop at max_reps before it; --quick's medium cells need their 3
+# repetitions of ~1 s. Fitted to a full run of 3 min 57 s on that host.
+CELL_S = {"large": 8.5, "medium": 3.5, "small": 0.8}
+QUICK_CELL_S = {"large": 10.0, "medium": 4.0, "small": 0.4}
+ALLOC_S = {"large": 3.0, "medium": 0.6, "small": 0.05}
+
+
+def expected_duration_s(plan, threads, quick):
+    """The run's duration on a quiet host, before any re-measuring."""
+    per_cell = QUICK_CELL_S if quick else CELL_S
+    total = sum(len(threads) * per_cell[w] for _, w, _, _ in plan)
+    return total + sum(ALLOC_S[w] for _, w in {(d, w) for d, w, _, _ in plan})
+
+
+def _fmt_duration(seconds):
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
 
 
 def _check_json_path(path):
@@ -531,6 +539,10 @@ def _check_json_path(path):
 
 
 def main(args) -> int:
+    if getattr(args, "precision", False):
+        from . import _bench_precision
+
+        return _bench_precision.main(args)
     if args.json and not _check_json_path(args.json):
         return 2
     try:
@@ -599,12 +611,26 @@ def main(args) -> int:
         notes.append("fastlr._reference is not available: no NumPy reference column")
 
     saved = (torch.get_num_threads(), fastlr.get_num_threads())
+    t_begin = time.perf_counter()
+    expected = expected_duration_s(plan, threads, quick)
+    retry_cap = 0.15 * expected  # re-measuring unstable cells may add at most this
+    print(f"fastlr bench: {len(plan) * len(threads)} cells, about {_fmt_duration(expected)} on a quiet host "
+          f"(re-measuring unstable cells may add up to {_fmt_duration(retry_cap)})", file=sys.stderr)
+    monitor = HostMonitor()
+    host_start = []
+    for thr in threads:  # the quiet baseline of the probe, per thread count
+        fastlr.set_num_threads(thr)
+        host_start.append(monitor.check(window_s=0.5 / len(threads)))
+    busy_start = max(h.other_cores or 0.0 for h in host_start)
+    if busy_start > 0.25:
+        print(f"fastlr bench: warning: other processes are using {busy_start:.2f} of {monitor.cores} cores; "
+              "cells that need those cores will be re-measured and marked 'busy'", file=sys.stderr)
+    host = {"other_cores_start": busy_start, "other_cores_max": busy_start, "retries": 0, "retry_s": 0.0}
     results = []
     total = len(plan) * len(threads)
     bar = None
     if tqdm is not None and not args.no_progress:
         bar = tqdm(total=total, desc="fastlr bench", unit="cell", file=sys.stderr, dynamic_ncols=True)
-    t_begin = time.perf_counter()
     fused_checks = {}
     try:
         cell = None
@@ -642,10 +668,17 @@ def main(args) -> int:
                     # The reference is single-threaded: measured once, at the largest count.
                     if reference is not None and thr == max(threads):
                         cs.append(numpy_contender("numpy_ref", reference, opt_name, spec, cell, states))
-                for c in cs:
-                    c.samples = []
-                    c.calibrate(target_sample_s)
-                run_round_robin(cs, min_reps=min_reps, max_reps=max_reps, budget_s=budget[workload])
+                names = [c.name for c in cs]
+                t_cell = time.perf_counter()
+                measured = measure_cell(
+                    cs, baseline=names[0], ratios=cell_ratios(names), monitor=monitor, min_reps=min_reps,
+                    max_reps=max_reps, budget_s=budget[workload], target_sample_s=target_sample_s,
+                    retries=1 if host["retry_s"] < retry_cap else 0)
+                if measured.attempts > 1:
+                    host["retries"] += 1
+                    host["retry_s"] += (time.perf_counter() - t_cell) * (1 - 1 / measured.attempts)
+                if measured.host and measured.host.other_cores is not None:
+                    host["other_cores_max"] = max(host["other_cores_max"], measured.host.other_cores)
                 res = {
                     "optimizer": opt_name, "label": spec["label"], "workload": workload, "dtype": dtype,
                     "threads": thr, "schedule": sched, "numel": cell.numel, "tensors": cell.tensors,
@@ -658,7 +691,7 @@ def main(args) -> int:
                     res["torch_fused_correct"], res["fused_check"] = fused_checks[(opt_name, dtype)]
                 if not all(bool(torch.isfinite(p.detach()).all()) for p in cell.params):
                     res["warning"] = "params became non-finite"
-                _summarize(res)
+                _summarize(res, measured)
                 results.append(res)
                 if bar is not None:
                     bar.update(1)
@@ -669,6 +702,8 @@ def main(args) -> int:
             bar.close()
         torch.set_num_threads(saved[0])
         fastlr.set_num_threads(saved[1])
+    meta["host"] = host
+    meta["expected_s"] = round(expected, 1)
     meta["wall_s"] = round(time.perf_counter() - t_begin, 1)
     meta["notes"] = notes
     table = format_table(results, meta)

@@ -44,6 +44,14 @@ def add_arguments(parser):
                         help=f"epochs per run (default {FULL_EPOCHS}, {QUICK_EPOCHS} with --quick)")
     parser.add_argument("--no-compare", action="store_true",
                         help="skip the torch.optim repeat of every run (no timing comparison)")
+    from . import _demo_precision
+
+    sub = parser.add_subparsers(dest="experiment", metavar="{precision}",
+                                help="another experiment instead of the learning-rate ones")
+    _demo_precision.add_arguments(sub.add_parser(
+        "precision", help="fp32 master weights, bf16 state and stochastic rounding: loss curves to a PNG",
+        description="AdamW with float32, master weights, bf16 state and bf16 params, rounded to nearest "
+                    "and stochastically, on a small teacher-student MLP: final losses and precision.png"))
 
 
 def make_blobs(n_samples=N_SAMPLES, n_features=2, centers=3, cluster_std=CLUSTER_STD, seed=SEED):
@@ -240,6 +248,10 @@ def _range_test(torch, problem, backend, num_steps):
 
 
 def main(args):
+    if getattr(args, "experiment", None) == "precision":
+        from . import _demo_precision
+
+        return _demo_precision.main(args)
     try:
         import matplotlib
         import torch

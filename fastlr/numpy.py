@@ -79,6 +79,73 @@ def _param(a, where):
     return a
 
 
+_PRECISION = ("master_weights", "state_dtype", "stochastic_rounding", "seed")
+
+
+def _state_dtype_name(x, where):
+    """None, or "float32" / "bfloat16" from a name, a NumPy dtype (ml_dtypes' bfloat16) or a
+    torch dtype (state_dicts move between the faces)."""
+    if x is None:
+        return None
+    name = x if isinstance(x, str) else str(x).replace("torch.", "") if type(x).__module__.startswith(
+        "torch") else getattr(np.dtype(x) if _is_dtype_like(x) else None, "name", None)
+    if name not in ("float32", "bfloat16"):
+        raise TypeError(f"{where}state_dtype must be None, float32 or bfloat16, got {x!r}")
+    return name
+
+
+def _is_dtype_like(x):
+    try:
+        np.dtype(x)
+    except TypeError:
+        return False
+    return not isinstance(x, (bool, int, float))
+
+
+def _precision_defaults(master_weights, state_dtype, stochastic_rounding, seed):
+    """The group keys of the precision options that differ from the defaults (fastlr.optim's
+    layout)."""
+    out = {"master_weights": master_weights, "state_dtype": state_dtype,
+           "stochastic_rounding": stochastic_rounding, "seed": seed}
+    _check_precision(out, "")
+    return {k: v for k, v in out.items() if v is not None and v is not False and not (k == "seed" and v == 0)}
+
+
+def _check_precision(group, where):
+    """Validates (and normalises) a group's precision options in place."""
+    for key in ("master_weights", "stochastic_rounding"):
+        if key in group:
+            _flag(group[key], f"{where}{key}")
+    if "state_dtype" in group:
+        group["state_dtype"] = _state_dtype_name(group["state_dtype"], where)
+    if "seed" in group:
+        seed = group["seed"]
+        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"{where}seed must be an int, got {type(seed).__name__}")
+        if not 0 <= seed < 2**64:
+            raise ValueError(f"{where}seed must be in [0, 2**64), got {seed}")
+    if "sr_t" in group:
+        t = group["sr_t"]
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral) or not 0 <= t <= 2**53:
+            raise ValueError(f"{where}sr_t must be an int in [0, 2**53], got {t!r}")
+
+
+def _check_precision_params(group, params, where):
+    if group.get("state_dtype") is not None:
+        for i, p in enumerate(params):
+            if p.dtype.name == "float64":
+                raise TypeError(f"{where}: state_dtype={group['state_dtype']} with the float64 "
+                                f"params[{i}]: the state of a float64 param stays float64")
+
+
+def _np_dtype(name):
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
 def _plain(v):
     """A copy of a loaded hyper-parameter, 1-element torch tensors (torch's tensor lr or
     betas) as floats."""
@@ -139,6 +206,7 @@ class _Optimizer:
         for k, v in self.defaults.items():
             group.setdefault(k, v)
         group = self._checked_group(group, len(self.param_groups))
+        _check_precision_params(group, params, f"param_groups[{len(self.param_groups)}]")
         group["params"] = params
         self.param_groups.append(group)
         for i in range(first, first + len(params)):
@@ -175,6 +243,7 @@ class _Optimizer:
             if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0:
                 raise ValueError(f"{where}['schedule_t'] must be an int >= 0, got {t!r}")
             self._show_schedules(group)
+        _check_precision(group, f"{where}: ")
         self._check(group, where)
         return group
 
@@ -207,8 +276,9 @@ class _Optimizer:
             if g is not None:
                 if not isinstance(g, np.ndarray):
                     raise TypeError(f"grads[{i}] must be a numpy.ndarray or None, got {type(g).__name__}")
-                if g.dtype != p.dtype:
-                    raise TypeError(f"grads[{i}] has dtype {g.dtype}, but params[{i}] has dtype {p.dtype}")
+                if g.dtype != p.dtype and not (g.dtype == np.float32 and self._uses_master(i)):
+                    raise TypeError(f"grads[{i}] has dtype {g.dtype}, but params[{i}] has dtype {p.dtype}"
+                                    + (" (or float32 with master_weights)" if self._uses_master(i) else ""))
                 if g.shape != p.shape:
                     raise ValueError(f"grads[{i}] has shape {g.shape}, but params[{i}] has shape {p.shape}")
                 _param(p, f"params[{i}]")  # its flags may have changed since it was added
@@ -230,11 +300,14 @@ class _Optimizer:
                 continue
             buckets = {}
             for i in idx:
-                key = (params[i].dtype.name, self._bucket_key(i, group))
+                key = (params[i].dtype.name, checked[i].dtype.name, self._bucket_key(i, group))
                 buckets.setdefault(key, []).append(i)
-            for (_, key), members in buckets.items():
+            for (_, _, key), members in buckets.items():
+                self._precision = self._precision_kw(group, members)
                 self._update(group, key, [params[i] for i in members], [checked[i] for i in members],
                              [self.state[i] for i in members])
+            if group.get("stochastic_rounding") and self._momentum_key == "momentum" and not self._has_step:
+                group["sr_t"] = group.get("sr_t", 0) + 1
             if "schedule_t" in group:
                 group["schedule_t"] += 1
                 self._show_schedules(group)
@@ -272,6 +345,47 @@ class _Optimizer:
         key = self._momentum_key
         mom = None if key is None else (group[key][0] if key == "betas" else group[key])
         return float(group["lr"]), None if mom is None else float(mom)
+
+    # -- precision options --------------------------------------------------------------
+    _has_step = True
+
+    def _group_of(self, i):
+        for g in self.param_groups:
+            if i < len(g["params"]):
+                return g
+            i -= len(g["params"])
+        raise IndexError(i)
+
+    def _uses_master(self, i, group=None):
+        group = group or self._group_of(i)
+        return bool(group.get("master_weights")) and self._params[i].dtype.name in ("bfloat16", "float16")
+
+    def _storage(self, group, p, key):
+        """The dtype a state array of p is kept in (fastlr.optim's rule)."""
+        if key == "master_param":
+            return np.dtype(np.float32)
+        name = group.get("state_dtype")
+        if name is None:
+            master = bool(group.get("master_weights")) and p.dtype.name in ("bfloat16", "float16")
+            return np.dtype(np.float32) if master else p.dtype
+        return _np_dtype(name)
+
+    def _zeros(self, group, p, fill=0):
+        return np.full(p.shape, fill, dtype=self._storage(group, p, "state"))
+
+    def _precision_kw(self, group, members):
+        """The precision keywords of one kernel call over params[members] (tensor ids: the
+        params' positions, as fastlr.optim's)."""
+        masters = None
+        if self._uses_master(members[0], group):
+            masters = []
+            for i in members:
+                m = self.state[i].get("master_param")
+                if m is None:  # created on the first update from the param
+                    m = self.state[i]["master_param"] = self._params[i].astype(np.float32)
+                masters.append(m)
+        return {"master_params": masters, "stochastic_rounding": bool(group.get("stochastic_rounding", False)),
+                "seed": int(group.get("seed", 0)), "tensor_ids": list(members)}
 
     # -- state_dict ---------------------------------------------------------------------
     def state_dict(self):
@@ -311,6 +425,7 @@ class _Optimizer:
             group = dict(self.defaults)
             group.update((key, _plain(v)) for key, v in saved.items() if key != "params")
             group = self._checked_group(group, k)
+            _check_precision_params(group, ours["params"], f"state_dict['param_groups'][{k}]")
             group["params"] = ours["params"]
             new_groups.append(group)
         params = self._params
@@ -322,11 +437,16 @@ class _Optimizer:
             if not isinstance(entry, dict):
                 raise TypeError(f"state_dict['state'][{pid!r}] must be a dict")
             for key in entry:
-                if key not in self._state_keys:
+                if key not in self._state_keys + ("master_param",):
                     raise ValueError(f"state_dict['state'][{pid!r}] has an unexpected key {key!r} "
                                      f"(expected some of {list(self._state_keys)})")
-            new_state[i] = {key: self._load_value(v, params[i], f"state[{pid!r}][{key!r}]", key)
+            group = next(g for g in new_groups if any(p is params[i] for p in g["params"]))
+            new_state[i] = {key: self._load_value(v, params[i], f"state[{pid!r}][{key!r}]", key,
+                                                  self._storage(group, params[i], key))
                             for key, v in entry.items() if v is not None}
+            if "master_param" in new_state[i] and not (group.get("master_weights")
+                                                       and params[i].dtype.name in ("bfloat16", "float16")):
+                del new_state[i]["master_param"]  # without master weights the param is it
         for k, group in enumerate(new_groups):
             for i in range(sum(len(g["params"]) for g in new_groups[:k]),
                            sum(len(g["params"]) for g in new_groups[: k + 1])):
@@ -335,7 +455,7 @@ class _Optimizer:
         self.state = new_state
 
     @staticmethod
-    def _load_value(v, p, where, key):
+    def _load_value(v, p, where, key, dtype):
         if key == "step":
             if hasattr(v, "detach") and v.numel() == 1 and not v.is_complex() and str(v.dtype) != "torch.bool":
                 v = v.item()  # torch keeps the step in a 0-dim tensor
@@ -345,7 +465,9 @@ class _Optimizer:
             if not (0 <= s <= 2**53 and s.is_integer()):  # the kernels take the step as a double
                 raise ValueError(f"{where} must be a whole number in [0, 2**53], got {s}")
             return int(s)
+        torch_dtype = None
         if hasattr(v, "detach"):  # a torch tensor (float64 holds every value of a smaller type)
+            torch_dtype = str(v.dtype).replace("torch.", "")
             v = v.detach().cpu().double().numpy()
         try:
             a = np.asarray(v)
@@ -353,9 +475,11 @@ class _Optimizer:
             raise TypeError(f"{where} must be an array, got {type(v).__name__}") from None
         if a.shape != p.shape:
             raise ValueError(f"{where} has shape {a.shape}, but the param has shape {p.shape}")
-        if a.dtype.kind not in "fiu":
+        if a.dtype.kind not in "fiu" and a.dtype.name != "bfloat16":
             raise TypeError(f"{where} has dtype {a.dtype}, expected a floating dtype")
-        return np.array(a, dtype=p.dtype, order="C", copy=True)
+        if key == "master_param" and (a.dtype.name if torch_dtype is None else torch_dtype) != "float32":
+            raise TypeError(f"{where} has dtype {torch_dtype or a.dtype}; expected float32")
+        return np.array(a, dtype=dtype, order="C", copy=True)
 
     def _require(self, state, keys, where):
         for key in keys:
@@ -380,10 +504,11 @@ class SGD(_Optimizer):
     _momentum_key = "momentum"
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
-                 maximize=False, foreach=None, differentiable=False, fused=None):
+                 maximize=False, foreach=None, differentiable=False, fused=None, master_weights=False, state_dtype=None, stochastic_rounding=False, seed=0):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=nesterov, maximize=maximize, foreach=foreach,
-                                      differentiable=differentiable, fused=fused))
+                                      differentiable=differentiable, fused=fused,
+                                      **_precision_defaults(master_weights, state_dtype, stochastic_rounding, seed)))
 
     def _check(self, g, where):
         if not _is_schedule(g["lr"]):
@@ -410,16 +535,32 @@ class SGD(_Optimizer):
     def _check_state(self, state, group, where):
         pass
 
+    _has_step = False
+
     def _update(self, group, first, params, grads, states):
         lr, momentum = self._hyper(group)
         bufs = None
         if self._uses_momentum(group):
             for s, p in zip(states, params):
-                s.setdefault("momentum_buffer", np.zeros_like(p))
+                if "momentum_buffer" not in s:
+                    s["momentum_buffer"] = self._zeros(group, p)
             bufs = [s["momentum_buffer"] for s in states]
-        _kernels.sgd_step(params, grads, bufs, lr=lr, momentum=momentum, dampening=group["dampening"],
-                          nesterov=group["nesterov"], weight_decay=group["weight_decay"],
-                          maximize=group["maximize"], step=1 if first else None)
+        prec = self._precision
+        if not prec["stochastic_rounding"]:
+            _kernels.sgd_step(params, grads, bufs, lr=lr, momentum=momentum, dampening=group["dampening"],
+                              nesterov=group["nesterov"], weight_decay=group["weight_decay"],
+                              maximize=group["maximize"], step=1 if first else None, **prec)
+            return
+        # the rounding key takes the group's count of updates (sr_t), which the first-step
+        # flag of a late param's buffer must not follow: one validated call, both passed
+        call = _kernels._Call(params, grads, prec["master_params"], True, prec["seed"], prec["tensor_ids"])
+        if bufs is not None:
+            bufs = call.state(bufs, "momentum_buffers")
+        call.finish()
+        _C.sgd(call.code, call.numel, call.addresses(call.params), call.addresses(call.grads),
+               call.addresses(bufs), lr, None, group.get("sr_t", 0), momentum if bufs else 0.0, None,
+               float(group["dampening"]), bool(group["nesterov"]), float(group["weight_decay"]),
+               bool(group["maximize"]), bool(first), **call.precision())
 
 
 class Adam(_Optimizer):
@@ -431,11 +572,12 @@ class Adam(_Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
-                 decoupled_weight_decay=False):
+                 decoupled_weight_decay=False, master_weights=False, state_dtype=None, stochastic_rounding=False, seed=0):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                                       foreach=foreach, maximize=maximize, capturable=capturable,
                                       differentiable=differentiable, fused=fused,
-                                      decoupled_weight_decay=decoupled_weight_decay))
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      **_precision_defaults(master_weights, state_dtype, stochastic_rounding, seed)))
 
     def _check(self, g, where):
         if not _is_schedule(g["lr"]):
@@ -466,16 +608,16 @@ class Adam(_Optimizer):
     def _update(self, group, step, params, grads, states):
         lr, beta1 = self._hyper(group)
         for s, p in zip(states, params):
-            if not s:
-                s.update(step=0, exp_avg=np.zeros_like(p), exp_avg_sq=np.zeros_like(p))
+            if "step" not in s:
+                s.update(step=0, exp_avg=self._zeros(group, p), exp_avg_sq=self._zeros(group, p))
             if group["amsgrad"] and "max_exp_avg_sq" not in s:
-                s["max_exp_avg_sq"] = np.zeros_like(p)
+                s["max_exp_avg_sq"] = self._zeros(group, p)
         _kernels.adam_step(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                            step=step + 1, lr=lr, beta1=beta1, beta2=group["betas"][1], eps=group["eps"],
                            weight_decay=group["weight_decay"],
                            decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"],
                            max_exp_avg_sqs=[s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else None,
-                           maximize=group["maximize"])
+                           maximize=group["maximize"], **self._precision)
         for s in states:
             s["step"] = step + 1
 
@@ -484,10 +626,12 @@ class AdamW(Adam):
     """torch.optim.AdamW: Adam with decoupled weight decay (default 1e-2)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 maximize=False, foreach=None, capturable=False, differentiable=False, fused=None):
+                 maximize=False, foreach=None, capturable=False, differentiable=False, fused=None, master_weights=False, state_dtype=None, stochastic_rounding=False, seed=0):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                          foreach=foreach, maximize=maximize, capturable=capturable,
-                         differentiable=differentiable, fused=fused, decoupled_weight_decay=True)
+                         differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
+                         master_weights=master_weights, state_dtype=state_dtype,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
 
 
 class RMSprop(_Optimizer):
@@ -498,10 +642,11 @@ class RMSprop(_Optimizer):
     _momentum_key = "momentum"
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
-                 capturable=False, foreach=None, maximize=False, differentiable=False):
+                 capturable=False, foreach=None, maximize=False, differentiable=False, *, master_weights=False, state_dtype=None, stochastic_rounding=False, seed=0):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                                       centered=centered, capturable=capturable, foreach=foreach,
-                                      maximize=maximize, differentiable=differentiable))
+                                      maximize=maximize, differentiable=differentiable,
+                                      **_precision_defaults(master_weights, state_dtype, stochastic_rounding, seed)))
 
     def _check(self, g, where):
         if not _is_schedule(g["lr"]):
@@ -522,7 +667,7 @@ class RMSprop(_Optimizer):
         pass
 
     def _bucket_key(self, i, group):
-        return None
+        return self.state[i].get("step", 0)  # the rounding key takes the step
 
     def _check_state(self, state, group, where):
         if state:
@@ -533,18 +678,18 @@ class RMSprop(_Optimizer):
         lr, momentum = self._hyper(group)
         mom = self._uses_momentum(group)
         for s, p in zip(states, params):
-            if not s:
-                s.update(step=0, square_avg=np.zeros_like(p))
+            if "step" not in s:
+                s.update(step=0, square_avg=self._zeros(group, p))
             if mom and "momentum_buffer" not in s:
-                s["momentum_buffer"] = np.zeros_like(p)
+                s["momentum_buffer"] = self._zeros(group, p)
             if group["centered"] and "grad_avg" not in s:
-                s["grad_avg"] = np.zeros_like(p)
+                s["grad_avg"] = self._zeros(group, p)
         _kernels.rmsprop_step(params, grads, [s["square_avg"] for s in states], lr=lr, alpha=group["alpha"],
                               eps=group["eps"], weight_decay=group["weight_decay"], momentum=momentum,
                               momentum_buffers=[s["momentum_buffer"] for s in states] if mom else None,
                               centered=group["centered"],
                               grad_avgs=[s["grad_avg"] for s in states] if group["centered"] else None,
-                              maximize=group["maximize"])
+                              maximize=group["maximize"], step=states[0]["step"] + 1, **self._precision)
         for s in states:
             s["step"] += 1
 
@@ -556,11 +701,12 @@ class Adagrad(_Optimizer):
     _state_keys = ("step", "sum")
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
-                 foreach=None, *, maximize=False, differentiable=False, fused=None):
+                 foreach=None, *, maximize=False, differentiable=False, fused=None, master_weights=False, state_dtype=None, stochastic_rounding=False, seed=0):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, eps=eps,
                                       foreach=foreach, maximize=maximize, differentiable=differentiable,
-                                      fused=fused))
+                                      fused=fused,
+                                      **_precision_defaults(master_weights, state_dtype, stochastic_rounding, seed)))
 
     def _check(self, g, where):
         if not _is_schedule(g["lr"]):
@@ -574,7 +720,7 @@ class Adagrad(_Optimizer):
 
     def _init_state(self, i, group):
         p = self._params[i]
-        self.state[i] = {"step": 0, "sum": np.full_like(p, group["initial_accumulator_value"])}
+        self.state[i] = {"step": 0, "sum": self._zeros(group, p, group["initial_accumulator_value"])}
 
     def _bucket_key(self, i, group):
         return self.state[i]["step"]
@@ -586,6 +732,6 @@ class Adagrad(_Optimizer):
         lr, _ = self._hyper(group)
         _kernels.adagrad_step(params, grads, [s["sum"] for s in states], step=step + 1, lr=lr,
                               lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
-                              maximize=group["maximize"])
+                              maximize=group["maximize"], **self._precision)
         for s in states:
             s["step"] = step + 1

@@ -257,7 +257,92 @@ def scenario_fsdp2(rank, outdir):
     return res
 
 
-SCENARIOS = {"ddp": scenario_ddp, "zero": scenario_zero, "fsdp2": scenario_fsdp2}
+# ----------------------------------------------------------------- precision ---
+# bf16 params with fp32 master weights and bf16 optimizer state (issue #12)
+PRECISION = {"lr": 1e-2, "weight_decay": 0.1, "master_weights": True, "state_dtype": torch.bfloat16}
+
+
+def make_bf16_model():
+    return make_model().to(torch.bfloat16)
+
+
+def bf16_train(model, opt, steps, start=0, rank=None):
+    """train() on the bf16 model (inputs cast to bf16, the loss in float32)."""
+    traj = []
+    for step in range(start, start + steps):
+        x, y = batch(step, rank)
+        opt.zero_grad(set_to_none=True)
+        F.mse_loss(model(x.to(torch.bfloat16)).float(), y.float()).backward()
+        opt.step()
+        traj.append(snapshot(model))
+    return [torch.stack(ps) for ps in zip(*traj)]
+
+
+def masters(opt, params):
+    """Each param's fp32 master (a DTensor's local shard)."""
+    return [getattr(opt.state[p]["master_param"], "_local_tensor", opt.state[p]["master_param"]).clone()
+            for p in params]
+
+
+def scenario_precision(rank, outdir):
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    res = {}
+    model = DDP(make_bf16_model())
+    opt = fastlr.optim.AdamW(model.parameters(), **PRECISION)
+    res["ddp"] = bf16_train(model, opt, STEPS, rank=rank)
+    res["ddp", "masters"] = masters(opt, list(model.parameters()))
+    # DDP checkpoint after RESUME_AT steps: masters and bf16 state come back as saved
+    path = os.path.join(outdir, "precision-ddp.pt")
+    model = DDP(make_bf16_model())
+    opt = fastlr.optim.AdamW(model.parameters(), **PRECISION)
+    head = bf16_train(model, opt, RESUME_AT, rank=rank)
+    if rank == 0:
+        torch.save({"model": model.module.state_dict(), "optim": opt.state_dict()}, path)
+    torch.distributed.barrier()
+    ckpt = torch.load(path)
+    inner = make_bf16_model()
+    inner.load_state_dict(ckpt["model"])
+    model = DDP(inner)
+    opt = fastlr.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)  # options from the dict
+    opt.load_state_dict(ckpt["optim"])
+    tail = bf16_train(model, opt, STEPS - RESUME_AT, start=RESUME_AT, rank=rank)
+    res["ddp", "resume"] = [torch.cat(ps) for ps in zip(head, tail)]
+    # ZeRO: each rank keeps the masters and state of its own params
+    model = DDP(make_bf16_model())
+    opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=fastlr.optim.AdamW, **PRECISION)
+    res["zero"] = bf16_train(model, opt, STEPS, rank=rank)
+    res["zero", "local_state"] = sorted(
+        (key, str(v.dtype)) for st in opt.optim.state.values() for key, v in st.items()
+    )
+    opt.consolidate_state_dict(to=0)
+    if rank == 0:
+        sd = opt.state_dict()
+        res["zero", "consolidated"] = sorted((pid, sorted(st)) for pid, st in sd["state"].items())
+    # FSDP2: the update runs on each rank's local shard, the master is a DTensor like the param
+    if _fsdp2_unavailable() is None:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.tensor import DTensor
+
+        mesh = init_device_mesh("cpu", (WORLD,))
+        model = make_bf16_model()
+        for layer in (model[0], model[2], model[4]):
+            fully_shard(layer, mesh=mesh)
+        model = fully_shard(model, mesh=mesh)
+        opt = fastlr.optim.AdamW(model.parameters(), **PRECISION)
+        res["fsdp2"] = bf16_train(model, opt, STEPS, rank=rank)
+        res["fsdp2", "masters"] = masters(opt, list(model.parameters()))
+        res["fsdp2", "state_kinds"] = sorted({
+            (key, type(v).__name__, str(v.dtype), isinstance(v, DTensor) and v.placements == p.placements)
+            for p in model.parameters() for key, v in opt.state[p].items()
+        })
+    return res
+
+
+SCENARIOS = {"ddp": scenario_ddp, "zero": scenario_zero, "fsdp2": scenario_fsdp2,
+             "precision": scenario_precision}
 
 
 # --------------------------------------------------------------------- launch ---

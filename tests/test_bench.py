@@ -55,6 +55,13 @@ def test_bench_quick_writes_json(tmp_path, torch):
             assert c["samples"] >= 1 and c["median_s"] > 0
         if r["schedule"] is None:
             assert r["roofline_gbps"] > 0
+        # every cell is judged, and its verdict travels with its ratios and intervals
+        assert r["trusted"] == (not r["flags"]) and set(r["flags"]) <= {"busy", "drifting", "wide"}
+        assert r["stats"]["verdict"]["flags"] == r["flags"] and r["stats"]["host"]["other_cores"] is not None
+        if "speedup_vs_torch_best" in r:
+            lo, hi = r["speedup_vs_torch_best_ci"]
+            assert lo <= r["speedup_vs_torch_best"] <= hi
+    assert meta["expected_s"] < 60 and meta["host"]["other_cores_max"] >= meta["host"]["other_cores_start"]
     assert any(r["schedule"] == "onecycle" for r in results)
 
 
@@ -82,3 +89,32 @@ def test_bench_filters(tmp_path, torch, capsys):
     assert "| Adagrad |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.main(["bench", "--optimizer", "lion"])
+
+
+def _synthetic_result(flags):
+    """One bench cell whose every ratio is 3366.82 with the interval [1, 4000]."""
+    from fastlr import _bench
+    from fastlr._benchstats import CellResult, Ratio, Verdict
+
+    c = {k: {"median_s": t, "min_s": t, "max_s": t, "q1_s": t, "q3_s": t, "samples": 5, "inner": 1}
+         for k, t in (("roofline", 1e-3), ("fastlr", 1e-3), ("forloop", 9.0), ("foreach", 8.0), ("fused", 3.4))}
+    res = {"optimizer": "sgd", "label": "SGD(m=0.9)", "workload": "small", "dtype": "float32", "threads": 2,
+           "schedule": None, "numel": 99000, "tensors": 100, "bytes_per_element": 20, "contenders": c}
+    ratios = {k: Ratio(3366.82, 1.0, 4000.0, 5) for k in _bench.cell_ratios(list(c))}
+    _bench._summarize(res, CellResult([], ratios, Verdict(tuple(flags)), None))
+    return res
+
+
+def test_bench_table_marks_untrusted_cells_and_counts_them():
+    from fastlr import _bench
+
+    meta = {"cpu": "x", "cores": 2, "cpu_level": "avx2", "torch": "t", "numpy": "n", "fastlr": "f", "date": "d",
+            "env": {}, "wall_s": 1.0, "host": {"other_cores_start": 1.0, "other_cores_max": 1.1, "retries": 1}}
+    busy, quiet = _synthetic_result(["busy", "drifting"]), _synthetic_result([])
+    text = _bench.format_table([busy], meta)
+    row = next(line for line in text.splitlines() if line.startswith("| SGD"))
+    assert "3366" not in row and "? (1.00-4000x) (fused)" in row and row.endswith("| busy+drifting |")
+    assert "0 of 1 cells trustworthy; 1 marked (busy 1, drifting 1)." in text
+    assert "up to 1.10 during it" in text
+    text = _bench.format_table([quiet, busy], meta)
+    assert "3366.82x [1.00, 4000.00] (fused)" in text and "1 of 2 cells trustworthy" in text

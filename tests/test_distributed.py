@@ -21,6 +21,7 @@ if sys.platform == "win32":  # pragma: no cover
     pytest.skip("the multi-process tests run on Linux/macOS", allow_module_level=True)
 
 import _dist_worker as w  # noqa: E402  (tests/ is on sys.path, as for conftest)
+import fastlr.optim  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-12  # float64 trajectories over STEPS steps; the differences seen are ~1e-16
@@ -32,7 +33,7 @@ def runs(tmp_path_factory):
     outdir = tmp_path_factory.mktemp("dist")
     error = None
     try:
-        w.launch(list(w.SCENARIOS), str(outdir), timeout=55)
+        w.launch(list(w.SCENARIOS), str(outdir), timeout=120)
     except Exception as e:  # noqa: BLE001 - reported by the tests whose scenario is missing
         error = f"{type(e).__name__}: {e}"
 
@@ -154,6 +155,73 @@ def test_fsdp2_dcp_checkpoint_resume(runs):
     assert r0["resume", "AdamW-sched"][1] == r0["fastlr", "AdamW-sched"][1]
 
 
+# ----------------------------------------------------------------- precision ---
+def _bf16_reference():
+    """Single process, global batch: bf16 params, fp32 masters, bf16 state."""
+    model = w.make_bf16_model()
+    opt = fastlr.optim.AdamW(model.parameters(), **w.PRECISION)
+    traj = w.bf16_train(model, opt, w.STEPS)
+    return traj, w.masters(opt, list(model.parameters()))
+
+
+def check_bf16(label, got, ref):
+    """bf16 grads summed across ranks round differently from one process's: a few elements
+    may take a bf16 step apart, nothing more."""
+    if got.dtype == torch.bfloat16:
+        assert (got == ref).double().mean() >= 0.9, label
+    got, ref = got.float(), ref.float()
+    print(f"{label}: max |dparam| = {maxdiff(got, ref):.3g}")
+    torch.testing.assert_close(got, ref, rtol=4 * 2**-8, atol=4 * 2**-8 * float(ref.abs().max()))
+
+
+def test_ddp_master_weights_bf16_state(runs):
+    r0, r1 = runs("precision")
+    ref, ref_masters = _bf16_reference()
+    assert torch.equal(w.flat(r0["ddp"]), w.flat(r1["ddp"]))  # ranks in sync
+    check_bf16("DDP bf16+master vs 1 process", w.flat(r0["ddp"]), w.flat(ref))
+    for m, rm in zip(r0["ddp", "masters"], ref_masters):
+        assert m.dtype == torch.float32
+        check_bf16("DDP masters vs 1 process", m, rm)
+    # the params are their masters rounded to nearest
+    last = [t[-1] for t in r0["ddp"]]
+    for p, m in zip(last, r0["ddp", "masters"]):
+        assert torch.equal(p, m.to(torch.bfloat16))
+    # resumed from rank 0's checkpoint: bit for bit the uninterrupted run
+    check("DDP bf16+master resumed vs uninterrupted", w.flat(r0["ddp", "resume"]).float(),
+          w.flat(r0["ddp"]).float(), tol=0.0)
+
+
+def test_zero_master_weights_bf16_state(runs):
+    r0, r1 = runs("precision")
+    # ZeRO updates each param on one rank with the same all-reduced grads as DDP: identical
+    check("ZeRO bf16+master vs DDP", w.flat(r0["zero"]).float(), w.flat(r0["ddp"]).float(), tol=0.0)
+    assert torch.equal(w.flat(r0["zero"]), w.flat(r1["zero"]))
+    for local in (r0["zero", "local_state"], r1["zero", "local_state"]):
+        kinds = dict(local)
+        assert kinds["master_param"] == "torch.float32"
+        assert kinds["exp_avg"] == kinds["exp_avg_sq"] == "torch.bfloat16"
+    assert [pid for pid, _ in r0["zero", "consolidated"]] == list(range(6))
+    for _, keys in r0["zero", "consolidated"]:
+        assert keys == ["exp_avg", "exp_avg_sq", "master_param", "step"]
+
+
+def test_fsdp2_master_weights_bf16_state(runs):
+    r0, r1 = runs("precision")
+    if ("fsdp2",) not in [k if isinstance(k, tuple) else (k,) for k in r0]:
+        pytest.skip(w._fsdp2_unavailable() or "FSDP2 did not run")
+    got = w.flat(None, shards=[r0["fsdp2"], r1["fsdp2"]])
+    ref, ref_masters = _bf16_reference()
+    check_bf16("FSDP2 bf16+master vs unsharded", got, w.flat(ref))
+    for m0, m1, rm in zip(r0["fsdp2", "masters"], r1["fsdp2", "masters"], ref_masters):
+        check_bf16("FSDP2 masters vs unsharded", torch.cat([m0, m1]), rm)
+    for key, kind, dtype, same_placement in r0["fsdp2", "state_kinds"]:
+        if key == "step":
+            assert kind == "Tensor"
+        else:
+            assert kind == "DTensor" and same_placement, (key, kind)
+            assert dtype == ("torch.float32" if key == "master_param" else "torch.bfloat16")
+
+
 # ------------------------------------------------------------------- example ---
 def test_example_train_ddp_torchrun(tmp_path):
     """examples/train_ddp.py under `torchrun --nproc_per_node=2` (CPU, gloo)."""
@@ -166,19 +234,29 @@ def test_example_train_ddp_torchrun(tmp_path):
         "--master_addr=127.0.0.1", f"--master_port={w.free_port()}",
         str(ROOT / "examples" / "train_ddp.py"), "--steps", "30",
     ]
-    # its own session, so that a timeout takes torchrun's workers down with it
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=55)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        out, _ = proc.communicate()
-        pytest.fail(f"torchrun examples/train_ddp.py did not finish in 55 s:\n{out}")
-    finally:
-        if proc.poll() is None:  # pragma: no cover
+    def run():
+        # its own session, so that a timeout takes torchrun's workers down with it
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
-            proc.wait()
+            out, _ = proc.communicate()
+            pytest.fail(f"torchrun examples/train_ddp.py did not finish in 90 s:\n{out}")
+        finally:
+            if proc.poll() is None:  # pragma: no cover
+                os.killpg(proc.pid, 9)
+                proc.wait()
+        return proc, out
+
+    proc, out = run()
+    # torch's gloo teardown sometimes aborts a worker after the script's last line, in
+    # destroy_process_group ("terminate called without an active exception", exit -6; seen
+    # about one run in eight on a loaded 2-core host): that, and only that, is run again once
+    if (proc.returncode != 0 and "params in sync across 2 ranks" in out
+            and "terminate called without an active exception" in out):
+        proc, out = run()
     assert proc.returncode == 0, out
     assert "params in sync across 2 ranks" in out, out
     first, last = (float(line.split("loss")[1].split()[0]) for line in

@@ -21,7 +21,9 @@ from .adam import Adam, AdamW
 from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
+from ._precision import to_torch_state_dict
+
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "to_torch_state_dict"]
 
 
 def _allow_schedules_in_checkpoints():

@@ -254,13 +254,20 @@ class FastlrOptimizer(torch.optim.Optimizer):
                                          f"(the largest value of {betas[0]!r})")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        try:
+            _precision.check_group(type(self).__name__, group)
+        except Exception:
+            self.param_groups.pop()  # a refused group is not left behind
+            raise
         self._attach_schedules(group)
         self._fastlr_plans = {}
 
     def load_state_dict(self, state_dict):
         # Refuse a state_dict the kernels cannot use before anything is modified.
         _checkpoint.check_state_dict(self, state_dict)
+        state_dict = _precision.keep_options(self, state_dict)
         super().load_state_dict(state_dict)
+        _precision.convert_loaded_state(self, state_dict)
         self._fastlr_plans = {}
         self._fastlr_written = {}
 
@@ -424,6 +431,12 @@ class FastlrOptimizer(torch.optim.Optimizer):
         scheduled = "schedule_t" in group
         if scheduled:
             self._sync_schedules(group)
+        if _precision.active(group):
+            _precision.step_group(self, group, gs, grad_scale)
+            if scheduled:
+                group["schedule_t"] += 1
+                self._show_schedules(group, group["schedule_t"])
+            return
         params_all = group["params"]
         grads_all = list(map(_get_grad, params_all))
         mask = list(map(_is_not, grads_all, _NONE))
@@ -827,3 +840,6 @@ def _check_not_differentiable(name, differentiable):
 
 def _scalar(x):
     return x if type(x) is float else float(x)
+
+
+from . import _precision  # noqa: E402  (it builds on this module's helpers)

@@ -75,7 +75,7 @@ def check_state_dict(opt, state_dict):
                 raise ValueError(f"{name}: param id {pid!r} is listed twice in param_groups")
             owner[pid] = (g, i, p, saved)
 
-    allowed = _STATE_KEYS[kind]
+    allowed = _STATE_KEYS[kind] + ("master_param",)  # the fp32 copy of master_weights=True
     spans = []  # (device, start, end, where) of every state tensor
     for pid, pstate in state.items():
         if pid not in owner:
@@ -102,6 +102,8 @@ def check_state_dict(opt, state_dict):
                 continue  # torch's "no buffer yet"
             else:
                 _check_like_param(value, p, f"{where}[{key!r}]")
+                if key == "master_param" and value.dtype != torch.float32:
+                    raise TypeError(f"{where}['master_param'] has dtype {value.dtype}; expected float32")
                 local = getattr(value, "_local_tensor", value)  # a DTensor's shard (FSDP2)
                 if local.numel():
                     spans.append((local.device.type, local.data_ptr(), local.data_ptr() + local.nbytes,

@@ -6,6 +6,7 @@ from torch import Tensor
 from torch.optim.adagrad import adagrad as _torch_adagrad
 
 from .. import _C
+from . import _precision
 from ._base import FastlrOptimizer, _scalar, _Schedule
 
 __all__ = ["Adagrad"]
@@ -38,6 +39,10 @@ class Adagrad(FastlrOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        master_weights: bool = False,
+        state_dtype: torch.dtype | None = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
     ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -65,6 +70,7 @@ class Adagrad(FastlrOptimizer):
             "differentiable": differentiable,
             "fused": fused,
         }
+        defaults.update(_precision.defaults(master_weights, state_dtype, stochastic_rounding, seed))
         super().__init__(params, defaults)
 
         if fused and foreach:
@@ -100,13 +106,14 @@ class Adagrad(FastlrOptimizer):
         # torch reads the default here, not the group's value
         init = self.defaults["initial_accumulator_value"]
         init_value = complex(init, init) if torch.is_complex(p) else init
-        state["sum"] = torch.full_like(p, init_value, memory_format=torch.preserve_format)
+        state["sum"] = torch.full_like(p, init_value, dtype=_precision.state_dtype(group, p),
+                                      memory_format=torch.preserve_format)
 
-    def _call(self, group, b, addrs, step, grad_scale):
+    def _call(self, group, b, addrs, step, grad_scale, **precision):
         _C.adagrad(
             b.code, b.numel, addrs[0], addrs[1], addrs[2], step, _scalar(group["lr"]), None,
             _scalar(group["lr_decay"]), _scalar(group["weight_decay"]), _scalar(group["eps"]),
-            bool(group["maximize"]), grad_scale,
+            bool(group["maximize"]), grad_scale, **precision,
         )
 
     def _sparse_step(self, group, params, grads, states, grad_scale):

@@ -6,6 +6,7 @@ from torch import Tensor
 from torch.optim.optimizer import _to_scalar
 
 from .. import _C
+from . import _precision
 from ._base import FastlrOptimizer, _scalar, _Schedule
 
 __all__ = ["Adam", "AdamW"]
@@ -43,6 +44,10 @@ class Adam(FastlrOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
+        master_weights: bool = False,
+        state_dtype: torch.dtype | None = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
     ) -> None:
         if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")  # not IndexError
@@ -99,6 +104,7 @@ class Adam(FastlrOptimizer):
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
+        defaults.update(_precision.defaults(master_weights, state_dtype, stochastic_rounding, seed))
         super().__init__(params, defaults)
 
         if fused and foreach:
@@ -126,19 +132,20 @@ class Adam(FastlrOptimizer):
 
     def _init_state(self, group, p, state):
         state["step"] = self._new_step(p)
-        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        dtype = _precision.state_dtype(group, p)
+        state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         if group["amsgrad"]:
-            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["max_exp_avg_sq"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
 
-    def _call(self, group, b, addrs, step, grad_scale):
+    def _call(self, group, b, addrs, step, grad_scale, **precision):
         beta1, beta2 = group["betas"]
         _C.adam(
             b.code, b.numel, addrs[0], addrs[1], addrs[2], addrs[3],
             addrs[4] if len(addrs) > 4 else None, step, _scalar(group["lr"]), None,
             _scalar(beta1), None, _scalar(beta2), _scalar(group["eps"]),
             _scalar(group["weight_decay"]), bool(group["decoupled_weight_decay"]),
-            bool(group["amsgrad"]), bool(group["maximize"]), grad_scale,
+            bool(group["amsgrad"]), bool(group["maximize"]), grad_scale, **precision,
         )
 
     def _sparse_error(self):
@@ -163,6 +170,10 @@ class AdamW(Adam):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        master_weights: bool = False,
+        state_dtype: torch.dtype | None = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__(
             params,
@@ -177,6 +188,10 @@ class AdamW(Adam):
             differentiable=differentiable,
             fused=fused,
             decoupled_weight_decay=True,
+            master_weights=master_weights,
+            state_dtype=state_dtype,
+            stochastic_rounding=stochastic_rounding,
+            seed=seed,
         )
 
     def __setstate__(self, state):

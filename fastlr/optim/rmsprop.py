@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from .. import _C
+from . import _precision
 from ._base import FastlrOptimizer, _scalar, _Schedule
 
 __all__ = ["RMSprop"]
@@ -38,6 +39,10 @@ class RMSprop(FastlrOptimizer):
         foreach: bool | None = None,
         maximize: bool = False,
         differentiable: bool = False,
+        master_weights: bool = False,
+        state_dtype: torch.dtype | None = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
     ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -64,6 +69,7 @@ class RMSprop(FastlrOptimizer):
             "maximize": maximize,
             "differentiable": differentiable,
         }
+        defaults.update(_precision.defaults(master_weights, state_dtype, stochastic_rounding, seed))
         super().__init__(params, defaults)
 
     def __setstate__(self, state):
@@ -94,13 +100,14 @@ class RMSprop(FastlrOptimizer):
 
     def _init_state(self, group, p, state):
         state["step"] = self._new_step(p)
-        state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        dtype = _precision.state_dtype(group, p)
+        state["square_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         if self._use_momentum(group):
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["momentum_buffer"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         if group["centered"]:
-            state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["grad_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
 
-    def _call(self, group, b, addrs, step, grad_scale):
+    def _call(self, group, b, addrs, step, grad_scale, t=0, **precision):
         centered = bool(group["centered"])
         use_momentum = self._use_momentum(group)
         k = 3
@@ -112,9 +119,9 @@ class RMSprop(FastlrOptimizer):
             momentum_buffers = addrs[k]
         _C.rmsprop(
             b.code, b.numel, addrs[0], addrs[1], addrs[2], grad_avgs, momentum_buffers,
-            _scalar(group["lr"]), None, 0, _scalar(group["alpha"]), _scalar(group["eps"]),
+            _scalar(group["lr"]), None, t, _scalar(group["alpha"]), _scalar(group["eps"]),
             _scalar(group["weight_decay"]), _scalar(group["momentum"]), None, centered,
-            use_momentum, bool(group["maximize"]), False, grad_scale,
+            use_momentum, bool(group["maximize"]), False, grad_scale, **precision,
         )
 
     def _sparse_error(self):

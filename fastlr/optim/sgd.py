@@ -6,6 +6,7 @@ from torch import Tensor
 from torch.optim.sgd import sgd as _torch_sgd
 
 from .. import _C
+from . import _precision
 from ._base import FastlrOptimizer, _scalar, _Schedule, _schedule_peak
 
 __all__ = ["SGD"]
@@ -42,6 +43,10 @@ class SGD(FastlrOptimizer):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
+        master_weights: bool = False,
+        state_dtype: torch.dtype | None = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
     ) -> None:
         lr_sched = isinstance(lr, _Schedule)
         mom_sched = isinstance(momentum, _Schedule)
@@ -67,6 +72,7 @@ class SGD(FastlrOptimizer):
         }
         if nesterov and (dampening != 0 or (_schedule_peak(momentum) if mom_sched else momentum) <= 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        defaults.update(_precision.defaults(master_weights, state_dtype, stochastic_rounding, seed))
         super().__init__(params, defaults)
 
         if fused:
@@ -90,13 +96,13 @@ class SGD(FastlrOptimizer):
     def _init_state(self, group, p, state):
         pass  # torch creates the momentum buffer from the first gradient
 
-    def _call(self, group, b, addrs, step, grad_scale):
+    def _call(self, group, b, addrs, step, grad_scale, t=0, **precision):
         momentum = _scalar(group["momentum"])
         _C.sgd(
             b.code, b.numel, addrs[0], addrs[1], addrs[2] if len(addrs) > 2 else None,
-            _scalar(group["lr"]), None, 0, momentum, None, _scalar(group["dampening"]),
+            _scalar(group["lr"]), None, t, momentum, None, _scalar(group["dampening"]),
             bool(group["nesterov"]), _scalar(group["weight_decay"]), bool(group["maximize"]), b.first,
-            grad_scale,
+            grad_scale, **precision,
         )
 
     def _sparse_step(self, group, params, grads, states, grad_scale):

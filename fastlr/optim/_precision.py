@@ -1,0 +1,377 @@
+"""Precision options of fastlr.optim: fp32 master weights, the storage dtype of the state,
+stochastic rounding (issue #12).
+
+The options live in the param group under ``master_weights``, ``state_dtype``,
+``stochastic_rounding`` and ``seed``, and only when they differ from the defaults, so a
+default optimizer's groups and state_dict stay exactly torch's. SGD keeps the count of its
+stochastically rounded updates under ``sr_t`` (torch's SGD has no per-param step, and the
+random bits are keyed by the step).
+
+A group with any option set is updated here: one fused kernel call per (param dtype, grad
+dtype, step) bucket reads the grads, updates the master (or the param) and the state in
+float32, and stores every 16-bit destination rounded to nearest or stochastically.
+"""
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from ._base import _Bucket, _local_grad
+
+OPTIONS = ("master_weights", "state_dtype", "stochastic_rounding", "seed")
+_LOW = (torch.bfloat16, torch.float16)
+# float16 state is not offered: its range is too narrow for exp_avg_sq (g² of 1e-4 underflows)
+_STATE_DTYPES = (torch.float32, torch.bfloat16)
+_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+_MASK64 = (1 << 64) - 1
+
+
+# ---------------------------------------------------------------- options ---
+def defaults(master_weights=False, state_dtype=None, stochastic_rounding=False, seed=0):
+    """The group keys for these options (only those that differ from the defaults),
+    validated: TypeError/ValueError naming the argument."""
+    out = {}
+    check_values("", master_weights, state_dtype, stochastic_rounding, seed)
+    if master_weights:
+        out["master_weights"] = True
+    if state_dtype is not None:
+        out["state_dtype"] = state_dtype
+    if stochastic_rounding:
+        out["stochastic_rounding"] = True
+    if seed != 0:
+        out["seed"] = int(seed)
+    return out
+
+
+def check_values(where, master_weights, state_dtype, stochastic_rounding, seed):
+    if not isinstance(master_weights, bool):
+        raise TypeError(f"{where}master_weights must be a bool, got {type(master_weights).__name__}")
+    if state_dtype is not None and not (
+        isinstance(state_dtype, torch.dtype) and state_dtype in _STATE_DTYPES
+    ):
+        raise TypeError(
+            f"{where}state_dtype must be None, torch.float32 or torch.bfloat16, "
+            f"got {state_dtype!r}"
+        )
+    if not isinstance(stochastic_rounding, bool):
+        raise TypeError(
+            f"{where}stochastic_rounding must be a bool, got {type(stochastic_rounding).__name__}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{where}seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed <= _MASK64:
+        raise ValueError(f"{where}seed must be in [0, 2**64), got {seed}")
+
+
+def check_group(name, group):
+    """Validates a group's options against its params (before the group is added)."""
+    where = f"fastlr.optim.{name}: "
+    check_values(
+        where, group.get("master_weights", False), group.get("state_dtype"),
+        group.get("stochastic_rounding", False), group.get("seed", 0),
+    )
+    if "sr_t" in group:
+        t = group["sr_t"]
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t <= 2**53:
+            raise ValueError(f"{where}sr_t must be an int in [0, 2**53], got {t!r}")
+    if not active(group):
+        return
+    sdt = group.get("state_dtype")
+    for i, p in enumerate(group["params"]):
+        if p.is_complex():
+            raise TypeError(
+                f"{where}params[{i}] is complex ({p.dtype}); master_weights, state_dtype and "
+                "stochastic_rounding support real params only"
+            )
+        if p.dtype == torch.float64 and sdt is not None:
+            raise TypeError(
+                f"{where}state_dtype={sdt} with the float64 params[{i}]: the state of a float64 "
+                "param stays float64 (pass state_dtype=None, or put it in its own param group)"
+            )
+        if p.device.type != "cpu":
+            raise NotImplementedError(
+                f"{where}params[{i}] is on {p.device}: master_weights, state_dtype and "
+                "stochastic_rounding are implemented for CPU params"
+            )
+
+
+def active(group):
+    return bool(
+        group.get("master_weights") or group.get("state_dtype") is not None
+        or group.get("stochastic_rounding")
+    )
+
+
+def uses_master(group, p):
+    return bool(group.get("master_weights")) and p.dtype in _LOW
+
+
+def state_dtype(group, p):
+    """Storage dtype of p's per-element state: the option, else torch's layout (the dtype of
+    the tensor being updated: float32 when p has a master copy)."""
+    sdt = group.get("state_dtype")
+    if sdt is not None:
+        return sdt
+    return torch.float32 if uses_master(group, p) else p.dtype
+
+
+# ------------------------------------------------------------------ step ---
+def step_group(opt, group, gs, grad_scale):
+    """One update of a group with precision options (CPU params)."""
+    name = type(opt).__name__
+    roles = opt._roles(group)
+    first_id = _first_tensor_id(opt, group)
+    sr = bool(group.get("stochastic_rounding"))
+    seed = int(group.get("seed", 0))
+    items = []
+    for j, p in enumerate(group["params"]):
+        g = p.grad
+        if g is None:
+            continue
+        if any(it[0] is p for it in items):
+            continue  # a param listed twice is updated once
+        if g.is_sparse:
+            raise NotImplementedError(
+                f"fastlr.optim.{name}: sparse gradients with master_weights, state_dtype or "
+                "stochastic_rounding are not supported"
+            )
+        if p.device.type != "cpu":
+            raise NotImplementedError(
+                f"fastlr.optim.{name}: params[{j}] is on {p.device}: master_weights, state_dtype "
+                "and stochastic_rounding are implemented for CPU params"
+            )
+        pl = getattr(p, "_local_tensor", p)
+        gl = _local_grad(g, p)
+        master = uses_master(group, p)
+        if gl.shape != pl.shape or not (gl.dtype == pl.dtype or (master and gl.dtype == torch.float32)):
+            raise RuntimeError(
+                f"fastlr.optim.{name}: the grad of params[{j}] has shape {tuple(gl.shape)} and "
+                f"dtype {gl.dtype}, but the param has shape {tuple(pl.shape)} and dtype {pl.dtype}"
+                + (" (or float32 with master weights)" if master else "")
+            )
+        items.append((p, pl, gl, j))
+    if not items:
+        return
+    # check every state tensor before any is written
+    prepared = []
+    for p, pl, gl, j in items:
+        st = opt.state[p]
+        if len(st) == 0 and (roles or opt._has_step or uses_master(group, p)):
+            opt._init_state(group, p, st)
+        sdt = state_dtype(group, p)
+        tensors = []
+        first = False
+        for role in roles:
+            t = st.get(role)
+            if t is None and opt._kind == "sgd":
+                first = True
+                t = None
+            elif t is None:
+                raise KeyError(role)
+            else:
+                t = getattr(t, "_local_tensor", t)
+                if t.shape != pl.shape or t.dtype != sdt:
+                    raise RuntimeError(
+                        f"fastlr.optim.{name}: state['{role}'] of params[{j}] has shape "
+                        f"{tuple(t.shape)} and dtype {t.dtype}; expected {tuple(pl.shape)}, {sdt}"
+                    )
+            tensors.append(t)
+        m = None
+        if uses_master(group, p):
+            m = st.get("master_param")
+            if m is not None:
+                m = getattr(m, "_local_tensor", m)
+                if m.shape != pl.shape or m.dtype != torch.float32:
+                    raise RuntimeError(
+                        f"fastlr.optim.{name}: state['master_param'] of params[{j}] has shape "
+                        f"{tuple(m.shape)} and dtype {m.dtype}; expected {tuple(pl.shape)}, float32"
+                    )
+        prepared.append((p, pl, gl, j, st, tensors, m, first))
+    sgd_t = group.get("sr_t", 0)
+    buckets = {}
+    for entry in prepared:
+        pl, gl, st = entry[1], entry[2], entry[4]
+        step = float(st["step"]) + 1.0 if opt._has_step else None
+        buckets.setdefault((pl.dtype, gl.dtype, step, entry[7]), []).append(entry)
+    for key, entries in buckets.items():
+        _run_bucket(opt, group, roles, key, entries, gs, sr, seed, first_id, sgd_t)
+    if opt._kind == "sgd" and sr:
+        group["sr_t"] = sgd_t + 1
+    if opt._has_step:
+        for entry in prepared:
+            entry[4]["step"].add_(1.0)
+    for entry in prepared:
+        p = entry[0]
+        if not p.is_inference():
+            torch.autograd.graph.increment_version(p)
+
+
+def _run_bucket(opt, group, roles, key, entries, gs, sr, seed, first_id, sgd_t):
+    """One fused kernel call: the params (and masters) of one dtype and step count, their
+    grads, and the state in its storage dtype. Tensors the kernel cannot walk flat go
+    through contiguous temporaries of the same dtype, copied back after the call."""
+    p_dtype, g_dtype, step, first = key
+    b = _Bucket(_CODES[p_dtype], first)
+    p_addr, g_addr, m_addr, ids, r_addr = [], [], [], [], [[] for _ in roles]
+    copy_back, keep = [], []
+
+    def flat(t):
+        if t.is_contiguous():
+            return t
+        c = t.contiguous()
+        copy_back.append((t, c))
+        return c
+
+    master = uses_master(group, entries[0][0])
+    sdt = state_dtype(group, entries[0][0])
+    for p, pl, gl, j, st, tensors, m, _ in entries:
+        if master and m is None:  # created on the first update from the param
+            m = pl.detach().to(torch.float32, copy=True).contiguous()
+            st["master_param"] = m if pl is p else _like_dtensor(p, m)
+        pm = flat(pl)
+        g = gl if gl.is_contiguous() else gl.contiguous()
+        keep.append(g)
+        p_addr.append(pm.data_ptr())
+        g_addr.append(g.data_ptr())
+        b.numel.append(pm.numel())
+        ids.append(first_id + j)
+        if master:
+            m_addr.append(flat(m).data_ptr())
+        for r, (role, t) in enumerate(zip(roles, tensors)):
+            if t is None:  # SGD's first momentum buffer: the kernel writes the grad into it
+                t = torch.zeros(pl.shape, dtype=sdt)
+                st[role] = t if pl is p else _like_dtensor(p, t)
+            r_addr[r].append(flat(t).data_ptr())
+    precision = dict(
+        grad_dtype=_CODES[g_dtype], state_dtype=_CODES[sdt], masters=m_addr if master else None,
+        stochastic_rounding=sr, seed=seed, tensor_ids=ids,
+    )
+    if opt._kind in ("sgd", "rmsprop"):  # the rounding key takes the completed updates
+        precision["t"] = sgd_t if opt._kind == "sgd" else int(step) - 1
+    opt._call(group, b, (p_addr, g_addr, *r_addr), step, gs, **precision)
+    for dst, src in copy_back:
+        dst.copy_(src)
+
+
+def _like_dtensor(p, local):
+    """A DTensor with p's mesh and placements around the local shard (FSDP2 state)."""
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(local, p.device_mesh, p.placements, run_check=False,
+                              shape=p.shape, stride=p.stride())
+
+
+def _first_tensor_id(opt, group):
+    n = 0
+    for g in opt.param_groups:
+        if g is group:
+            return n
+        n += len(g["params"])
+    return n
+
+
+# ------------------------------------------------------------ state dicts ---
+def _torch_state_dtype(x):
+    """The NumPy face saves state_dtype by name."""
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(x, x) if isinstance(x, str) else x
+
+
+def keep_options(opt, state_dict):
+    """A saved group without an option keeps the optimizer's own (a torch.optim state_dict
+    loaded into an optimizer with options converts to them); the saved options are checked
+    against the optimizer's params before anything is loaded."""
+    name = f"{type(opt).__name__}.load_state_dict: param_groups"
+    groups, changed = [], False
+    for g, (saved, current) in enumerate(zip(state_dict["param_groups"], opt.param_groups)):
+        missing = {k: current[k] for k in OPTIONS if k in current and k not in saved}
+        if missing:
+            saved = {**saved, **missing}
+            changed = True
+        if isinstance(saved.get("state_dtype"), str):
+            saved = {**saved, "state_dtype": _torch_state_dtype(saved["state_dtype"])}
+            changed = True
+        check_group(f"{name}[{g}]", {**saved, "params": current["params"]})
+        groups.append(saved)
+    if changed:
+        state_dict = {**state_dict, "param_groups": groups}
+    return state_dict
+
+
+def convert_loaded_state(opt, state_dict):
+    """After torch's load_state_dict (which casts every state tensor to its param's dtype):
+    state of groups with options is re-read from the saved tensors in its storage dtype,
+    masters are kept in float32, or created from the param when the dict has none."""
+    saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+    params = [(p, group) for group in opt.param_groups for p in group["params"]]
+    saved_state = state_dict["state"]
+    for pid, (p, group) in zip(saved_ids, params):
+        saved = saved_state.get(pid)
+        if not saved or p not in opt.state:
+            continue
+        st = opt.state[p]
+        if not active(group):
+            st.pop("master_param", None)  # loaded without master weights: the param is it
+            continue
+        sdt = state_dtype(group, p)
+        for key, v in saved.items():
+            if key == "step" or not torch.is_tensor(v):
+                continue
+            if key == "master_param":
+                if uses_master(group, p):
+                    st[key] = v.to(device=p.device, dtype=torch.float32)
+                else:
+                    st.pop(key, None)
+            else:
+                st[key] = v.to(device=p.device, dtype=sdt)
+        if uses_master(group, p) and "master_param" not in st:
+            st["master_param"] = p.detach().to(torch.float32, copy=True)
+
+
+def to_torch_state_dict(state_dict, params=None):
+    """Turns a fastlr.optim state_dict saved with ``master_weights`` / ``state_dtype`` /
+    ``stochastic_rounding`` into one that ``torch.optim.X.load_state_dict`` loads and
+    continues from: 16-bit state tensors become float32, ``master_param`` and fastlr's group
+    keys are dropped. Pass ``params`` (the params the torch optimizer will update, in the
+    optimizer's order: e.g. the float32 copies of the classic recipe, or the bf16 model
+    itself) to copy each master into its param, rounded to the param's dtype.
+
+    The input is not modified; tensors that need no conversion are shared.
+
+    >>> sd = to_torch_state_dict(fastlr_opt.state_dict(), params=model32.parameters())  # doctest: +SKIP
+    >>> torch.optim.AdamW(model32.parameters()).load_state_dict(sd)  # doctest: +SKIP
+    """
+    if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+        raise TypeError("to_torch_state_dict: expected an optimizer state_dict (a dict with "
+                        "'state' and 'param_groups')")
+    ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+    targets = None
+    if params is not None:
+        targets = list(params)
+        if len(targets) != len(ids):
+            raise ValueError(f"to_torch_state_dict: params has {len(targets)} tensors; the "
+                             f"state_dict's param_groups list {len(ids)}")
+        for i, (pid, t) in enumerate(zip(ids, targets)):
+            m = state_dict["state"].get(pid, {}).get("master_param")
+            if not torch.is_tensor(t):
+                raise TypeError(f"to_torch_state_dict: params[{i}] must be a tensor, got {type(t).__name__}")
+            if m is not None and tuple(m.shape) != tuple(t.shape):
+                raise ValueError(f"to_torch_state_dict: params[{i}] has shape {tuple(t.shape)}, its "
+                                 f"master_param {tuple(m.shape)}")
+    position = {pid: i for i, pid in enumerate(ids)}
+    state = {}
+    for pid, s in state_dict["state"].items():
+        out = {}
+        for key, v in s.items():
+            if key == "master_param":
+                if targets is not None:
+                    with torch.no_grad():
+                        targets[position[pid]].copy_(v)
+                continue
+            if key != "step" and torch.is_tensor(v) and v.dtype in _LOW:
+                v = v.float()
+            out[key] = v
+        state[pid] = out
+    groups = [{k: v for k, v in g.items() if k not in OPTIONS + ("sr_t",)}
+              for g in state_dict["param_groups"]]
+    return {"state": state, "param_groups": groups}
