@@ -9,6 +9,7 @@
 // outside the per-level code.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "fastlr/dtype.hpp"
 #include "fastlr/multi_tensor.hpp"
@@ -75,6 +76,13 @@ enum class StorageId : int {
 #undef FASTLR_STORAGE_ENUM
 };
 
+// torch's layout: every role in the params' dtype, no master, rounding to nearest.
+template <class St>
+constexpr bool torch_layout =
+    std::is_same<typename St::Param, typename St::Grad>::value &&
+    std::is_same<typename St::Param, typename St::State>::value && !St::has_master &&
+    St::rounding == Rounding::nearest;
+
 template <class St>
 struct Tag {
   using type = St;
@@ -105,6 +113,13 @@ FASTLR_INLINE typename St::C load_param(const typename St::Param* p,
   else
     return load(p[i]);
 }
+
+// Random-bit slots (RandomBits::slot) go to the stochastically rounded stores only, the
+// param's first, so that up to two such stores (the states of AdamW with master weights
+// or float32 params) cost one hash per element.
+template <class St>
+constexpr int first_state_slot =
+    (!St::has_master && sizeof(typename St::Param) == 2 && St::rounding == Rounding::stochastic) ? 1 : 0;
 
 // A param with a master copy is the master rounded to nearest; otherwise the param is
 // stored with the policy's rounding.
@@ -150,7 +165,7 @@ FASTLR_INLINE void for_each_key_block(int64_t n, const Segment& seg, F&& block) 
 // ------------------------------------------------------------ leaf loops ---
 // Modes are template parameters (STYLE habit 2); loads of unused roles are skipped
 // at compile time so each variant moves only the bytes its rule needs. Random-bit
-// slots: 0 the param, then the states in role order.
+// slots: the param's (if rounded stochastically), then the states' in role order.
 //
 // The element loops live in *_range functions whose pointer parameters are __restrict:
 // gcc then proves the roles disjoint and vectorizes without run-time alias checks and
@@ -177,7 +192,7 @@ FASTLR_INLINE void sgd_range(int64_t lo, int64_t hi, uint64_t key, uint32_t idx0
     C bi = (MOM != Momentum::none && !FIRST) ? C(load(buf[i])) : C(0);
     sgd_update<WD, MOM, FIRST>(pi, C(load(g[i])), bi, s);
     store_param<St>(p, master, i, pi, rb.slot(0));
-    if (MOM != Momentum::none) store_rounded<R>(buf[i], bi, rb.slot(1));
+    if (MOM != Momentum::none) store_rounded<R>(buf[i], bi, rb.slot(first_state_slot<St>));
   }
 }
 
@@ -205,9 +220,9 @@ FASTLR_INLINE void adam_range(int64_t lo, int64_t hi, uint64_t key, uint32_t idx
     C vmi = AMSGRAD ? C(load(vmax[i])) : C(0);
     adam_update<WD, AMSGRAD>(pi, C(load(g[i])), mi, vi, vmi, s);
     store_param<St>(p, master, i, pi, rb.slot(0));
-    store_rounded<R>(m[i], mi, rb.slot(1));
-    store_rounded<R>(v[i], vi, rb.slot(2));
-    if (AMSGRAD) store_rounded<R>(vmax[i], vmi, rb.slot(3));
+    store_rounded<R>(m[i], mi, rb.slot(first_state_slot<St>));
+    store_rounded<R>(v[i], vi, rb.slot(first_state_slot<St> + 1));
+    if (AMSGRAD) store_rounded<R>(vmax[i], vmi, rb.slot(first_state_slot<St> + 2));
   }
 }
 
@@ -242,9 +257,9 @@ FASTLR_INLINE void rmsprop_range(int64_t lo, int64_t hi, uint64_t key, uint32_t 
     C bi = (MOM && !FIRST) ? C(load(buf[i])) : C(0);
     rmsprop_update<WD, CENTERED, MOM, FIRST>(pi, C(load(g[i])), sqi, gai, bi, s);
     store_param<St>(p, master, i, pi, rb.slot(0));
-    store_rounded<R>(sq[i], sqi, rb.slot(1));
-    if (CENTERED) store_rounded<R>(ga[i], gai, rb.slot(2));
-    if (MOM) store_rounded<R>(buf[i], bi, rb.slot(3));
+    store_rounded<R>(sq[i], sqi, rb.slot(first_state_slot<St>));
+    if (CENTERED) store_rounded<R>(ga[i], gai, rb.slot(first_state_slot<St> + 1));
+    if (MOM) store_rounded<R>(buf[i], bi, rb.slot(first_state_slot<St> + 1 + CENTERED));
   }
 }
 
@@ -276,7 +291,7 @@ FASTLR_INLINE void adagrad_range(int64_t lo, int64_t hi, uint64_t key, uint32_t 
     C pi = load_param<St>(p, master, i), si = load(sum[i]);
     adagrad_update<WD>(pi, C(load(g[i])), si, s);
     store_param<St>(p, master, i, pi, rb.slot(0));
-    store_rounded<R>(sum[i], si, rb.slot(1));
+    store_rounded<R>(sum[i], si, rb.slot(first_state_slot<St>));
   }
 }
 
@@ -309,22 +324,31 @@ FASTLR_DECLARE_PICKERS(avx2)
 FASTLR_DECLARE_PICKERS(avx512)
 
 // Leaf copies of one optimizer at one level: NS::OPT<St, modes...>, TARGET'ed.
-#define FASTLR_SGD_LEAVES(NS, TARGET)                                                     \
+#define FASTLR_SGD_LEAVES(NS, TARGET, COMPACT)                                            \
   namespace NS {                                                                          \
   template <class St, WeightDecay WD, Momentum MOM, bool FIRST>                           \
   TARGET void sgd(int64_t n, char* const* p, const void* s, const Segment& seg) {         \
     leaves::sgd_loop<St, WD, MOM, FIRST>(n, p, s, seg);                                   \
   }                                                                                       \
+  template <class St, WeightDecay WD, Momentum MOM, bool FIRST>                           \
+  COMPACT void sgd_compact(int64_t n, char* const* p, const void* s, const Segment& seg) { \
+    leaves::sgd_loop<St, WD, MOM, FIRST>(n, p, s, seg);                                   \
+  }                                                                                       \
+  template <class St, WeightDecay WD, Momentum MOM, bool FIRST>                           \
+  LeafFn sgd_ptr() {                                                                      \
+    if constexpr (torch_layout<St>) return &sgd<St, WD, MOM, FIRST>;                      \
+    else return &sgd_compact<St, WD, MOM, FIRST>;                                         \
+  }                                                                                       \
   template <class St, WeightDecay WD>                                                     \
   LeafFn sgd_pick(Momentum mom, bool first) {                                             \
     switch (mom) {                                                                        \
-      case Momentum::none: return &sgd<St, WD, Momentum::none, false>;                    \
+      case Momentum::none: return sgd_ptr<St, WD, Momentum::none, false>();               \
       case Momentum::heavy_ball:                                                          \
-        return first ? &sgd<St, WD, Momentum::heavy_ball, true>                           \
-                     : &sgd<St, WD, Momentum::heavy_ball, false>;                         \
+        return first ? sgd_ptr<St, WD, Momentum::heavy_ball, true>()                      \
+                     : sgd_ptr<St, WD, Momentum::heavy_ball, false>();                    \
       default:                                                                            \
-        return first ? &sgd<St, WD, Momentum::nesterov, true>                             \
-                     : &sgd<St, WD, Momentum::nesterov, false>;                           \
+        return first ? sgd_ptr<St, WD, Momentum::nesterov, true>()                        \
+                     : sgd_ptr<St, WD, Momentum::nesterov, false>();                      \
     }                                                                                     \
   }                                                                                       \
   LeafFn sgd_leaf(StorageId st, WeightDecay wd, Momentum mom, bool first) {               \
@@ -336,15 +360,24 @@ FASTLR_DECLARE_PICKERS(avx512)
   }                                                                                       \
   }
 
-#define FASTLR_ADAM_LEAVES(NS, TARGET)                                                    \
+#define FASTLR_ADAM_LEAVES(NS, TARGET, COMPACT)                                           \
   namespace NS {                                                                          \
   template <class St, WeightDecay WD, bool AMSGRAD>                                       \
   TARGET void adam(int64_t n, char* const* p, const void* s, const Segment& seg) {        \
     leaves::adam_loop<St, WD, AMSGRAD>(n, p, s, seg);                                     \
   }                                                                                       \
+  template <class St, WeightDecay WD, bool AMSGRAD>                                       \
+  COMPACT void adam_compact(int64_t n, char* const* p, const void* s, const Segment& seg) { \
+    leaves::adam_loop<St, WD, AMSGRAD>(n, p, s, seg);                                     \
+  }                                                                                       \
+  template <class St, WeightDecay WD, bool AMSGRAD>                                       \
+  LeafFn adam_ptr() {                                                                     \
+    if constexpr (torch_layout<St>) return &adam<St, WD, AMSGRAD>;                        \
+    else return &adam_compact<St, WD, AMSGRAD>;                                           \
+  }                                                                                       \
   template <class St, WeightDecay WD>                                                     \
   LeafFn adam_pick(bool amsgrad) {                                                        \
-    return amsgrad ? &adam<St, WD, true> : &adam<St, WD, false>;                          \
+    return amsgrad ? adam_ptr<St, WD, true>() : adam_ptr<St, WD, false>();                \
   }                                                                                       \
   LeafFn adam_leaf(StorageId st, WeightDecay wd, bool amsgrad) {                          \
     return visit_storage(st, [&](auto tag) -> LeafFn {                                    \
@@ -358,17 +391,26 @@ FASTLR_DECLARE_PICKERS(avx512)
   }                                                                                       \
   }
 
-#define FASTLR_RMSPROP_LEAVES(NS, TARGET)                                                 \
+#define FASTLR_RMSPROP_LEAVES(NS, TARGET, COMPACT)                                        \
   namespace NS {                                                                          \
   template <class St, WeightDecay WD, bool CENTERED, bool MOM, bool FIRST>                \
   TARGET void rmsprop(int64_t n, char* const* p, const void* s, const Segment& seg) {     \
     leaves::rmsprop_loop<St, WD, CENTERED, MOM, FIRST>(n, p, s, seg);                     \
   }                                                                                       \
+  template <class St, WeightDecay WD, bool CENTERED, bool MOM, bool FIRST>                \
+  COMPACT void rmsprop_compact(int64_t n, char* const* p, const void* s, const Segment& seg) { \
+    leaves::rmsprop_loop<St, WD, CENTERED, MOM, FIRST>(n, p, s, seg);                     \
+  }                                                                                       \
+  template <class St, WeightDecay WD, bool CENTERED, bool MOM, bool FIRST>                \
+  LeafFn rmsprop_ptr() {                                                                  \
+    if constexpr (torch_layout<St>) return &rmsprop<St, WD, CENTERED, MOM, FIRST>;        \
+    else return &rmsprop_compact<St, WD, CENTERED, MOM, FIRST>;                           \
+  }                                                                                       \
   template <class St, WeightDecay WD, bool CENTERED>                                      \
   LeafFn rmsprop_pick(bool mom, bool first) {                                             \
-    if (!mom) return &rmsprop<St, WD, CENTERED, false, false>;                            \
-    return first ? &rmsprop<St, WD, CENTERED, true, true>                                 \
-                 : &rmsprop<St, WD, CENTERED, true, false>;                               \
+    if (!mom) return rmsprop_ptr<St, WD, CENTERED, false, false>();                       \
+    return first ? rmsprop_ptr<St, WD, CENTERED, true, true>()                            \
+                 : rmsprop_ptr<St, WD, CENTERED, true, false>();                          \
   }                                                                                       \
   LeafFn rmsprop_leaf(StorageId st, WeightDecay wd, bool centered, bool mom, bool first) { \
     return visit_storage(st, [&](auto tag) -> LeafFn {                                    \
@@ -382,27 +424,42 @@ FASTLR_DECLARE_PICKERS(avx512)
   }                                                                                       \
   }
 
-#define FASTLR_ADAGRAD_LEAVES(NS, TARGET)                                                 \
+#define FASTLR_ADAGRAD_LEAVES(NS, TARGET, COMPACT)                                        \
   namespace NS {                                                                          \
   template <class St, WeightDecay WD>                                                     \
   TARGET void adagrad(int64_t n, char* const* p, const void* s, const Segment& seg) {     \
     leaves::adagrad_loop<St, WD>(n, p, s, seg);                                           \
   }                                                                                       \
+  template <class St, WeightDecay WD>                                                     \
+  COMPACT void adagrad_compact(int64_t n, char* const* p, const void* s, const Segment& seg) { \
+    leaves::adagrad_loop<St, WD>(n, p, s, seg);                                           \
+  }                                                                                       \
+  template <class St, WeightDecay WD>                                                     \
+  LeafFn adagrad_ptr() {                                                                  \
+    if constexpr (torch_layout<St>) return &adagrad<St, WD>;                              \
+    else return &adagrad_compact<St, WD>;                                                 \
+  }                                                                                       \
   LeafFn adagrad_leaf(StorageId st, WeightDecay wd) {                                     \
     return visit_storage(st, [&](auto tag) -> LeafFn {                                    \
       using St = typename decltype(tag)::type;                                            \
-      return wd == WeightDecay::none ? &adagrad<St, WeightDecay::none>                    \
-                                     : &adagrad<St, WeightDecay::coupled>;                \
+      return wd == WeightDecay::none ? adagrad_ptr<St, WeightDecay::none>()               \
+                                     : adagrad_ptr<St, WeightDecay::coupled>();           \
     });                                                                                   \
   }                                                                                       \
   }
 
-// Defines one optimizer's leaves at one level; the x86 levels only on x86.
-#define FASTLR_LEVEL_baseline(LEAVES) LEAVES(baseline, )
+// Defines one optimizer's leaves at one level; the x86 levels only on x86. COMPACT is
+// the attribute of the leaves of storage policies other than torch's layout: on x86
+// their baseline copies are scalar loops. Every x86-64 CPU of the last decade runs the
+// AVX2 or AVX-512 copies; vectorizing the precision modes for SSE2 as well cost a third
+// of the extension's size (~4x the code per leaf) and of its build time. Same results:
+// no FMA contraction, the same operations in the same order.
 #if FASTLR_X86
-#define FASTLR_LEVEL_avx2(LEAVES) LEAVES(avx2, FASTLR_TARGET_AVX2)
-#define FASTLR_LEVEL_avx512(LEAVES) LEAVES(avx512, FASTLR_TARGET_AVX512)
+#define FASTLR_LEVEL_baseline(LEAVES) LEAVES(baseline, , __attribute__((optimize("no-tree-vectorize"))))
+#define FASTLR_LEVEL_avx2(LEAVES) LEAVES(avx2, FASTLR_TARGET_AVX2, FASTLR_TARGET_AVX2)
+#define FASTLR_LEVEL_avx512(LEAVES) LEAVES(avx512, FASTLR_TARGET_AVX512, FASTLR_TARGET_AVX512)
 #else
+#define FASTLR_LEVEL_baseline(LEAVES) LEAVES(baseline, , )
 #define FASTLR_LEVEL_avx2(LEAVES)
 #define FASTLR_LEVEL_avx512(LEAVES)
 #endif
