@@ -411,3 +411,15 @@ def test_unbuilt_combination_is_a_value_error_from_the_binding():
         _C.adagrad(0, [8], addr([p]), addr([g]), addr([s]), 1.0, 0.1, None, 0.0, 0.0, 1e-10, False,
                    masters=addr([p]))
     assert not p.any() and not s.any()
+
+
+def test_readme_numpy_kernel_blocks_run():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("### NumPy kernels")[1].split("\n### ")[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2 and "master_params=masters" in blocks[1]
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})

@@ -9,8 +9,9 @@
 //   per call:    call_key = splitmix64(seed ^ splitmix64(t))    (t = completed updates)
 //   per tensor:  key = splitmix64(call_key ^ splitmix64(tensor_id))   (64 bits)
 //   per element: h0 = lowbias32(idx ^ key.lo), h1 = lowbias32(idx ^ key.hi)
-// Each 16-bit store of an element takes its own 16-bit half of h0 or h1 (slot 0: the
-// param, slot 1 the first state, ...), so one 32-bit hash serves two stores. Only 32-bit
+// Each stochastically rounded store of an element takes its own 16-bit half of h0 or h1
+// (its slot: the param's first, then the states'), so one 32-bit hash serves two stores
+// and gcc drops h1 where no third store uses it. Only 32-bit
 // integer multiplies, shifts and xors: the loops stay vectorized at every CPU level.
 // Tensors above 2^32 elements fold idx >> 32 into the key (see for_each_key_block).
 #pragma once
