@@ -274,7 +274,7 @@ class _Plan:
     over contiguous, local tensors of one dtype, one grad dtype and one step count."""
 
     __slots__ = ("group", "params_list", "mask", "version", "roles", "options", "gidx", "params",
-                 "p_addrs", "states", "addr_checks", "steps", "g_nbytes", "g_dtype", "call", "bump")
+                 "p_addrs", "states", "addr_checks", "steps", "step_buf", "g_nbytes", "g_dtype", "call", "bump")
 
 
 def _options(group):
@@ -303,7 +303,13 @@ def _remember(opt, group, roles, bucket, prepared):
     plan.addr_checks = [(operator.itemgetter(role), addrs) for role, addrs in zip(roles, r_addr)]
     if precision["masters"] is not None:
         plan.addr_checks.append((operator.itemgetter("master_param"), m_addr))
-    plan.steps = [e[4]["step"] for e in prepared] if opt._has_step else None
+    plan.steps = plan.step_buf = None
+    if opt._has_step:
+        # torch's 0-dim step tensors, as views into one buffer: one add_ advances them all
+        plan.step_buf = torch.tensor([float(e[4]["step"]) for e in prepared], dtype=prepared[0][4]["step"].dtype)
+        plan.steps = list(plan.step_buf.unbind())
+        for e, view in zip(prepared, plan.steps):
+            e[4]["step"] = view
     plan.g_nbytes = [e[2].nbytes for e in prepared]
     plan.g_dtype = g_dtype
     plan.call = (b, (p_addr, None, *r_addr), precision)
@@ -343,7 +349,7 @@ def _cached_step(opt, group, roles, gs):
         return False
     step = None
     if plan.steps is not None:
-        values = torch.stack(plan.steps).tolist()
+        values = plan.step_buf.tolist()
         if values.count(values[0]) != len(values):
             return False
         step = values[0] + 1.0
@@ -355,7 +361,7 @@ def _cached_step(opt, group, roles, gs):
     if opt._kind == "sgd" and precision["stochastic_rounding"]:
         group["sr_t"] = group.get("sr_t", 0) + 1
     if plan.steps is not None:
-        torch._foreach_add_(plan.steps, 1.0)
+        plan.step_buf.add_(1.0)
     if plan.bump:
         torch.autograd.graph.increment_version(plan.bump)
     return True
