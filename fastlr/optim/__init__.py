@@ -20,10 +20,13 @@ from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .rmsprop import RMSprop
 from .sgd import SGD
+from ._scheduler import ScheduleLR, to_torch_state_dict, torch_lr_scheduler
+from .._plateau import torch_plateau_class as _torch_plateau_class
 
-from ._precision import to_torch_state_dict
+ReduceLROnPlateau = _torch_plateau_class()  # always a torch.optim.lr_scheduler.ReduceLROnPlateau
 
-__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "to_torch_state_dict"]
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "ScheduleLR", "ReduceLROnPlateau",
+           "to_torch_state_dict", "torch_lr_scheduler"]
 
 
 def _allow_schedules_in_checkpoints():
