@@ -380,6 +380,12 @@ def _peer_versions():
 
 
 def main(args) -> int:
+    ignored = [flag for flag, value in (("--optimizer", args.optimizer), ("--dtype", args.dtype),
+                                        ("--no-schedule", args.no_schedule), ("--no-numpy", args.no_numpy)) if value]
+    if ignored:
+        print(f"fastlr bench --precision: error: {', '.join(ignored)} do(es) not apply: the precision run is "
+              "AdamW on bf16 and fp32 params", file=sys.stderr)
+        return 2
     if args.json and not _bench._check_json_path(args.json):
         return 2
     try:

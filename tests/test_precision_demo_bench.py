@@ -110,3 +110,10 @@ def test_demo_precision_bad_arguments(tmp_path, capsys):
     assert cli.main(["demo", "precision", "--out", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err
     assert "--steps must be >= 1" in err and "output folder" in err
+
+
+def test_bench_precision_refuses_options_it_would_ignore(capsys):
+    from fastlr import cli
+
+    assert cli.main(["bench", "--precision", "--dtype", "float32", "--no-progress"]) == 2
+    assert "--dtype" in capsys.readouterr().err
