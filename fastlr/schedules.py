@@ -206,7 +206,13 @@ class Schedule:
             if t >= 2**63:
                 raise ValueError(f"t must be < 2**63, got {t}")
             return _schedule_at(self._enc, t)
-        return self.values(np.asarray(t))
+        t = np.asarray(t)
+        if t.dtype == np.bool_ or not (np.issubdtype(t.dtype, np.integer) or (t.size == 0 and t.ndim)):
+            raise TypeError(f"t must be an integer (the count of completed updates) or an integer array, "
+                            f"got {t.dtype} {t.tolist() if t.size == 1 else ''}".rstrip())
+        if t.size and t.min() < 0:
+            raise ValueError("t must be >= 0")
+        return self.values(t)
 
     def values(self, n_or_steps):
         """Values at t = 0..n-1 for an int ``n``, or at every step of an integer array
