@@ -42,6 +42,7 @@ import sys
 import time
 
 from . import _bench
+from ._benchstats import Contender, HostMonitor, format_ratio, measure_cell, trust_summary
 
 LR = 1e-4
 WEIGHT_DECAY = 0.01
@@ -228,7 +229,7 @@ def roofline_contender(cell, name):
         for code, p, g, s in calls:
             _C.roofline(code, numel, p, g, s)
 
-    return _bench.Contender("roof " + name, step)
+    return Contender("roof " + name, step)
 
 
 def fastlr_contender(torch, cell, name, kwargs):
@@ -241,7 +242,7 @@ def fastlr_contender(torch, cell, name, kwargs):
     if kw.get("master_weights"):
         pools["master_param"] = cell.pool("master", torch.float32)
     _preset(opt, cell.params, pools)
-    return _bench.Contender(name, opt.step), opt
+    return Contender(name, opt.step), opt
 
 
 def recipe_contender(torch, cell):
@@ -262,57 +263,65 @@ def recipe_contender(torch, cell):
             for p, m in zip(params, masters):
                 p.copy_(m)
 
-    return _bench.Contender("torch recipe", step), opt
+    return Contender("torch recipe", step), opt
 
 
 def torch_fused_contender(torch, cell, name):
     opt = torch.optim.AdamW(cell.params, lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
     _preset(opt, cell.params, {k: cell.pool(k, cell.base.dtype) for k in ("exp_avg", "exp_avg_sq")})
-    return _bench.Contender(name, opt.step), opt
+    return Contender(name, opt.step), opt
 
 
 def peer_contender(torch, cell, name, factory):
     opt = factory(cell.params)
     if name == "torchao bf16 SR":  # same layout as torch's (bf16 exp_avg, exp_avg_sq): share it
         _preset(opt, cell.params, {k: cell.pool(k, cell.base.dtype) for k in ("exp_avg", "exp_avg_sq")})
-    return _bench.Contender(name, opt.step), opt
+    return Contender(name, opt.step), opt
 
 
 # ------------------------------------------------------------------ summary ---
 
 
-def _paired_ratios(slow, fast):
-    """Per-round ratios slow/fast of two contenders sampled in the same rounds."""
-    n = min(len(slow.samples), len(fast.samples))
-    return sorted(a / b for a, b in zip(slow.samples[:n], fast.samples[:n]))
+def cell_ratios(names):
+    """measure_cell's ratios: each mode against its roofline (roofline time / mode time)
+    and each target's reference over its mode (the speed-up)."""
+    ratios = {"roof " + n: ("roof " + n, n) for n in names if "roof " + n in names}
+    for cell, mode, ref, _ in TARGETS:
+        if mode in names and ref in names:
+            ratios[f"{mode} vs {ref}"] = (ref, mode)
+    return ratios
 
 
-def summarize(cell_name, contenders, numel, labels, nbytes, threads):
-    """Rows of one (cell, threads): median ms, GB/s, % roofline, ratios."""
-    by = {c.name: c for c in contenders}
-    med = {c.name: statistics.median(c.samples) for c in contenders}
+def summarize(cell_name, measured, numel, labels, nbytes, threads):
+    """Rows of one (cell, threads) from a _benchstats.CellResult: median ms, GB/s,
+    % roofline and the target ratios, each with its interval and the cell's verdict."""
+    by = {c.name: c for c in measured.contenders}
+    verdict = measured.verdict
     rows = []
     for name, c in by.items():
         if name.startswith("roof "):
             continue
+        med = statistics.median(c.samples)
         row = {"cell": cell_name, "mode": name, "label": labels[name], "bytes_per_element": nbytes[name],
-               "threads": threads, "numel": numel, **c.summary(),
-               "gbps": nbytes[name] * numel / med[name] / 1e9}
-        roof = by.get("roof " + name)
-        if roof is not None:
-            row["roofline_median_s"] = med[roof.name]
-            row["roofline_gbps"] = nbytes[name] * numel / med[roof.name] / 1e9
-            row["pct_roofline"] = 100.0 * med[roof.name] / med[name]
+               "threads": threads, "numel": numel, **c.summary(), "gbps": nbytes[name] * numel / med / 1e9,
+               "trusted": verdict.trusted, "flags": list(verdict.flags)}
+        r = measured.ratios.get("roof " + name)
+        if r is not None:
+            roof_med = statistics.median(by["roof " + name].samples)
+            row["roofline_median_s"] = roof_med
+            row["roofline_gbps"] = nbytes[name] * numel / roof_med / 1e9
+            row["pct_roofline"] = 100.0 * r.value
+            row["pct_roofline_ci"] = [100.0 * r.lo, 100.0 * r.hi]
         rows.append(row)
     ratios = []
     for cell, mode, ref, target in TARGETS:
-        if cell != cell_name or mode not in by or ref not in by:
+        r = measured.ratios.get(f"{mode} vs {ref}")
+        if cell != cell_name or r is None:
             continue
-        pr = _paired_ratios(by[ref], by[mode])
-        q = statistics.quantiles(pr, n=4, method="inclusive") if len(pr) >= 2 else [pr[0]] * 3
         ratios.append({"cell": cell, "mode": mode, "reference": ref, "threads": threads, "target": target,
-                       "ratio": med[ref] / med[mode], "paired_q1": q[0], "paired_q3": q[2],
-                       "met": med[ref] / med[mode] >= target})
+                       "ratio": r.value, "ci": [r.lo, r.hi], "trusted": verdict.trusted,
+                       "flags": list(verdict.flags), "text": format_ratio(r, verdict),
+                       "met": r.value >= target})
     return rows, ratios
 
 
@@ -332,14 +341,13 @@ def format_tables(rows, ratios, meta):
             ms = _bench._fmt_ms
             lines.append(f"| {r['mode']} | {r['bytes_per_element']} | {ms(r['median_s'])} "
                          f"({ms(r['q1_s'])}-{ms(r['q3_s'])}) | {r['gbps']:.1f} | {ms(roof)} | "
-                         f"{'-' if pct is None else f'{pct:.0f}%'} |")
+                         f"{'-' if pct is None else f'{pct:.0f}%'}{'' if r['trusted'] else ' ?'} |")
     if ratios:
-        lines += ["", "### Targets (ratio of medians; paired per-round ratios' IQR)", "",
-                  "| threads | mode | vs | ratio (IQR) | target | met |", "|---:|---|---|---:|---:|:---:|"]
+        lines += ["", "### Targets (median of paired per-repetition ratios [95 % bootstrap interval])", "",
+                  "| threads | mode | vs | speed-up | target | met |", "|---:|---|---|---:|---:|:---:|"]
         for r in ratios:
-            lines.append(f"| {r['threads']} | {r['mode']} | {r['reference']} | {r['ratio']:.2f}x "
-                         f"({r['paired_q1']:.2f}-{r['paired_q3']:.2f}) | {r['target']:g}x | "
-                         f"{'yes' if r['met'] else 'no'} |")
+            met = ("yes" if r["met"] else "no") + ("" if r["trusted"] else " (untrusted cell)")
+            lines.append(f"| {r['threads']} | {r['mode']} | {r['reference']} | {r['text']} | {r['target']:g}x | {met} |")
     roof_rows = [r for r in rows if "pct_roofline" in r]
     if roof_rows:
         lines += ["", "Roofline targets: " + "; ".join(
@@ -349,6 +357,8 @@ def format_tables(rows, ratios, meta):
     lines += ["", f"Medians of interleaved samples; CPU: {meta['cpu']} ({meta['cores']} cores, fastlr cpu_level "
               f"{meta['cpu_level']}); torch {meta['torch']}; " + "; ".join(f"{k} {v}" for k, v in meta["peers"].items())
               + f"; {meta['date']}; load average before the run {meta['loadavg']}."]
+    lines.append(meta["trust"] + "; '?': the host was busy or drifting during that cell (see the JSON), "
+                 "its numbers are not to be quoted.")
     if meta.get("missing"):
         lines.append("Not measured: " + "; ".join(meta["missing"]) + ".")
     return "\n".join(lines).lstrip("\n")
@@ -390,7 +400,9 @@ def main(args) -> int:
                 weight_decay=WEIGHT_DECAY, loadavg=" ".join(f"{x:.2f}" for x in os.getloadavg()))
     missing = []
     saved = (torch.get_num_threads(), fastlr.get_num_threads())
-    rows, ratios = [], []
+    rows, ratios, verdicts = [], [], []
+    monitor = HostMonitor()
+    monitor.check()
     t_begin = time.perf_counter()
     try:
         for workload in workloads:
@@ -429,12 +441,13 @@ def main(args) -> int:
                 for thr in threads:
                     torch.set_num_threads(thr)
                     fastlr.set_num_threads(thr)
-                    for c in contenders:
-                        c.samples = []
-                        c.calibrate(0.004)
-                    _bench.run_round_robin(contenders, min_reps=min_reps, max_reps=max_reps,
-                                           budget_s=DEFAULT_BUDGET[workload] / (4 if args.quick else 1))
-                    r, q = summarize(cell_name, contenders, cell.numel, labels, nbytes, thr)
+                    names = [c.name for c in contenders]
+                    measured = measure_cell(contenders, baseline=names[0], ratios=cell_ratios(names),
+                                            monitor=monitor, min_reps=min_reps, max_reps=max_reps,
+                                            budget_s=DEFAULT_BUDGET[workload] / (4 if args.quick else 1),
+                                            target_sample_s=0.004, retries=0 if workload == "large" else 1)
+                    verdicts.append(measured.verdict)
+                    r, q = summarize(cell_name, measured, cell.numel, labels, nbytes, thr)
                     for row in r:
                         row["workload"] = workload
                     rows += r
@@ -449,6 +462,7 @@ def main(args) -> int:
         fastlr.set_num_threads(saved[1])
     meta["wall_s"] = round(time.perf_counter() - t_begin, 1)
     meta["missing"] = sorted(set(missing))
+    meta["trust"] = trust_summary(verdicts)
     print(format_tables(rows, ratios, meta))
     if args.json:
         with open(args.json, "w") as f:

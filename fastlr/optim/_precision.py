@@ -14,10 +14,17 @@ float32, and stores every 16-bit destination rounded to nearest or stochasticall
 from __future__ import annotations
 
 import numbers
+import operator
 
 import torch
 
 from ._base import _Bucket, _local_grad
+
+_data_ptr = torch.Tensor.data_ptr
+_is_contiguous = torch.Tensor.is_contiguous
+_nbytes = operator.attrgetter("nbytes")
+_dtype = operator.attrgetter("dtype")
+_step_of = operator.itemgetter("step")
 
 OPTIONS = ("master_weights", "state_dtype", "stochastic_rounding", "seed")
 _LOW = (torch.bfloat16, torch.float16)
@@ -119,18 +126,20 @@ def state_dtype(group, p):
 # ------------------------------------------------------------------ step ---
 def step_group(opt, group, gs, grad_scale):
     """One update of a group with precision options (CPU params)."""
-    name = type(opt).__name__
     roles = opt._roles(group)
+    if _cached_step(opt, group, roles, gs):
+        return
+    name = type(opt).__name__
     first_id = _first_tensor_id(opt, group)
     sr = bool(group.get("stochastic_rounding"))
     seed = int(group.get("seed", 0))
     items = []
+    seen = set()
     for j, p in enumerate(group["params"]):
         g = p.grad
-        if g is None:
-            continue
-        if any(it[0] is p for it in items):
-            continue  # a param listed twice is updated once
+        if g is None or id(p) in seen:
+            continue  # (a param listed twice is updated once)
+        seen.add(id(p))
         if g.is_sparse:
             raise NotImplementedError(
                 f"fastlr.optim.{name}: sparse gradients with master_weights, state_dtype or "
@@ -194,17 +203,18 @@ def step_group(opt, group, gs, grad_scale):
         pl, gl, st = entry[1], entry[2], entry[4]
         step = float(st["step"]) + 1.0 if opt._has_step else None
         buckets.setdefault((pl.dtype, gl.dtype, step, entry[7]), []).append(entry)
+    plan = None
     for key, entries in buckets.items():
-        _run_bucket(opt, group, roles, key, entries, gs, sr, seed, first_id, sgd_t)
+        plan = _run_bucket(opt, group, roles, key, entries, gs, sr, seed, first_id, sgd_t)
+    _remember(opt, group, roles, plan if len(buckets) == 1 else None, prepared)
     if opt._kind == "sgd" and sr:
         group["sr_t"] = sgd_t + 1
     if opt._has_step:
-        for entry in prepared:
-            entry[4]["step"].add_(1.0)
-    for entry in prepared:
-        p = entry[0]
-        if not p.is_inference():
-            torch.autograd.graph.increment_version(p)
+        torch._foreach_add_([entry[4]["step"] for entry in prepared], 1.0)
+    # the kernel wrote through raw pointers: tell autograd, as torch's in-place updates do
+    bump = [entry[0] for entry in prepared if not entry[0].is_inference()]
+    if bump:
+        torch.autograd.graph.increment_version(bump)
 
 
 def _run_bucket(opt, group, roles, key, entries, gs, sr, seed, first_id, sgd_t):
@@ -231,7 +241,8 @@ def _run_bucket(opt, group, roles, key, entries, gs, sr, seed, first_id, sgd_t):
             st["master_param"] = m if pl is p else _like_dtensor(p, m)
         pm = flat(pl)
         g = gl if gl.is_contiguous() else gl.contiguous()
-        keep.append(g)
+        if g is not gl:
+            keep.append(g)
         p_addr.append(pm.data_ptr())
         g_addr.append(g.data_ptr())
         b.numel.append(pm.numel())
@@ -252,6 +263,102 @@ def _run_bucket(opt, group, roles, key, entries, gs, sr, seed, first_id, sgd_t):
     opt._call(group, b, (p_addr, g_addr, *r_addr), step, gs, **precision)
     for dst, src in copy_back:
         dst.copy_(src)
+    if copy_back or keep or any(e[1] is not e[0] for e in entries):
+        return None  # temporaries or DTensor shards: not worth caching
+    return b, p_addr, r_addr, m_addr, precision, g_dtype
+
+
+# ------------------------------------------------------------ cached steps ---
+class _Plan:
+    """What the last step of a group looked like, while nothing changed: one kernel call
+    over contiguous, local tensors of one dtype, one grad dtype and one step count."""
+
+    __slots__ = ("group", "params_list", "mask", "version", "roles", "options", "gidx", "params",
+                 "p_addrs", "states", "addr_checks", "steps", "g_nbytes", "g_dtype", "call", "bump")
+
+
+def _options(group):
+    return tuple(group.get(k) for k in OPTIONS)
+
+
+def _remember(opt, group, roles, bucket, prepared):
+    key = ("precision", id(group))
+    opt._fastlr_plans.pop(key, None)
+    if bucket is None:
+        return
+    b, p_addr, r_addr, m_addr, precision, g_dtype = bucket
+    if b.first:
+        return  # SGD's first momentum step: the next one is not
+    plan = _Plan()
+    plan.group = group
+    plan.params_list = group["params"]
+    plan.mask = [p.grad is not None for p in group["params"]]
+    plan.version = opt.state.version
+    plan.roles = roles
+    plan.options = _options(group)
+    plan.gidx = [e[3] for e in prepared]
+    plan.params = [e[0] for e in prepared]
+    plan.p_addrs = p_addr
+    plan.states = [e[4] for e in prepared]
+    plan.addr_checks = [(operator.itemgetter(role), addrs) for role, addrs in zip(roles, r_addr)]
+    if precision["masters"] is not None:
+        plan.addr_checks.append((operator.itemgetter("master_param"), m_addr))
+    plan.steps = [e[4]["step"] for e in prepared] if opt._has_step else None
+    plan.g_nbytes = [e[2].nbytes for e in prepared]
+    plan.g_dtype = g_dtype
+    plan.call = (b, (p_addr, None, *r_addr), precision)
+    plan.bump = [p for p in plan.params if not p.is_inference()]
+    opt._fastlr_plans[key] = plan
+
+
+def _cached_step(opt, group, roles, gs):
+    """The step through the plan of the last one when every cached fact still holds (the
+    checks of fastlr.optim's own plans); False to take the general path."""
+    plan = opt._fastlr_plans.get(("precision", id(group)))
+    if plan is None:
+        return False
+    params = group["params"]
+    grads_all = [p.grad for p in params]
+    if (
+        plan.group is not group or plan.params_list is not params
+        or [g is not None for g in grads_all] != plan.mask
+        or plan.version != opt.state.version or plan.roles != roles or plan.options != _options(group)
+        or list(map(_data_ptr, plan.params)) != plan.p_addrs
+    ):
+        return False
+    states = plan.states
+    try:
+        for getter, addrs in plan.addr_checks:
+            if list(map(_data_ptr, map(getter, states))) != addrs:
+                return False
+        if plan.steps is not None and not all(map(operator.is_, map(_step_of, states), plan.steps)):
+            return False
+    except KeyError:
+        return False
+    grads = [grads_all[j] for j in plan.gidx]
+    if any(g.layout != torch.strided for g in grads):
+        return False
+    if (list(map(_nbytes, grads)) != plan.g_nbytes or set(map(_dtype, grads)) != {plan.g_dtype}
+            or not all(map(_is_contiguous, grads))):
+        return False
+    step = None
+    if plan.steps is not None:
+        values = torch.stack(plan.steps).tolist()
+        if values.count(values[0]) != len(values):
+            return False
+        step = values[0] + 1.0
+    b, addrs, precision = plan.call
+    addrs = (addrs[0], list(map(_data_ptr, grads)), *addrs[2:])
+    if opt._kind in ("sgd", "rmsprop"):
+        precision = dict(precision, t=group.get("sr_t", 0) if opt._kind == "sgd" else int(step) - 1)
+    opt._call(group, b, addrs, step, gs, **precision)
+    if opt._kind == "sgd" and precision["stochastic_rounding"]:
+        group["sr_t"] = group.get("sr_t", 0) + 1
+    if plan.steps is not None:
+        torch._foreach_add_(plan.steps, 1.0)
+    if plan.bump:
+        torch.autograd.graph.increment_version(plan.bump)
+    return True
 
 
 def _like_dtensor(p, local):

@@ -20,6 +20,9 @@ class Adagrad(FastlrOptimizer):
     may be a fastlr Schedule (kept under ``lr_schedule``). Sparse gradients go through
     torch's own implementation. ``foreach`` and ``fused`` are accepted and ignored.
 
+    Low precision (keyword-only): ``master_weights``, ``state_dtype``,
+    ``stochastic_rounding``, ``seed`` as for :class:`fastlr.optim.Adam`.
+
     >>> opt = Adagrad(model.parameters(), lr=0.1)  # doctest: +SKIP
     """
 

@@ -1,6 +1,8 @@
 """fastlr.optim.Adam / AdamW: torch.optim.Adam / AdamW with one fastlr kernel call per group."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
 from torch.optim.optimizer import _to_scalar
@@ -22,6 +24,12 @@ class Adam(FastlrOptimizer):
     under ``lr_schedule`` / ``momentum_schedule``; ``group["lr"]`` / ``group["betas"][0]``
     show the value the next step uses). ``foreach``, ``fused`` and ``capturable`` are
     accepted and ignored on the CPU.
+
+    Low precision (keyword-only, defaults keep torch's behaviour): ``master_weights=True``
+    keeps a float32 ``state["master_param"]`` for bf16/f16 params, ``state_dtype``
+    (``torch.float32`` / ``torch.bfloat16``) stores the per-element state,
+    ``stochastic_rounding=True`` rounds 16-bit stores stochastically with random bits keyed
+    by ``seed``, the step, the tensor and the element (README, "Low precision").
 
     >>> opt = Adam(model.parameters(), lr=Warmup(Cosine(3e-4, 10_000), 500))  # doctest: +SKIP
     """
@@ -53,6 +61,12 @@ class Adam(FastlrOptimizer):
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")  # not IndexError
         lr_sched = isinstance(lr, _Schedule)
         b1_sched = isinstance(betas[0], _Schedule)
+        for i, b in enumerate(betas):  # before torch's comparisons, whose TypeError names nothing
+            if isinstance(b, _Schedule) and i == 1:
+                raise TypeError(f"betas[1] must be a float or a Tensor, got {type(b).__name__}: only betas[0] "
+                                "(beta1) may be a Schedule")
+            if not isinstance(b, (_Schedule, Tensor, numbers.Real)):
+                raise TypeError(f"betas[{i}] must be a float or a Tensor, got {type(b).__name__}")
         if isinstance(lr, Tensor):
             if foreach and not capturable:
                 raise ValueError(

@@ -20,6 +20,9 @@ class RMSprop(FastlrOptimizer):
     fastlr Schedules (kept under ``lr_schedule`` / ``momentum_schedule``). ``foreach``
     and ``capturable`` are accepted and ignored on the CPU.
 
+    Low precision (keyword-only): ``master_weights``, ``state_dtype``,
+    ``stochastic_rounding``, ``seed`` as for :class:`fastlr.optim.Adam`.
+
     >>> opt = RMSprop(model.parameters(), lr=Exponential(1e-2, gamma=0.999))  # doctest: +SKIP
     """
 

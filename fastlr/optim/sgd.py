@@ -22,6 +22,12 @@ class SGD(FastlrOptimizer):
     ``group["momentum"]`` show the value the next step uses. ``foreach`` and ``fused``
     are accepted and ignored.
 
+    Low precision (keyword-only, defaults keep torch's behaviour): ``master_weights=True``
+    keeps a float32 ``state["master_param"]`` for bf16/f16 params, ``state_dtype``
+    (``torch.float32`` / ``torch.bfloat16``) stores the per-element state,
+    ``stochastic_rounding=True`` rounds 16-bit stores stochastically with random bits keyed
+    by ``seed``, the step, the tensor and the element (README, "Low precision").
+
     >>> opt = SGD(model.parameters(), lr=OneCycle(0.1, 1000), momentum=OneCycleMomentum(1000))  # doctest: +SKIP
     """
 
