@@ -104,7 +104,8 @@ __attribute__((always_inline)) inline void store(bf16& dst, float x) {
   uint32_t u;
   std::memcpy(&u, &x, 4);
   const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  const bool is_nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+  // a signed compare (|x|'s bits are non-negative): AVX2 has no unsigned vector compare
+  const bool is_nan = static_cast<int32_t>(u & 0x7FFFFFFFu) > 0x7F800000;
   dst.bits = static_cast<uint16_t>(is_nan ? 0x7FC0u : rounded);
 }
 

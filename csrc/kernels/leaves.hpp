@@ -162,6 +162,19 @@ FASTLR_INLINE void for_each_key_block(int64_t n, const Segment& seg, F&& block) 
   }
 }
 
+// Runs body(lo..hi-1) in one of two identical loops chosen by `cond`, a loop-invariant
+// test that the rule repeats per element (lerp's `weight < 0.5`), so that in each copy the
+// test folds away and the loop vectorizes (see the range functions below). Used by
+// csrc/schedulefree.cpp; a body lambda loses __restrict, so gcc may version its loop.
+template <class F>
+FASTLR_INLINE void split_on(bool cond, int64_t lo, int64_t hi, F& body) {
+  if (cond) {
+    for (int64_t i = lo; i < hi; ++i) body(i);
+  } else {
+    for (int64_t i = lo; i < hi; ++i) body(i);
+  }
+}
+
 // ------------------------------------------------------------ leaf loops ---
 // Modes are template parameters (STYLE habit 2); loads of unused roles are skipped
 // at compile time so each variant moves only the bytes its rule needs. Random-bit
