@@ -33,7 +33,7 @@ def cpu_extension():
         "fastlr._C",
         # the largest translation units first, so parallel jobs finish together
         sources=sorted(glob.glob("csrc/kernels/*.cpp"), key=_leaf_cost)
-        + ["csrc/bindings.cpp", "csrc/kernels.cpp", "csrc/roofline.cpp"],
+        + ["csrc/quant8.cpp", "csrc/schedulefree.cpp", "csrc/bindings.cpp", "csrc/bindings_schedulefree.cpp", "csrc/kernels.cpp", "csrc/roofline.cpp"],
         include_dirs=["csrc"],
         # headers, so that an in-place rebuild notices a changed rule or schedule
         depends=sorted(glob.glob("csrc/*.hpp") + glob.glob("csrc/fastlr/*.hpp")
@@ -109,4 +109,7 @@ ext_modules = [cpu_extension()]
 if cuda_wanted():
     ext_modules.append(cuda_extension())
 
-setup(version=VERSION, ext_modules=ext_modules, cmdclass={"build_ext": build_ext_cuda})
+# Build outputs go to .build/, not build/: a build/ folder in the checkout would be
+# imported by `python -m build` in place of the build package (a namespace package).
+setup(version=VERSION, ext_modules=ext_modules, cmdclass={"build_ext": build_ext_cuda},
+      options={"build": {"build_base": ".build"}})

@@ -7,13 +7,17 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "bindings_common.hpp"
 #include "fastlr/schedule.hpp"
 #include "kernels.hpp"
+#include "quant8_kernels.hpp"
+#include "fastlr/quant8.hpp"
 #include "roofline.hpp"
 
 #ifndef FASTLR_VERSION
@@ -24,149 +28,34 @@ namespace py = pybind11;
 using fastlr::DType;
 using fastlr::TensorList;
 
+using namespace fastlr::bindings;
+
+void bind_schedulefree(py::module_& m);  // bindings_schedulefree.cpp
+
 namespace {
 
-using Schedule = std::optional<py::array_t<double, py::array::c_style | py::array::forcecast>>;
-
-// Reused per-thread buffers: after the first call a step allocates nothing here.
-struct Scratch {
-  std::vector<int64_t> numel, offsets, tensor_ids;
-  std::vector<char*> ptrs[fastlr::kMaxRoles];
-};
-thread_local Scratch scratch;
-
-DType to_dtype(int code) {
-  if (code < 0 || code > 3) throw py::value_error("dtype code must be 0..3");
-  return static_cast<DType>(code);
-}
-
-void read_numels(const py::sequence& numels, std::vector<int64_t>& out) {
-  const py::ssize_t n = py::len(numels);
-  out.resize(static_cast<size_t>(n));
-  for (py::ssize_t i = 0; i < n; ++i) {
-    const int64_t v = numels[i].cast<int64_t>();
-    if (v < 0) throw py::value_error("numel must be >= 0");
-    out[static_cast<size_t>(i)] = v;
-  }
-}
-
-// Fills role r of `list` from a sequence of integer addresses (or None).
-void read_role(TensorList& list, int r, const py::object& addresses, const char* name) {
-  std::vector<char*>& out = scratch.ptrs[r];
-  if (addresses.is_none()) {
-    list.base[r] = nullptr;
-    return;
-  }
+// Addresses of one role for the 8-bit kernels (None: role absent).
+void read_addresses(const py::object& addresses, int64_t n, std::vector<char*>& out, const char* name,
+                    const std::vector<int64_t>& numel) {
   const py::sequence seq = addresses.cast<py::sequence>();
-  if (py::len(seq) != static_cast<size_t>(list.size))
-    throw py::value_error(std::string(name) + ": expected " + std::to_string(list.size) +
-                          " addresses, got " + std::to_string(py::len(seq)));
-  // At least one slot: a given list, even an empty one, needs a non-null base (null
-  // means "not given"), and an empty vector's data() may be null.
-  out.resize(static_cast<size_t>(std::max<int64_t>(list.size, 1)));
-  for (int64_t i = 0; i < list.size; ++i) {
-    PyObject* item = PySequence_Fast_GET_ITEM(seq.ptr(), i);
-    void* p = PyLong_AsVoidPtr(item);
+  if (static_cast<int64_t>(py::len(seq)) != n)
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(n) + " addresses, got " +
+                          std::to_string(py::len(seq)));
+  out.resize(static_cast<size_t>(std::max<int64_t>(n, 1)));
+  for (int64_t i = 0; i < n; ++i) {
+    void* p = PyLong_AsVoidPtr(seq[static_cast<size_t>(i)].ptr());
     if (p == nullptr && PyErr_Occurred()) throw py::error_already_set();
-    if (p == nullptr && list.numel[i] > 0)
+    if (p == nullptr && numel[static_cast<size_t>(i)] > 0)
       throw py::value_error(std::string(name) + "[" + std::to_string(i) + "] is a null pointer");
     out[static_cast<size_t>(i)] = static_cast<char*>(p);
   }
-  list.base[r] = out.data();
 }
 
-// PySequence_Fast_GET_ITEM needs a list or tuple.
-py::object as_fast_sequence(py::object seq) {
-  if (!seq.is_none() && !py::isinstance<py::list>(seq) && !py::isinstance<py::tuple>(seq))
-    seq = py::list(seq);
-  return seq;
-}
-
-// Builds the TensorList for one call. `roles` names the pointer lists in order: params,
-// grads, then the states.
-TensorList make_list(const fastlr::Precision& prec, const py::sequence& numels,
-                     std::initializer_list<std::pair<const char*, py::object>> roles) {
-  TensorList list;
-  read_numels(numels, scratch.numel);
-  list.size = static_cast<int64_t>(scratch.numel.size());
-  list.numel = scratch.numel.data();
-  list.elem_size[0] = fastlr::dtype_size(prec.param);
-  list.elem_size[1] = fastlr::dtype_size(prec.grad);
-  for (int r = 2; r < fastlr::kMasterRole; ++r) list.elem_size[r] = fastlr::dtype_size(prec.state);
-  list.elem_size[fastlr::kMasterRole] = 4;
-  int r = 0;
-  for (const auto& role : roles) read_role(list, r++, as_fast_sequence(role.second), role.first);
-  list.roles = r;
-  if (list.base[0] == nullptr || list.base[1] == nullptr)
-    throw py::value_error("params and grads are required");
-  scratch.offsets.resize(static_cast<size_t>(list.size) + 1);
-  return list;
-}
-
-// The keyword-only precision options shared by every kernel (see _C.pyi).
-struct PrecisionOptions {
-  py::object grad_dtype, state_dtype, masters, tensor_ids;
-  bool stochastic_rounding;
-  py::object seed;
+struct Quant8Scratch {
+  std::vector<int64_t> numel, offsets;
+  std::vector<char*> ptrs[8];
 };
-
-#define FASTLR_PRECISION_ARGS                                                         \
-  py::kw_only(), py::arg("grad_dtype") = py::none(), py::arg("state_dtype") = py::none(), \
-      py::arg("masters") = py::none(), py::arg("stochastic_rounding") = false,         \
-      py::arg("seed") = 0, py::arg("tensor_ids") = py::none()
-
-fastlr::Precision make_precision(int dtype_code, const PrecisionOptions& o) {
-  fastlr::Precision prec;
-  prec.param = to_dtype(dtype_code);
-  prec.grad = o.grad_dtype.is_none() ? prec.param : to_dtype(o.grad_dtype.cast<int>());
-  prec.master = !o.masters.is_none();
-  prec.state = !o.state_dtype.is_none() ? to_dtype(o.state_dtype.cast<int>())
-               : prec.master           ? DType::float32
-                                       : prec.param;
-  prec.stochastic = o.stochastic_rounding;
-  const std::string why = fastlr::unsupported_precision(prec);
-  if (!why.empty()) throw py::value_error(why);
-  return prec;
-}
-
-// Adds the master role, the tensor ids and the rounding key (t = completed updates).
-void add_precision(TensorList& list, const fastlr::Precision& prec, const PrecisionOptions& o,
-                   int64_t t) {
-  if (prec.master) read_role(list, fastlr::kMasterRole, as_fast_sequence(o.masters), "masters");
-  if (!o.tensor_ids.is_none()) {
-    const py::sequence ids = o.tensor_ids.cast<py::sequence>();
-    if (py::len(ids) != static_cast<size_t>(list.size))
-      throw py::value_error("tensor_ids: expected " + std::to_string(list.size) + " ids, got " +
-                            std::to_string(py::len(ids)));
-    scratch.tensor_ids.resize(static_cast<size_t>(std::max<int64_t>(list.size, 1)));
-    for (int64_t i = 0; i < list.size; ++i) scratch.tensor_ids[static_cast<size_t>(i)] = ids[i].cast<int64_t>();
-    list.tensor_ids = scratch.tensor_ids.data();
-  }
-  // seed: any integer, taken modulo 2**64 (so negative seeds work too)
-  const uint64_t seed = PyLong_AsUnsignedLongLongMask(o.seed.ptr());
-  if (PyErr_Occurred()) throw py::error_already_set();
-  list.rounding_key = fastlr::rounding_call_key(seed, t);
-}
-
-double eval(const Schedule& schedule, double value, int64_t t) {
-  if (!schedule) return value;
-  if (schedule->ndim() != 1 || schedule->size() < 2)
-    throw py::value_error("schedule encoding must be a 1-d float64 array");
-  return value * fastlr::schedule_at(schedule->data(), t);
-}
-
-void check_t(int64_t t) {
-  if (t < 0) throw py::value_error("t (completed updates) must be >= 0");
-}
-
-// t = step - 1 for a 1-based step that arrives as a double (torch keeps it in a float
-// tensor). Past 2**53 a double is no exact integer, and past 2**63 the conversion to
-// int64 would be undefined behaviour (UBSan's float-cast-overflow).
-int64_t completed_updates(double step) {
-  if (!(step >= 1.0 && step <= 9007199254740992.0))
-    throw py::value_error("step must be in [1, 2**53]");
-  return static_cast<int64_t>(step) - 1;
-}
+thread_local Quant8Scratch q8scratch;
 
 }  // namespace
 
@@ -318,6 +207,101 @@ PYBIND11_MODULE(_C, m) {
       py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"),
       py::arg("grad_scale") = 1.0, FASTLR_PRECISION_ARGS);
 
+  // Block-wise 8-bit Adam/AdamW (quant8_kernels.hpp). store: 0 float32, 1 bfloat16,
+  // 2 bfloat16 with stochastic rounding, 3 float16; flavour: 0 torchao, 1 fastlr.
+  // States: uint8 codes plus float32 block scales when q8, else dense (the param's type).
+  m.def(
+      "adam8",
+      [](int store, int64_t block, bool q8, int flavour, const py::sequence& numel, py::object params,
+         py::object grads, py::object exp_avgs, py::object exp_avg_scales, py::object exp_avg_sqs,
+         py::object exp_avg_sq_scales, py::object max_exp_avg_sqs, py::object max_exp_avg_sq_scales,
+         double step, double lr, Schedule lr_schedule, double beta1, Schedule beta1_schedule, double beta2,
+         double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad, uint64_t seed,
+         double grad_scale) {
+        const int64_t t = completed_updates(step);
+        if (store < 0 || store > 3) throw py::value_error("store must be 0..3");
+        if (flavour < 0 || flavour > 1) throw py::value_error("flavour must be 0 or 1");
+        if (block < 1 || block > 4096) throw py::value_error("block_size must be in [1, 4096]");
+        auto& sc = q8scratch;
+        read_numels(numel, sc.numel);
+        const int64_t n = static_cast<int64_t>(sc.numel.size());
+        fastlr::Quant8List list;
+        list.size = n;
+        list.numel = sc.numel.data();
+        list.block = block;
+        list.q8 = q8;
+        read_addresses(params, n, sc.ptrs[0], "params", sc.numel);
+        read_addresses(grads, n, sc.ptrs[1], "grads", sc.numel);
+        list.param = sc.ptrs[0].data();
+        list.grad = sc.ptrs[1].data();
+        const py::object states[3] = {exp_avgs, exp_avg_sqs, max_exp_avg_sqs};
+        const py::object scales[3] = {exp_avg_scales, exp_avg_sq_scales, max_exp_avg_sq_scales};
+        const char* names[3] = {"exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"};
+        for (int r = 0; r < 3; ++r) {
+          if (r == 2 && !amsgrad) break;
+          if (states[r].is_none()) throw py::value_error(std::string(names[r]) + " are required");
+          read_addresses(states[r], n, sc.ptrs[2 + r], names[r], sc.numel);
+          list.state[r] = sc.ptrs[2 + r].data();
+          if (q8) {
+            if (scales[r].is_none()) throw py::value_error(std::string(names[r]) + ": scales are required");
+            read_addresses(scales[r], n, sc.ptrs[5 + r], "scales", sc.numel);
+            list.scale[r] = reinterpret_cast<float* const*>(sc.ptrs[5 + r].data());
+          }
+        }
+        fastlr::Adam8Args a{eval(lr_schedule, lr, t), eval(beta1_schedule, beta1, t), beta2, eps, weight_decay,
+                            1.0 / grad_scale, step, decoupled_weight_decay, amsgrad,
+                            static_cast<fastlr::Quant8Flavour>(flavour), static_cast<fastlr::ParamStore>(store),
+                            seed};
+        sc.offsets.resize(static_cast<size_t>(n) + 1);
+        {
+          py::gil_scoped_release release;
+          fastlr::adam8(list, sc.offsets.data(), a);
+        }
+        return py::make_tuple(a.lr, a.beta1);
+      },
+      py::arg("store"), py::arg("block"), py::arg("q8"), py::arg("flavour"), py::arg("numel"), py::arg("params"),
+      py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_scales"), py::arg("exp_avg_sqs"),
+      py::arg("exp_avg_sq_scales"), py::arg("max_exp_avg_sqs"), py::arg("max_exp_avg_sq_scales"),
+      py::arg("step"), py::arg("lr"), py::arg("lr_schedule"), py::arg("beta1"), py::arg("beta1_schedule"),
+      py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled_weight_decay"),
+      py::arg("amsgrad"), py::arg("seed") = 0, py::arg("grad_scale") = 1.0);
+
+  // The dynamic maps (signed for exp_avg, unsigned for exp_avg_sq) and the nearest-code
+  // search: level -1 is the reference binary search, 0..2 the kernels' search per level.
+  m.def("quant8_map", [](bool signed_map) {
+    py::array_t<float> out(256);
+    std::memcpy(out.mutable_data(), signed_map ? fastlr::quant8::kSignedMap : fastlr::quant8::kUnsignedMap,
+                256 * sizeof(float));
+    return out;
+  }, py::arg("signed"));
+  m.def(
+      "quant8_codes",
+      [](py::array_t<float, py::array::c_style | py::array::forcecast> x, bool signed_map, int level) {
+        py::array_t<uint8_t> out(x.request().shape);
+        const float* xp = x.data();
+        uint8_t* op = out.mutable_data();
+        const int64_t n = x.size();
+        try {
+          py::gil_scoped_release release;
+          fastlr::quant8_codes(xp, n, signed_map, level, op);
+        } catch (const std::invalid_argument& e) {
+          throw py::value_error(e.what());
+        }
+        return out;
+      },
+      py::arg("x"), py::arg("signed"), py::arg("level"));
+  m.def(
+      "quant8_check",
+      [](bool signed_map, int level, uint64_t lo, uint64_t hi) {
+        try {
+          py::gil_scoped_release release;
+          return fastlr::quant8_check(signed_map, level, lo, hi);
+        } catch (const std::invalid_argument& e) {
+          throw py::value_error(e.what());
+        }
+      },
+      py::arg("signed"), py::arg("level"), py::arg("lo"), py::arg("hi"));
+
   m.def(
       "schedule_values",
       [](py::array_t<double, py::array::c_style | py::array::forcecast> enc,
@@ -405,6 +389,7 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("dtype"), py::arg("numel"), py::arg("params"), py::arg("grads"),
       py::arg("states"));
+  bind_schedulefree(m);
   m.attr("openmp") = fastlr::openmp_enabled();
   m.attr("version") = FASTLR_VERSION;
 #if defined(__clang__)

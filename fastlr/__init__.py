@@ -8,7 +8,11 @@ from __future__ import annotations
 import numbers
 
 from . import _C
-from ._kernels import adagrad_step, adam_step, rmsprop_step, sgd_step
+from ._kernels import adagrad_step, adam8bit_step, adam_step, rmsprop_step, sgd_step
+from ._schedulefree_kernels import (
+    ScheduleFreeStep, adamw_schedulefree_step, radam_schedulefree_step, schedulefree_eval,
+    schedulefree_train, sgd_schedulefree_step,
+)
 from . import numpy  # fastlr.numpy.SGD ...: stateful optimizers over NumPy arrays
 from ._version import __version__
 
@@ -19,8 +23,15 @@ __all__ = [
     "set_num_threads",
     "sgd_step",
     "adam_step",
+    "adam8bit_step",
     "rmsprop_step",
     "adagrad_step",
+    "sgd_schedulefree_step",
+    "adamw_schedulefree_step",
+    "radam_schedulefree_step",
+    "schedulefree_eval",
+    "schedulefree_train",
+    "ScheduleFreeStep",
 ]
 
 try:  # the schedules module is optional while it is being built

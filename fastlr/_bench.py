@@ -297,7 +297,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         return items
 
     parser.add_argument("--quick", action="store_true",
-                        help="a ~1 minute subset (SGD, Adam, centered RMSprop; medium and small; all cores; float32)")
+                        help="a subset of under a minute on a quiet host (SGD, Adam, centered RMSprop; medium and "
+                             "small; all cores; float32)")
     parser.add_argument("--optimizer", type=csv(tuple(OPTIMIZERS)), default=None,
                         help="comma-separated subset of: " + ", ".join(OPTIMIZERS))
     parser.add_argument("--workload", type=csv(WORKLOADS), default=None,
@@ -320,8 +321,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--reps", type=positive, default=None,
                         help="minimum samples per contender (default 5; --quick 3)")
+    parser.add_argument("--schedulefree", action="store_true",
+                        help="run the schedule-free rows instead: fastlr.optim.*ScheduleFree against "
+                             "the schedulefree package (foreach, for-loop) and the roofline")
     parser.add_argument("--json", metavar="PATH", default=None, help="write all results as JSON to PATH")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from . import _bench_precision
+
+    _bench_precision.add_arguments(parser)
 
 
 def machine_info(torch, threads):
@@ -507,7 +514,8 @@ def format_table(results, meta):
 # Seconds one cell takes on a quiet 2-core host (Zen 5 VM, ~40 GB/s), per workload, with
 # the default budgets: the full run's large cells overrun their budget (5 repetitions of
 # ~1.5 s), its small cells stop at max_reps before it; --quick's medium cells need their 3
-# repetitions of ~1 s. Fitted to a full run of 3 min 57 s on that host.
+# repetitions of ~1 s. The full plan adds up to ~4 min, what its last run on an idle host
+# took (3 min 57 s); a busy host takes longer, and the tqdm bar shows the actual pace.
 CELL_S = {"large": 8.5, "medium": 3.5, "small": 0.8}
 QUICK_CELL_S = {"large": 10.0, "medium": 4.0, "small": 0.4}
 ALLOC_S = {"large": 3.0, "medium": 0.6, "small": 0.05}
@@ -536,13 +544,17 @@ def _check_json_path(path):
 
 
 def main(args) -> int:
+    if getattr(args, "precision", False):
+        from . import _bench_precision
+
+        return _bench_precision.main(args)
     if args.json and not _check_json_path(args.json):
         return 2
     try:
         import torch
     except ImportError:
         print('fastlr bench: error: the benchmark compares against torch.optim; install it with '
-              'pip install torch "fastlr[bench]"', file=sys.stderr)
+              'pip install torch tqdm (or, in the fastlr checkout, pip install torch ".[bench]")', file=sys.stderr)
         return 2
 
     try:
@@ -578,6 +590,9 @@ def main(args) -> int:
     if quick:
         budget = {k: v / 4 for k, v in budget.items()}
     target_sample_s = 0.002 if quick else 0.004
+
+    if getattr(args, "schedulefree", False):
+        return _main_schedulefree(args, torch, tqdm, threads, quick, min_reps, max_reps)
 
     # Plan: cells grouped by (dtype, workload) so the tensors are allocated once.
     plan = []
@@ -703,6 +718,30 @@ def main(args) -> int:
     print(table)
     for n in notes:
         print("note: " + n)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=1)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _main_schedulefree(args, torch, tqdm, threads, quick, min_reps, max_reps):
+    from . import _bench_schedulefree as sfb
+
+    meta = machine_info(torch, threads)
+    meta.update(quick=quick, min_reps=min_reps, max_reps=max_reps, suite="schedulefree")
+    bar = None
+    if tqdm is not None and not args.no_progress:
+        bar = tqdm(total=sfb.cells(args, quick, threads), desc="fastlr bench --schedulefree",
+                   unit="cell", file=sys.stderr, dynamic_ncols=True)
+    t_begin = time.perf_counter()
+    try:
+        results = sfb.run(args, torch, threads, quick, min_reps, max_reps, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    meta["wall_s"] = round(time.perf_counter() - t_begin, 1)
+    print(sfb.format_table(results, meta))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=1)

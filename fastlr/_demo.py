@@ -9,14 +9,15 @@ training, half for testing) and a 2-50-3 ReLU MLP trained with minibatches of 32
   (d) ReduceLROnPlateau on the test loss, patience 2 / 5 / 10 / 15
   (e) Adam / RMSprop / Adagrad at their usual rates
   (f) the LR range test (fastlr.find_lr), then one-cycle training at its suggestion
+  (g) schedule-free AdamW (no schedule, no training length) next to AdamW + OneCycle
 
 Each experiment prints a table (final train / test accuracy, first epoch with 90 % test
 accuracy) and writes a PNG (accuracy and lr per epoch) to the output folder. Every run is
 repeated with torch.optim (torch's LRSchedulers where fastlr uses in-kernel schedules) from
-the same initial weights and batches; the end shows the time spent in the optimizer
-steps (and scheduler steps) of both.
+the same initial weights and batches (the schedulefree package for (g), when installed);
+the end shows the time spent in the optimizer steps (and scheduler steps) of both.
 
-torch and matplotlib are imported in ``main`` only (``fastlr[torch,plot]``).
+torch and matplotlib are imported in ``main`` only (the ``torch`` and ``plot`` extras).
 """
 from __future__ import annotations
 
@@ -44,6 +45,14 @@ def add_arguments(parser):
                         help=f"epochs per run (default {FULL_EPOCHS}, {QUICK_EPOCHS} with --quick)")
     parser.add_argument("--no-compare", action="store_true",
                         help="skip the torch.optim repeat of every run (no timing comparison)")
+    from . import _demo_precision
+
+    sub = parser.add_subparsers(dest="experiment", metavar="{precision}",
+                                help="another experiment instead of the learning-rate ones")
+    _demo_precision.add_arguments(sub.add_parser(
+        "precision", help="fp32 master weights, bf16 state and stochastic rounding: loss curves to a PNG",
+        description="AdamW with float32, master weights, bf16 state and bf16 params, rounded to nearest "
+                    "and stochastically, on a small teacher-student MLP: final losses and precision.png"))
 
 
 def make_blobs(n_samples=N_SAMPLES, n_features=2, centers=3, cluster_std=CLUSTER_STD, seed=SEED):
@@ -84,6 +93,12 @@ def _experiments(quick):
          [dict(label="Adam lr=1e-3", opt="Adam", lr=1e-3, kw={}),
           dict(label="RMSprop lr=1e-3", opt="RMSprop", lr=1e-3, kw={}),
           dict(label="Adagrad lr=1e-2", opt="Adagrad", lr=1e-2, kw={})][: 2 if quick else 3]),
+        ("g", "schedule-free AdamW (evaluated in eval mode) vs AdamW + OneCycle", "demo_g_schedulefree.png",
+         [dict(label="AdamW + OneCycle max_lr=0.01", opt="AdamW", lr=1e-2, kw={}, sched=("one_cycle",)),
+          dict(label="AdamW-SF lr=0.01", opt="AdamWScheduleFree", lr=1e-2, kw={}),
+          dict(label="AdamW-SF lr=0.003, warmup 5%", opt="AdamWScheduleFree", lr=3e-3,
+               kw=dict(warmup_steps="5%")),
+          dict(label="AdamW constant lr=0.01", opt="AdamW", lr=1e-2, kw={})][: 2 if quick else 4]),
     ]
 
 
@@ -118,6 +133,17 @@ def _make_optimizer(torch, backend, spec, params, total_steps):
 
     sched = spec.get("sched")
     lr = spec["lr"]
+    kw = dict(spec["kw"])
+    if kw.get("warmup_steps") == "5%":
+        kw["warmup_steps"] = total_steps // 20
+    if spec["opt"].endswith("ScheduleFree"):
+        if backend == "fastlr":
+            import fastlr.optim as fo
+
+            return getattr(fo, spec["opt"])(params, lr=lr, **kw), None, None
+        import schedulefree  # run_all compares only when it is installed
+
+        return getattr(schedulefree, spec["opt"])(params, lr=lr, **kw), None, None
     if backend == "fastlr":
         import fastlr.optim as fo
 
@@ -161,8 +187,15 @@ def _train(torch, problem, backend, spec, model=None):
     train_acc, test_acc, lrs = [], [], []
     opt_time = 0.0
     clock = time.perf_counter
+    # schedule-free: params hold y while training and x (the average) in eval mode
+    schedule_free = spec["opt"].endswith("ScheduleFree")
     for epoch in range(problem.epochs):
-        lrs.append(float(opt.param_groups[0]["lr"]))
+        group = opt.param_groups[0]
+        warmup = group.get("warmup_steps", 0) if schedule_free else 0
+        # schedule-free warm-up is applied inside step(): show the lr the next step uses
+        lrs.append(float(group["lr"]) * (min(1.0, (group["k"] + 1) / warmup) if warmup else 1.0))
+        if schedule_free:
+            opt.train()
         for idx in problem.batches[epoch]:
             opt.zero_grad()
             loss_fn(model(problem.Xtr[idx]), problem.ytr[idx]).backward()
@@ -170,6 +203,10 @@ def _train(torch, problem, backend, spec, model=None):
             opt.step()
             if per_step is not None:
                 per_step.step()
+            opt_time += clock() - t0
+        if schedule_free:
+            t0 = clock()
+            opt.eval()
             opt_time += clock() - t0
         tr, _ = _accuracy(torch, model, problem.Xtr, problem.ytr)
         te, te_loss = _accuracy(torch, model, problem.Xte, problem.yte)
@@ -240,13 +277,18 @@ def _range_test(torch, problem, backend, num_steps):
 
 
 def main(args):
+    if getattr(args, "experiment", None) == "precision":
+        from . import _demo_precision
+
+        return _demo_precision.main(args)
     try:
         import matplotlib
         import torch
 
         import fastlr.optim  # noqa: F401
     except ImportError as exc:
-        print(f"fastlr demo: error: needs torch and matplotlib (pip install \"fastlr[torch,plot]\"): {exc}",
+        print(f"fastlr demo: error: needs torch and matplotlib (pip install torch matplotlib, or in the fastlr "
+              f"checkout pip install \".[torch,plot]\"): {exc}",
               file=sys.stderr)
         return 2
     matplotlib.use("Agg")
@@ -263,6 +305,12 @@ def main(args):
         print(f"fastlr demo: error: cannot use --out {args.out!r} as the output folder: {e}", file=sys.stderr)
         return 2
     compare = not args.no_compare
+    try:
+        import schedulefree  # noqa: F401 - the reference of experiment (g)
+
+        has_schedulefree = True
+    except ImportError:
+        has_schedulefree = False
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 2-50-3 MLP: threads cost more than they give
     wall0 = time.perf_counter()
@@ -284,18 +332,22 @@ def main(args):
                 ours = _train(torch, problem, "fastlr", spec)
                 runs.append(ours)
                 t_ours += ours["opt_time"]
-                if compare:
+                if compare and not (spec["opt"].endswith("ScheduleFree") and not has_schedulefree):
                     ref = _train(torch, problem, "torch", spec)
                     t_ref += ref["opt_time"]
                     diff = max(diff, abs(ours["test_acc"][-1] - ref["test_acc"][-1]))
             return runs, t_ours, t_ref, diff
 
-        for key, title, png, specs in _experiments(quick):
+        def experiment(key, title, png, specs):
             runs, t_ours, t_ref, diff = run_all(specs)
             emit(_table(f"\n({key}) {title}", runs, epochs, problem.steps_per_epoch))
             timing.append((key, title, len(specs), t_ours, t_ref, diff))
             _plot(plt, os.path.join(args.out, png), f"({key}) {title}", runs,
                   sweep_lrs=[s["lr"] for s in specs] if key == "a" else None)
+
+        experiments = _experiments(quick)
+        for exp in experiments[:-1]:
+            experiment(*exp)
 
         # (f) range test, then one cycle at its suggestion
         res = _range_test(torch, problem, "fastlr", 30 if quick else 100)
@@ -317,6 +369,7 @@ def main(args):
         emit(_table("", runs, epochs, problem.steps_per_epoch).lstrip("\n"))
         timing.append(("f", title, len(specs), t_ours, t_ref, diff))
         _plot(plt, os.path.join(args.out, "demo_f_one_cycle.png"), f"(f) {title}", runs)
+        experiment(*experiments[-1])  # (g) schedule-free
 
         if compare:
             lines = ["\noptimizer-step time (optimizer.step + per-step scheduler.step + plateau.step), "

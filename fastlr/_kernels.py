@@ -27,7 +27,7 @@ import numpy as np
 from . import _C
 from .schedules import Schedule
 
-__all__ = ["sgd_step", "adam_step", "rmsprop_step", "adagrad_step"]
+__all__ = ["sgd_step", "adam_step", "adam8bit_step", "rmsprop_step", "adagrad_step"]
 
 _DTYPE_CODES = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}
 _MAX_STEP = 2**53
@@ -142,10 +142,10 @@ class _Call:
     """Validated arrays of one call: dtype codes, numels and data addresses per role."""
 
     def __init__(self, params, grads, master_params=None, stochastic_rounding=False, seed=0,
-                 tensor_ids=None):
+                 tensor_ids=None, grads_name="grads"):
         self.params = _as_list(params, "params")
         self.n = len(self.params)
-        self.grads = _as_list(grads, "grads", n=self.n)
+        self.grads = _as_list(grads, grads_name, n=self.n)
         if self.n == 0:
             self.dtype = np.dtype(np.float32)
         else:
@@ -174,7 +174,7 @@ class _Call:
             self._updated.append(self.masters)
             if self.n and self.grads[0].dtype == np.float32:
                 grad_dtype = np.dtype(np.float32)  # float32 grads: allowed with masters
-        _check_arrays("grads", self.grads, self.params, grad_dtype, updated=False)
+        _check_arrays(grads_name, self.grads, self.params, grad_dtype, updated=False)
         self.grad_code = _DTYPE_CODES[grad_dtype.name]
         self.state_dtype = None  # set by the first state list
         if not isinstance(stochastic_rounding, (bool, np.bool_)):
@@ -363,6 +363,105 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1=0.9, beta
                          float(step), lr, lr_enc, beta1, b1_enc, beta2, eps, weight_decay,
                          bool(decoupled_weight_decay), bool(amsgrad), bool(maximize),
                          **call.precision())
+    return used_lr
+
+
+_VARIANTS = {"torchao": 0, "fastlr": 1}
+
+
+def _quant8_state(call, codes, scales, name, block_size):
+    """Validates one 8-bit state (codes and block scales) against the params."""
+    codes = _as_list(codes, f"{name}_codes", n=call.n)
+    scales = _as_list(scales, f"{name}_scales", n=call.n)
+    for i, (c, s, p) in enumerate(zip(codes, scales, call.params)):
+        if c.dtype != np.uint8:
+            raise TypeError(f"{name}_codes[{i}] has dtype {c.dtype}, expected uint8")
+        if c.shape != p.shape:
+            raise ValueError(f"{name}_codes[{i}] has shape {c.shape}, but params[{i}] has shape {p.shape}")
+        nb = -(-p.size // block_size)
+        if s.dtype != np.float32:
+            raise TypeError(f"{name}_scales[{i}] has dtype {s.dtype}, expected float32")
+        if s.shape != (nb,):
+            raise ValueError(f"{name}_scales[{i}] has shape {s.shape}, expected ({nb},): one scale per "
+                             f"block of {block_size} elements of params[{i}]")
+        for a, what in ((c, "codes"), (s, "scales")):
+            if not a.flags.c_contiguous:
+                raise ValueError(f"{name}_{what}[{i}] must be C-contiguous")
+            if not a.flags.writeable:
+                raise ValueError(f"{name}_{what}[{i}] is read-only")
+    call._updated += [codes, scales]
+    return codes, scales
+
+
+def adam8bit_step(params, grads, exp_avg_codes, exp_avg_scales, exp_avg_sq_codes, exp_avg_sq_scales, *,
+                  step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                  decoupled_weight_decay=False, amsgrad=False, max_exp_avg_sq_codes=None,
+                  max_exp_avg_sq_scales=None, block_size=256, variant="fastlr",
+                  stochastic_rounding=False, seed=0):
+    """One Adam/AdamW step with block-wise 8-bit state, in place (one fused pass).
+
+    Each state is ``codes`` (uint8, the param's shape) and ``scales`` (float32, one per block
+    of ``block_size`` elements, the last block may be partial); its value is
+    ``map[code]·scale`` (fastlr._quant8: the signed dynamic map for exp_avg, the unsigned one
+    for exp_avg_sq). Per block: dequantize, update in float32, re-quantize (scale = block
+    absmax, nearest code). Zeros (codes 0, scales 0) are the initial state.
+
+    ``variant="fastlr"``: torch.optim.Adam's arithmetic, ``sqrt(exp_avg_sq)`` is what is
+    quantized, and an element whose sqrt(v) dequantizes to 0 restarts its exp_avg too (no
+    ``lr·m/eps`` steps on heavy-tailed gradients). ``variant="torchao"``: torchao's
+    AdamW8bit arithmetic and encoding (exp_avg_sq as is).
+
+    Args:
+        params, grads: float32, bfloat16 or float16 ndarrays (or lists of them).
+        step: the 1-based index of this update; lr, beta1: float or Schedule.
+        stochastic_rounding: bfloat16 params are written with stochastic rounding, random
+            bits keyed by (seed, step, tensor, element).
+
+    Returns:
+        The learning rate used.
+
+    Example:
+        >>> p = np.ones(512, np.float32); g = np.ones(512, np.float32)
+        >>> mc, vc = np.zeros(512, np.uint8), np.zeros(512, np.uint8)
+        >>> ms, vs = np.zeros(2, np.float32), np.zeros(2, np.float32)
+        >>> adam8bit_step(p, g, mc, ms, vc, vs, step=1, lr=1e-3)
+        0.001
+    """
+    call = _Call(params, grads)
+    if call.n and call.dtype.name == "float64":
+        raise TypeError("params[0] has dtype float64; adam8bit_step supports float32, bfloat16 and float16")
+    step = _step(step, required=True)
+    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
+    beta1, b1_enc = _schedule_or_value(beta1, "beta1", _beta)
+    beta2 = _beta(beta2, "beta2")
+    eps = _non_negative(eps, "eps")
+    weight_decay = _non_negative(weight_decay, "weight_decay")
+    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or not 1 <= block_size <= 4096:
+        raise ValueError(f"block_size must be an integer in [1, 4096], got {block_size!r}")
+    block_size = int(block_size)
+    if variant not in _VARIANTS:
+        raise ValueError(f"variant must be 'fastlr' or 'torchao', got {variant!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    mc, ms = _quant8_state(call, exp_avg_codes, exp_avg_scales, "exp_avg", block_size)
+    vc, vs = _quant8_state(call, exp_avg_sq_codes, exp_avg_sq_scales, "exp_avg_sq", block_size)
+    xc = xs = None
+    if amsgrad:
+        if max_exp_avg_sq_codes is None or max_exp_avg_sq_scales is None:
+            raise ValueError("max_exp_avg_sq_codes and max_exp_avg_sq_scales are required when amsgrad=True")
+        xc, xs = _quant8_state(call, max_exp_avg_sq_codes, max_exp_avg_sq_scales, "max_exp_avg_sq", block_size)
+    if decoupled_weight_decay and weight_decay != 0.0:
+        call.refuse_grads_that_are_params("with decoupled weight decay the grad is read after "
+                                          "decaying the param")
+    call.finish()
+    store = {"float32": 0, "bfloat16": 1, "float16": 3}[call.dtype.name]
+    if store == 1 and stochastic_rounding:
+        store = 2
+    a = call.addresses
+    used_lr, _ = _C.adam8(store, block_size, True, _VARIANTS[variant], call.numel, a(call.params),
+                          a(call.grads), a(mc), a(ms), a(vc), a(vs), a(xc), a(xs), float(step), lr, lr_enc,
+                          beta1, b1_enc, beta2, eps, weight_decay, bool(decoupled_weight_decay),
+                          bool(amsgrad), int(seed))
     return used_lr
 
 

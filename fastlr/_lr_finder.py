@@ -105,8 +105,12 @@ class LRFinderResult:
     def plot(self, path=None, ax=None):
         """Loss against lr on a log-x axis, the raw loss faint, the smoothed loss bold,
         the suggestions marked. Saves a PNG to ``path`` (and closes the figure) or returns
-        the matplotlib Axes. Needs matplotlib (``pip install fastlr[plot]``)."""
-        import matplotlib
+        the matplotlib Axes. Needs matplotlib (``pip install matplotlib``)."""
+        try:
+            import matplotlib
+        except ImportError as e:
+            raise ModuleNotFoundError('LRFinderResult.plot needs matplotlib: pip install matplotlib (or, in the '
+                                      'fastlr checkout, pip install ".[plot]")', name="matplotlib") from e
 
         if path is not None and ax is None:
             matplotlib.use("Agg", force=False)

@@ -2,11 +2,15 @@
 
 Needs no torch: it reads and writes ``optimizer.param_groups`` only, so it drives a
 ``torch.optim`` optimizer, a ``fastlr.optim`` optimizer, or anything with param groups.
+When torch is loaded, the class is also a subclass of torch's ``ReduceLROnPlateau``
+(frameworks such as Lightning accept a plateau scheduler by that ``isinstance``);
+``fastlr.optim.ReduceLROnPlateau`` always is.
 """
 from __future__ import annotations
 
 import math
 import numbers
+import sys
 import warnings
 
 __all__ = ["ReduceLROnPlateau"]
@@ -50,7 +54,7 @@ def _count(name, value):
     return int(value)
 
 
-class ReduceLROnPlateau:
+class _ReduceLROnPlateau:
     """Reduces the learning rate when a metric has stopped improving: torch's
     ``torch.optim.lr_scheduler.ReduceLROnPlateau``, step for step.
 
@@ -238,3 +242,28 @@ class ReduceLROnPlateau:
                 f"threshold={self.threshold}, threshold_mode={self.threshold_mode!r}, "
                 f"cooldown={self.cooldown}, min_lr={self.min_lrs if self.default_min_lr is None else self.default_min_lr}, "
                 f"eps={self.eps})")
+
+
+_torch_class = None
+
+
+def torch_plateau_class():
+    """The class as a subclass of ``torch.optim.lr_scheduler.ReduceLROnPlateau`` (imports
+    torch). Its own methods run; torch's constructor does not (nothing of it is needed)."""
+    global _torch_class
+    if _torch_class is None:
+        from torch.optim.lr_scheduler import ReduceLROnPlateau as _TorchPlateau
+
+        _torch_class = type("ReduceLROnPlateau", (_ReduceLROnPlateau, _TorchPlateau), {
+            "__module__": __name__,
+            "__qualname__": "TorchReduceLROnPlateau",
+            "__doc__": _ReduceLROnPlateau.__doc__,
+        })
+    return _torch_class
+
+
+# torch already loaded (a training script): the subclass, so isinstance checks of
+# torch's plateau scheduler pass; else the plain class (`import fastlr` imports no torch)
+_ReduceLROnPlateau.__name__ = "ReduceLROnPlateau"
+ReduceLROnPlateau = torch_plateau_class() if "torch" in sys.modules else _ReduceLROnPlateau
+TorchReduceLROnPlateau = _torch_class  # pickles by this name

@@ -52,13 +52,22 @@ def _literal(node, expr):
     )
 
 
+# Alternative constructors, written Class.method(...)
+SCHEDULE_METHODS = {("Cyclic", "momentum"): _schedules.Cyclic.momentum}
+
+
 def _call(node, expr):
-    if not isinstance(node.func, ast.Name) or node.func.id not in SCHEDULE_CLASSES:
-        what = node.func.id if isinstance(node.func, ast.Name) else type(node.func).__name__
+    f = node.func
+    if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and (f.value.id, f.attr) in SCHEDULE_METHODS:
+        cls, name = SCHEDULE_METHODS[(f.value.id, f.attr)], f"{f.value.id}.{f.attr}"
+    elif isinstance(f, ast.Name) and f.id in SCHEDULE_CLASSES:
+        cls, name = SCHEDULE_CLASSES[f.id], f.id
+    else:
+        what = f.id if isinstance(f, ast.Name) else ast.unparse(f) if isinstance(f, ast.Attribute) else type(f).__name__
         raise ExpressionError(
-            f"{what!s} is not a schedule; expected one of {', '.join(SCHEDULE_CLASSES)} (in {expr!r})"
+            f"{what!s} is not a schedule; expected one of {', '.join(SCHEDULE_CLASSES)} or "
+            f"{', '.join('.'.join(k) for k in SCHEDULE_METHODS)} (in {expr!r})"
         )
-    cls = SCHEDULE_CLASSES[node.func.id]
     args = []
     for a in node.args:
         if isinstance(a, ast.Starred):
@@ -75,7 +84,7 @@ def _call(node, expr):
         return cls(*args, **kwargs)
     except TypeError as e:
         msg = str(e)  # the constructors' own messages already start with the class name
-        raise ExpressionError(msg if msg.startswith(f"{node.func.id}:") else f"{node.func.id}: {msg}") from None
+        raise ExpressionError(msg if msg.startswith(f"{name}:") else f"{name}: {msg}") from None
 
 
 def parse_schedule(expr):
@@ -172,7 +181,7 @@ def main(args):
     try:
         import matplotlib
     except ImportError:
-        _fail('fastlr plot needs matplotlib: pip install "fastlr[plot]"')
+        _fail('fastlr plot needs matplotlib: pip install matplotlib (or, in the fastlr checkout, pip install ".[plot]")')
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -211,7 +220,9 @@ def main(args):
             a.yaxis.label.set_size(7)
         ax.xaxis.label.set_size(7)
     if not small or len(lines) > 1:
-        ax.legend(lines, [ln.get_label() for ln in lines], fontsize=6 if small else 8, loc="best")
+        # below the axes, never over a curve (loc="best" still hides the ends of some)
+        ax.legend(lines, [ln.get_label() for ln in lines], fontsize=6 if small else 8, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.2 if small else -0.13), ncol=1, frameon=False)
     fig.tight_layout()
     try:
         fig.savefig(output, dpi=dpi)

@@ -100,6 +100,10 @@ def reference(s, t):
         i = sum(1 for m in s.milestones if m <= t)
         start = s.milestones[i - 1] if i else 0
         return reference(s.schedules[i], t - start)
+    if isinstance(s, S.Table):
+        return float(s.table[min(t, len(s.table) - 1)])
+    if isinstance(s, S.Lambda):
+        return s.lr * float(s.factors[min(t, s.total_steps - 1)])
     if isinstance(s, S.RangeTest):
         n = s.num_steps
         if t >= n - 1:

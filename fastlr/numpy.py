@@ -30,7 +30,8 @@ import numpy as np
 from . import _C, _kernels
 from .schedules import Schedule
 
-__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
+           "SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree"]
 
 _SUPPORTED = ("float32", "float64", "float16", "bfloat16")
 
@@ -689,7 +690,10 @@ class RMSprop(_Optimizer):
                               momentum_buffers=[s["momentum_buffer"] for s in states] if mom else None,
                               centered=group["centered"],
                               grad_avgs=[s["grad_avg"] for s in states] if group["centered"] else None,
-                              maximize=group["maximize"], step=states[0]["step"] + 1, **self._precision)
+                              maximize=group["maximize"], **self._precision,
+                              # step == 1 would start the buffers from 0 instead of reading the
+                              # zeros (0 * inf momentum is nan in torch); only the rounding key needs it
+                              step=states[0]["step"] + 1 if self._precision["stochastic_rounding"] else None)
         for s in states:
             s["step"] += 1
 
@@ -735,3 +739,6 @@ class Adagrad(_Optimizer):
                               maximize=group["maximize"], **self._precision)
         for s in states:
             s["step"] = step + 1
+
+
+from ._numpy_schedulefree import AdamWScheduleFree, RAdamScheduleFree, SGDScheduleFree  # noqa: E402

@@ -47,6 +47,8 @@ __all__ = [
     "InverseSqrt",
     "Sequential",
     "RangeTest",
+    "Table",
+    "Lambda",
 ]
 
 # Integers travel to C++ inside a float64 array: exact up to 2**53.
@@ -204,7 +206,13 @@ class Schedule:
             if t >= 2**63:
                 raise ValueError(f"t must be < 2**63, got {t}")
             return _schedule_at(self._enc, t)
-        return self.values(np.asarray(t))
+        t = np.asarray(t)
+        if t.dtype == np.bool_ or not (np.issubdtype(t.dtype, np.integer) or (t.size == 0 and t.ndim)):
+            raise TypeError(f"t must be an integer (the count of completed updates) or an integer array, "
+                            f"got {t.dtype} {t.tolist() if t.size == 1 else ''}".rstrip())
+        if t.size and t.min() < 0:
+            raise ValueError("t must be >= 0")
+        return self.values(t)
 
     def values(self, n_or_steps):
         """Values at t = 0..n-1 for an int ``n``, or at every step of an integer array
@@ -924,3 +932,179 @@ class RangeTest(Schedule):
 
     def _horizon(self):
         return self.num_steps
+
+
+# ---------------------------------------------------------------------------------------
+# schedules given by their values: any per-step Python schedule, looked up in C++
+
+MAX_TABLE_SIZE = 2**20
+"""The most values a :class:`Table` (or steps a :class:`Lambda`) holds: 8 MiB of float64,
+copied once per device. Longer schedules are closed forms (:class:`Cosine`, ...) or joins
+of them (:class:`Sequential`)."""
+
+
+def _value_array(cls, name, values, *, limit_hint):
+    """A read-only float64 copy of ``values`` (1-d, 1..MAX_TABLE_SIZE finite numbers >= 0)."""
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__"):
+        raise ArgumentTypeError(f"{cls}: {name} must be a sequence of numbers, got {type(values).__name__}")
+    n = len(values)
+    if n == 0:
+        raise ValueError(f"{cls}: {name} must not be empty")
+    if n > MAX_TABLE_SIZE:
+        raise ValueError(f"{cls}: {name} has {n} entries, more than MAX_TABLE_SIZE = 2**20 "
+                         f"({MAX_TABLE_SIZE}); {limit_hint}")
+    try:
+        arr = np.asarray(values)
+    except Exception as e:  # ragged lists, objects NumPy cannot read
+        raise ArgumentTypeError(f"{cls}: {name} must be a sequence of numbers ({e})") from e
+    if arr.ndim != 1 or arr.dtype == np.bool_ or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        if arr.dtype == object:  # e.g. a list of 0-dim tensors or Fractions: one by one
+            arr = np.array([_real(cls, f"{name}[{i}]", v) for i, v in enumerate(values)])
+        else:
+            raise ArgumentTypeError(f"{cls}: {name} must be a 1-d sequence of real numbers, "
+                                    f"got shape {arr.shape} and dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    bad = ~np.isfinite(arr) | (arr < 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{cls}: {name}[{i}] must be finite and >= 0, got {arr[i]!r}")
+    arr = arr + 0.0  # -0.0 -> 0.0, so equal tables have equal bytes (and hashes)
+    return np.frombuffer(arr.tobytes(), dtype=np.float64)
+
+
+_REPR_VALUES = 1000
+
+
+def _list_repr(values):
+    """The values as a list literal (so the repr rebuilds the schedule), shortened
+    with "..." beyond _REPR_VALUES values."""
+    v = values.tolist()
+    if len(v) <= _REPR_VALUES:
+        return "[" + ", ".join(map(repr, v)) + "]"
+    return "[" + ", ".join(map(repr, v[:3])) + ", ..., " + repr(v[-1]) + f"] ({len(v)} values)"
+
+
+class _Tabulated(Schedule):
+    """Value semantics over an array field (equality, hash, pickle by value)."""
+
+    def _key(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __eq__(self, other):
+        if type(self) is not type(other):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self):
+        h = self.__dict__.get("_hash")
+        if h is None:  # hashed once: the CUDA path looks schedules up by hash every step
+            h = hash((type(self).__name__, self._key()))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+
+class Table(_Tabulated):
+    """Explicit values: ``s(t) = values[t]`` for ``t < len(values)``, then the last value.
+
+    Any schedule that can be written down step by step runs in the kernel as a C++
+    lookup (one array read per call).
+
+    Args:
+        values: 1 to ``MAX_TABLE_SIZE`` (2**20) numbers >= 0 (a list, tuple or 1-d array).
+
+    >>> Table([0.1, 0.05, 0.01]).values(5)
+    array([0.1 , 0.05, 0.01, 0.01, 0.01])
+    """
+
+    _fields = ("table",)  # the values, read-only (``values()`` evaluates, as everywhere)
+
+    def __init__(self, values):
+        self._init(table=_value_array(
+            "Table", "values", values,
+            limit_hint="use a closed-form schedule (Cosine, OneCycle, ...) or a Sequential of them",
+        ))
+
+    def _key(self):
+        return self.table.tobytes()
+
+    def _encode(self):
+        return np.concatenate(([16.0, float(len(self.table))], self.table))
+
+    def __reduce__(self):  # plain floats: loads under torch.load(weights_only=True)
+        return (Table, (self.table.tolist(),))
+
+    def __repr__(self):
+        return f"Table({_list_repr(self.table)})"
+
+    def _horizon(self):
+        return len(self.table)
+
+
+class Lambda(_Tabulated):
+    """torch's ``LambdaLR`` as a schedule: ``s(t) = lr * fn(t)`` for
+    ``t < total_steps``, then ``s(total_steps - 1)``.
+
+    ``fn`` is called once per step at construction; the schedule keeps the factors, not
+    the function, so it pickles (even for a lambda or a local function), compares by
+    value and runs in C++ by lookup.
+
+    Args:
+        lr: base value (>= 0), torch's ``base_lr``.
+        fn: a function of the step count returning a factor (a number >= 0), e.g. the
+            lambda of transformers' ``get_cosine_schedule_with_warmup`` or of a torch
+            ``LambdaLR``; or the ``total_steps`` factors themselves.
+        total_steps: number of steps fn is evaluated at, 1 to ``MAX_TABLE_SIZE`` (2**20).
+
+    Counterpart: torch ``LambdaLR(lr_lambda=fn)``; transformers' lambda schedules.
+
+    >>> Lambda(0.1, lambda t: 0.5 ** t, total_steps=3).values(4)
+    array([0.1  , 0.05 , 0.025, 0.025])
+    """
+
+    _fields = ("lr", "factors", "total_steps")
+
+    def __init__(self, lr, fn, total_steps):
+        c = "Lambda"
+        lr = _real(c, "lr", lr, lo=0.0)
+        n = _int(c, "total_steps", total_steps, lo=1)
+        if n > MAX_TABLE_SIZE:
+            raise ValueError(f"{c}: total_steps must be <= MAX_TABLE_SIZE = 2**20 ({MAX_TABLE_SIZE}), "
+                             f"got {n}; use a closed-form schedule or a Sequential of them")
+        if callable(fn):
+            factors = []
+            for t in range(n):
+                f = fn(t)
+                try:
+                    factors.append(_real(c, f"fn({t})", f, lo=0.0))
+                except ArgumentTypeError:
+                    if getattr(f, "shape", None) != ():  # a 0-dim tensor / array is a number
+                        raise
+                    factors.append(_real(c, f"fn({t})", float(f), lo=0.0))
+        else:
+            if isinstance(fn, (str, bytes, dict)) or not hasattr(fn, "__len__"):
+                raise ArgumentTypeError(f"{c}: fn must be a function of t or a sequence of factors, "
+                                        f"got {type(fn).__name__}")
+            if len(fn) != n:
+                raise ValueError(f"{c}: fn given as factors must have total_steps = {n} entries, got {len(fn)}")
+            factors = fn
+        arr = _value_array(c, "fn" if callable(fn) else "factors", factors, limit_hint="")
+        # the values torch's LambdaLR computes, base_lr * lmbda(t), rounded the same way
+        object.__setattr__(self, "_values", np.frombuffer((lr * arr).tobytes(), dtype=np.float64))
+        self._init(lr=lr, factors=arr, total_steps=n)
+
+    def _key(self):
+        return (self.lr, self.total_steps, self.factors.tobytes())
+
+    def _encode(self):
+        return np.concatenate(([16.0, float(self.total_steps)], self._values))
+
+    def __reduce__(self):
+        return (Lambda, (self.lr, self.factors.tolist(), self.total_steps))
+
+    def __repr__(self):
+        return f"Lambda(lr={self.lr!r}, fn={_list_repr(self.factors)}, total_steps={self.total_steps})"
+
+    def _horizon(self):
+        return self.total_steps

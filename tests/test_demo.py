@@ -37,20 +37,21 @@ def test_quick_run(tmp_path, capsys):
     out = tmp_path / "demo"
     assert cli.main(["demo", "--quick", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    for key in "abcdef":
+    for key in "abcdefg":
         assert f"({key})" in text
     assert "epochs to 90% test" in text and "suggestion (steepest)" in text
     assert "fastlr.optim vs torch.optim" in text and "speed-up" in text
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["demo_a_lr_sweep.png", "demo_b_momentum.png", "demo_c_inverse_time.png", "demo_d_plateau.png",
-                    "demo_e_adaptive.png", "demo_f_one_cycle.png", "demo_f_range_test.png"]
+                    "demo_e_adaptive.png", "demo_f_one_cycle.png", "demo_f_range_test.png",
+                    "demo_g_schedulefree.png"]
     for name in pngs:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     tables = (out / "tables.txt").read_text()
-    assert "(a) lr sensitivity" in tables and "one-cycle" in tables
+    assert "(a) lr sensitivity" in tables and "one-cycle" in tables and "AdamW-SF" in tables
     # fastlr.optim and torch.optim ran the same trajectories
-    rows = [line for line in tables.splitlines() if re.match(r"\s*\([a-f]\)\s+\d+\s", line)]
-    assert len(rows) == 6
+    rows = [line for line in tables.splitlines() if re.match(r"\s*\([a-g]\)\s+\d+\s", line)]
+    assert len(rows) == 7
     for line in rows:
         assert float(line.split()[-1]) <= 0.01, line
 

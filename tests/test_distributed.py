@@ -234,19 +234,29 @@ def test_example_train_ddp_torchrun(tmp_path):
         "--master_addr=127.0.0.1", f"--master_port={w.free_port()}",
         str(ROOT / "examples" / "train_ddp.py"), "--steps", "30",
     ]
-    # its own session, so that a timeout takes torchrun's workers down with it
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=55)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        out, _ = proc.communicate()
-        pytest.fail(f"torchrun examples/train_ddp.py did not finish in 55 s:\n{out}")
-    finally:
-        if proc.poll() is None:  # pragma: no cover
+    def run():
+        # its own session, so that a timeout takes torchrun's workers down with it
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
-            proc.wait()
+            out, _ = proc.communicate()
+            pytest.fail(f"torchrun examples/train_ddp.py did not finish in 90 s:\n{out}")
+        finally:
+            if proc.poll() is None:  # pragma: no cover
+                os.killpg(proc.pid, 9)
+                proc.wait()
+        return proc, out
+
+    proc, out = run()
+    # torch's gloo teardown sometimes aborts a worker after the script's last line, in
+    # destroy_process_group ("terminate called without an active exception", exit -6; seen
+    # about one run in eight on a loaded 2-core host): that, and only that, is run again once
+    if (proc.returncode != 0 and "params in sync across 2 ranks" in out
+            and "terminate called without an active exception" in out):
+        proc, out = run()
     assert proc.returncode == 0, out
     assert "params in sync across 2 ranks" in out, out
     first, last = (float(line.split("loss")[1].split()[0]) for line in

@@ -1,6 +1,7 @@
 """fastlr.find_lr: the sweep, the stop rules, the suggestions and the exact restore."""
 import copy
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -324,6 +325,14 @@ def test_plot(tmp_path):
 
     plt.close(ax.figure)
     assert "suggestion" in repr(res)
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(monkeypatch):
+    model = Quadratic()
+    res = find_lr(model, torch.optim.SGD(model.parameters(), lr=0.1), quad_loss(10.0), QUAD_DATA, num_steps=5)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an environment without it raises
+    with pytest.raises(ModuleNotFoundError, match=r'pip install matplotlib \(or, in the fastlr checkout'):
+        res.plot()
 
 
 @pytest.mark.skipif(fastlr_optim is None, reason="fastlr.optim not built")

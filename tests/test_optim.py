@@ -701,7 +701,7 @@ def test_import_fastlr_does_not_import_torch():
 def test_import_optim_without_torch_says_how_to_install():
     r = _run("import sys; sys.modules['torch'] = None\nimport fastlr.optim")
     assert r.returncode != 0
-    assert 'pip install "fastlr[torch]"' in r.stderr
+    assert 'pip install torch (or, in the fastlr checkout, pip install ".[torch]")' in r.stderr
 
 
 # ---------------------------------------------------------------------- schedules ---

@@ -128,7 +128,7 @@ def test_missing_matplotlib_message(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         _plot.main(namespace("Cosine(0.1, 10)", "-o", str(tmp_path / "o.png")))
     assert e.value.code == 2
-    assert 'pip install "fastlr[plot]"' in capsys.readouterr().err
+    assert 'pip install matplotlib (or, in the fastlr checkout, pip install ".[plot]")' in capsys.readouterr().err
 
 
 def test_parse_schedule_round_trips_doc_examples():

@@ -472,7 +472,7 @@ def test_range_test_ramp(mode):
 
 
 def random_schedule(r, depth=0):
-    k = int(r.integers(0, 16 if depth < 2 else 13))
+    k = int(r.integers(0, 18 if depth < 2 else 15))
     lr = float(r.uniform(1e-4, 1))
     n = int(r.integers(1, 300))
     if k == 0:
@@ -509,6 +509,10 @@ def random_schedule(r, depth=0):
         return RangeTest(float(r.uniform(1e-7, 1e-3)), float(r.uniform(0.1, 10)), int(r.integers(2, 300)),
                          ("exp", "linear")[int(r.integers(0, 2))])
     if k == 14:
+        return S.Table(r.uniform(0, 1, size=int(r.integers(1, 300))))
+    if k == 15:
+        return S.Lambda(lr, lambda t: 0.99 ** t if t % 7 else 0.5, n)
+    if k == 16:
         return Warmup(random_schedule(r, depth + 1), int(r.integers(0, 100)), float(r.uniform(0, 1)))
     m = int(r.integers(1, 4))
     kids = [random_schedule(r, depth + 1) for _ in range(m)]

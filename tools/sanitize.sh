@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds fastlr._C with AddressSanitizer + UndefinedBehaviorSanitizer into
-# build/sanitize/ (the in-place build is left alone) and runs the kernel tests against
+# .build/sanitize/ (the in-place build is left alone) and runs the kernel tests against
 # that build. Any ASan/UBSan report aborts the run with a non-zero exit status.
 #
 #   tools/sanitize.sh                 # the default test set below
@@ -14,20 +14,27 @@
 # detection is off (CPython keeps its objects alive at exit by design); UBSan is made
 # fatal (-fno-sanitize-recover=all) and includes float-cast-overflow, which
 # -fsanitize=undefined leaves out in gcc. The package's Python files are copied next to
-# the sanitized extension in build/sanitize/pkg, which pytest gets first on sys.path so
+# the sanitized extension in .build/sanitize/pkg, which pytest gets first on sys.path so
 # that `import fastlr` finds that copy; the script checks it did.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
 CXX="${CXX:-c++}"
-OUT="$ROOT/build/sanitize"
+OUT="$ROOT/.build/sanitize"
 SAN="-fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -fno-omit-frame-pointer -g"
 
 LIBASAN="$("$CXX" -print-file-name=libasan.so)"
 if [ ! -e "$LIBASAN" ]; then
   echo "sanitize.sh: $CXX has no libasan.so (install the compiler's ASan runtime)" >&2
   exit 2
+fi
+
+# setup.py needs pybind11 and setuptools in this interpreter (the README's venvs install
+# them only in pip's isolated build environment).
+if ! "$PY" -c "import pybind11, setuptools" 2>/dev/null; then
+  echo "== installing pybind11 and setuptools into $("$PY" -c 'import sys; print(sys.prefix)')"
+  "$PY" -m pip install -q "pybind11>=2.12" "setuptools>=77"
 fi
 
 if [ "${FASTLR_SANITIZE_REUSE:-0}" != "1" ] || [ ! -d "$OUT/lib" ]; then

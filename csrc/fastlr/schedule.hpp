@@ -26,6 +26,9 @@
 //   14    {14, n, m_1..m_{n-1}, off_0..off_{n-1}, <child_0>..<child_{n-1}>}
 //                      off_i: index of child i counted from the 14   Sequential
 //   15    {15, start_lr, end_lr, num_steps, mode}   mode 0 exp, 1 linear  RangeTest
+//   16    {16, n, v_0..v_{n-1}}         s(t) = v_min(t, n-1)            Table (and Lambda)
+//         n <= 2^20 (fastlr.schedules.MAX_TABLE_SIZE): values computed once in Python,
+//         looked up here, so any per-step Python schedule runs in the kernel.
 //
 // The arithmetic follows torch's closed forms operation by operation (same order, same
 // constants), so results agree with torch to the last bit or few. Composites are
@@ -60,6 +63,7 @@ enum ScheduleKind : int {
   kInverseSqrt = 13,
   kSequential = 14,
   kRangeTest = 15,
+  kTable = 16,
 };
 
 namespace schedule_detail {
@@ -274,6 +278,11 @@ FASTLR_HD double schedule_at(const double* enc, int64_t t) {
         const double r = static_cast<double>(t) / static_cast<double>(last);
         if (enc[4] != 0.0) return factor * ((1.0 - r) * start + r * end);
         return factor * (start * pow(end / start, r));
+      }
+
+      case kTable: {
+        const int64_t last = as_int(enc[1]) - 1;
+        return factor * enc[2 + (t < last ? t : last)];
       }
 
       default:

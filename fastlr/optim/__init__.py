@@ -16,17 +16,24 @@ try:
     import torch  # noqa: F401
 except ImportError as e:  # pragma: no cover - exercised without torch
     raise ImportError(
-        'fastlr.optim needs PyTorch: pip install "fastlr[torch]"'
+        'fastlr.optim needs PyTorch: pip install torch (or, in the fastlr checkout, pip install ".[torch]")'
     ) from e
 
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .adam8bit import Adam8bit, AdamW8bit, state_dict_to_float32
 from .rmsprop import RMSprop
+from .schedulefree import AdamWScheduleFree, RAdamScheduleFree, SGDScheduleFree
 from .sgd import SGD
+from ._scheduler import ScheduleLR, to_torch_state_dict, torch_lr_scheduler
+from .._plateau import torch_plateau_class as _torch_plateau_class
 
-from ._precision import to_torch_state_dict
+ReduceLROnPlateau = _torch_plateau_class()  # always a torch.optim.lr_scheduler.ReduceLROnPlateau
 
-__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "to_torch_state_dict"]
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "ScheduleLR", "ReduceLROnPlateau",
+           "to_torch_state_dict", "torch_lr_scheduler",
+           "Adam8bit", "AdamW8bit", "state_dict_to_float32",
+           "SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree"]
 
 
 def _allow_schedules_in_checkpoints():

@@ -102,6 +102,17 @@ def _profile_hook_step(func):
     return wrapper
 
 
+def _compiler_boundary(func):
+    """Runs ``func`` eagerly under ``torch.compile``: one graph break per ``opt.step()``,
+    nothing of the step traced, nothing guarded on (Dynamo cannot trace the kernel call
+    nor a Schedule's NumPy encoding, and tracing the per-param Python gave 16 breaks and
+    recompiles per param). A custom op would still trace the plan's Python around it."""
+    disable = getattr(torch, "_disable_dynamo", None) or torch.compiler.disable
+    wrapped = disable(func)
+    wrapped.hooked = True  # torch's _patch_step_function must not wrap it again
+    return wrapped
+
+
 class _State(defaultdict):
     """``optimizer.state``: a ``defaultdict(dict)`` that counts its own mutations, so
     cached plans notice a per-param state dict replaced by hand (e.g. by
@@ -384,6 +395,7 @@ class FastlrOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     # ------------------------------------------------------------------- step ---
+    @_compiler_boundary
     @_profile_hook_step
     def step(self, closure=None, *, grad_scale=None, found_inf=None):
         """Performs a single optimization step (one kernel call per group and dtype).
@@ -818,9 +830,9 @@ class FastlrOptimizer(torch.optim.Optimizer):
     @staticmethod
     def _new_step(p):
         """torch's step tensor for the non-fused, non-capturable path: a 0-dim CPU
-        tensor (float32, float64 under a float64 default dtype); fused-style 0-dim
-        float32 on the device for params off the CPU."""
-        if p.device.type == "cpu":
+        tensor (float32, float64 under a float64 default dtype), also for meta params;
+        fused-style 0-dim float32 on the device for other params off the CPU."""
+        if p.device.type in ("cpu", "meta"):  # meta: on the CPU as torch keeps it
             return torch.tensor(0.0, dtype=_get_scalar_dtype())
         return torch.zeros((), dtype=torch.float32, device=p.device)
 

@@ -60,16 +60,24 @@ def step_group(kind, group, params, grads, states, grad_scale=None, found_inf=No
     (already initialised as torch does); grad_scale / found_inf: GradScaler's tensors
     or None (a step with found_inf != 0 is not passed here).
     """
-    if _fc._C_cuda is not None and _kernel_step(kind, group, params, grads, states, grad_scale, found_inf):
+    device_type = params[0].device.type
+    # meta tensors (shape inference, deferred init) have no data for a kernel: torch's
+    # single-tensor code, as torch.optim runs them, with the step counters on the CPU
+    meta = device_type == "meta"
+    if not meta and _fc._C_cuda is not None and _kernel_step(
+        kind, group, params, grads, states, grad_scale, found_inf
+    ):
         return
-    _warn_once()
+    if not meta:
+        _warn_once()
     # torch has no fused RMSprop, and its fused Adagrad is CPU-only: foreach for those
-    fused = params[0].device.type == "cuda" and kind in ("sgd", "adam")
+    fused = device_type == "cuda" and kind in ("sgd", "adam")
+    foreach = not fused and not meta
     if kind == "sgd":
         use_momentum = group["momentum"] != 0 or "momentum_schedule" in group
         bufs = [s.get("momentum_buffer") for s in states] if use_momentum else []
         _sgd(
-            params, grads, bufs, foreach=not fused, fused=fused, grad_scale=grad_scale,
+            params, grads, bufs, foreach=foreach, fused=fused, grad_scale=grad_scale,
             found_inf=found_inf, weight_decay=group["weight_decay"], momentum=group["momentum"],
             lr=group["lr"], dampening=group["dampening"], nesterov=group["nesterov"],
             maximize=group["maximize"],
@@ -84,7 +92,7 @@ def step_group(kind, group, params, grads, states, grad_scale=None, found_inf=No
             params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
             [s["max_exp_avg_sq"] for s in states] if amsgrad else [],
             _steps_on(params, states) if fused else [s["step"] for s in states],
-            foreach=not fused, fused=fused, grad_scale=grad_scale, found_inf=found_inf,
+            foreach=foreach, fused=fused, grad_scale=grad_scale, found_inf=found_inf,
             has_complex=any(torch.is_complex(p) for p in params),
             decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=amsgrad,
             beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
@@ -99,7 +107,7 @@ def step_group(kind, group, params, grads, states, grad_scale=None, found_inf=No
             params, grads, [s["square_avg"] for s in states],
             [s["grad_avg"] for s in states] if group["centered"] else [],
             [s["momentum_buffer"] for s in states] if use_momentum else [],
-            [s["step"] for s in states], foreach=True, maximize=group["maximize"],
+            [s["step"] for s in states], foreach=foreach, maximize=group["maximize"],
             has_complex=any(torch.is_complex(p) for p in params), lr=group["lr"],
             alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
             momentum=momentum, centered=group["centered"],
@@ -108,7 +116,7 @@ def step_group(kind, group, params, grads, states, grad_scale=None, found_inf=No
         _adagrad(
             params, grads, [s["sum"] for s in states],
             _steps_on(params, states) if fused else [s["step"] for s in states],
-            fused=fused, foreach=not fused, grad_scale=grad_scale, found_inf=found_inf,
+            fused=fused, foreach=foreach, grad_scale=grad_scale, found_inf=found_inf,
             has_complex=any(torch.is_complex(p) for p in params), lr=group["lr"],
             weight_decay=group["weight_decay"], lr_decay=group["lr_decay"], eps=group["eps"],
             maximize=group["maximize"],

@@ -1,6 +1,8 @@
 """fastlr.optim.Adam / AdamW: torch.optim.Adam / AdamW with one fastlr kernel call per group."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
 from torch.optim.optimizer import _to_scalar
@@ -59,6 +61,12 @@ class Adam(FastlrOptimizer):
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")  # not IndexError
         lr_sched = isinstance(lr, _Schedule)
         b1_sched = isinstance(betas[0], _Schedule)
+        for i, b in enumerate(betas):  # before torch's comparisons, whose TypeError names nothing
+            if isinstance(b, _Schedule) and i == 1:
+                raise TypeError(f"betas[1] must be a float or a Tensor, got {type(b).__name__}: only betas[0] "
+                                "(beta1) may be a Schedule")
+            if not isinstance(b, (_Schedule, Tensor, numbers.Real)):
+                raise TypeError(f"betas[{i}] must be a float or a Tensor, got {type(b).__name__}")
         if isinstance(lr, Tensor):
             if foreach and not capturable:
                 raise ValueError(

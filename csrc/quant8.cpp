@@ -1,0 +1,524 @@
+// Fused block-wise 8-bit Adam/AdamW (fastlr/quant8.hpp): per block of `block` elements,
+// dequantize the codes into float32 stack buffers (L1), run the update over the block
+// (params written in place), take the block's absmax, re-quantize into the codes. One
+// pass over memory: params, grads and 2 B of codes per element (+ 8 B of scales per
+// block), no temporary arrays. Dequantization is a gather from the 256-entry map, the
+// nearest-code search a gather from Quant8Table plus one compare (intrinsics at the AVX2
+// and AVX-512 levels, the same arithmetic in plain C++ at baseline); the update loop is
+// plain C++ over __restrict buffers that gcc vectorizes per level. Every level and thread
+// count gives bit-identical results (no FMA contraction: -ffp-contract=off).
+#include "quant8_kernels.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "fastlr/dtype.hpp"
+#include "fastlr/quant8.hpp"
+#include "fastlr/update.hpp"
+#include "kernels.hpp"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define FASTLR_Q8_X86 1
+#define FASTLR_Q8_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define FASTLR_Q8_AVX512 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,prefer-vector-width=512")))
+#else
+#define FASTLR_Q8_X86 0
+#endif
+
+#define FASTLR_Q8_INLINE inline __attribute__((always_inline))
+
+namespace fastlr {
+namespace {
+
+using quant8::Quant8Table;
+
+constexpr int64_t kMaxBlock = 4096;
+constexpr int kRowStride = sizeof(Quant8Table::entry[0]) / sizeof(uint32_t);
+
+struct Base {};
+struct Avx2 {};
+struct Avx512 {};
+
+// ----------------------------------------------------- dequantize / quantize ---
+
+FASTLR_Q8_INLINE void dequant(Base, const uint8_t* c, int64_t n, const float* map, float s, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = map[c[i]] * s;
+}
+
+FASTLR_Q8_INLINE void quantize(Base, const float* x, int64_t n, float s, const Quant8Table& t, uint8_t* c) {
+  for (int64_t i = 0; i < n; ++i) c[i] = t.code(x[i] / s);
+}
+
+#if FASTLR_Q8_X86
+FASTLR_Q8_AVX2 __attribute__((noinline)) void dequant(Avx2, const uint8_t* c, int64_t n, const float* map, float s,
+                                             float* out) {
+  const __m256 vs = _mm256_set1_ps(s);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + i)));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_i32gather_ps(map, idx, 4), vs));
+  }
+  for (; i < n; ++i) out[i] = map[c[i]] * s;
+}
+
+FASTLR_Q8_AVX2 __attribute__((noinline)) void quantize(Avx2, const float* x, int64_t n, float s, const Quant8Table& t,
+                                              uint8_t* c) {
+  const __m256 vs = _mm256_set1_ps(s);
+  const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
+  const __m256i low = _mm256_set1_epi32(static_cast<int>(Quant8Table::kLow));
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(Quant8Table::kHigh));
+  const __m256i fine = _mm256_set1_epi32((1 << t.shift) - 1);
+  const __m256i row = _mm256_set1_epi32(kRowStride);
+  const __m256i byte = _mm256_set1_epi32(0xFF);
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m128i sh = _mm_set_epi32(static_cast<int>(0x80808080u), static_cast<int>(0x80808080u),
+                                   static_cast<int>(0x80808080u), 0x0C080400);
+  const __m256i pick = _mm256_broadcastsi128_si256(sh);
+  const __m256i gather_lanes = _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1);
+  const int* table = reinterpret_cast<const int*>(&t.entry[0][0]);
+  const int shift = t.shift;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 q = _mm256_div_ps(_mm256_loadu_ps(x + i), vs);
+    const __m256i u = _mm256_castps_si256(q);
+    const __m256i mag = _mm256_sub_epi32(
+        _mm256_min_epu32(_mm256_max_epu32(_mm256_and_si256(u, abs_mask), low), high), low);
+    const __m256i neg = _mm256_srai_epi32(u, 31);
+    const __m256i idx = _mm256_add_epi32(_mm256_srli_epi32(mag, shift), _mm256_and_si256(neg, row));
+    const __m256i e = _mm256_i32gather_epi32(table, idx, 4);
+    const __m256i before = _mm256_cmpgt_epi32(_mm256_srli_epi32(e, 8), _mm256_and_si256(mag, fine));
+    const __m256i delta = _mm256_andnot_si256(before, _mm256_or_si256(neg, one));
+    __m256i code = _mm256_add_epi32(_mm256_and_si256(e, byte), delta);
+    code = _mm256_and_si256(code, _mm256_castps_si256(_mm256_cmp_ps(q, q, _CMP_ORD_Q)));
+    const __m256i packed = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(code, pick), gather_lanes);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(c + i), _mm256_castsi256_si128(packed));
+  }
+  for (; i < n; ++i) c[i] = t.code(x[i] / s);
+}
+
+FASTLR_Q8_AVX512 __attribute__((noinline)) void dequant(Avx512, const uint8_t* c, int64_t n, const float* map, float s,
+                                               float* out) {
+  const __m512 vs = _mm512_set1_ps(s);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i)));
+    _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_i32gather_ps(idx, map, 4), vs));
+  }
+  for (; i < n; ++i) out[i] = map[c[i]] * s;
+}
+
+FASTLR_Q8_AVX512 __attribute__((noinline)) void quantize(Avx512, const float* x, int64_t n, float s,
+                                                const Quant8Table& t, uint8_t* c) {
+  const __m512 vs = _mm512_set1_ps(s);
+  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
+  const __m512i low = _mm512_set1_epi32(static_cast<int>(Quant8Table::kLow));
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(Quant8Table::kHigh));
+  const __m512i fine = _mm512_set1_epi32((1 << t.shift) - 1);
+  const __m512i row = _mm512_set1_epi32(kRowStride);
+  const __m512i byte = _mm512_set1_epi32(0xFF);
+  const __m512i one = _mm512_set1_epi32(1);
+  const void* table = &t.entry[0][0];
+  const int shift = t.shift;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 q = _mm512_div_ps(_mm512_loadu_ps(x + i), vs);
+    const __m512i u = _mm512_castps_si512(q);
+    const __m512i mag = _mm512_sub_epi32(
+        _mm512_min_epu32(_mm512_max_epu32(_mm512_and_si512(u, abs_mask), low), high), low);
+    const __m512i neg = _mm512_srai_epi32(u, 31);
+    const __m512i idx = _mm512_add_epi32(_mm512_srli_epi32(mag, shift), _mm512_and_si512(neg, row));
+    const __m512i e = _mm512_i32gather_epi32(idx, table, 4);
+    const __mmask16 past = _mm512_cmpge_epu32_mask(_mm512_and_si512(mag, fine), _mm512_srli_epi32(e, 8));
+    const __m512i base = _mm512_and_si512(e, byte);
+    __m512i code = _mm512_mask_add_epi32(base, past, base, _mm512_or_si512(neg, one));
+    code = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(q, q, _CMP_ORD_Q), code);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(c + i), _mm512_cvtepi32_epi8(code));
+  }
+  for (; i < n; ++i) c[i] = t.code(x[i] / s);
+}
+#endif
+
+// --------------------------------------------------------- param storage ---
+
+// Counter-based random bits for stochastic rounding: a function of (seed, step, tensor,
+// element), so any thread split and CPU level draws the same bits.
+FASTLR_Q8_INLINE uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  x ^= x >> 16;
+  return x;
+}
+
+struct StoreF32 {
+  using T = float;
+  static constexpr bool kRandom = false;
+  static FASTLR_Q8_INLINE void put(float& d, float x, uint32_t) { d = x; }
+};
+struct StoreBf16 {
+  using T = bf16;
+  static constexpr bool kRandom = false;
+  static FASTLR_Q8_INLINE void put(bf16& d, float x, uint32_t) { store(d, x); }
+};
+// torchao's _fp32_to_bf16_sr: away from zero with probability (low 16 bits) / 2^16, as
+// (bits + r) >> 16 with r uniform in [0, 2^16); NaN stays NaN (0x7FC0).
+struct StoreBf16Sr {
+  using T = bf16;
+  static constexpr bool kRandom = true;
+  static FASTLR_Q8_INLINE void put(bf16& d, float x, uint32_t r) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    const bool is_nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+    d.bits = static_cast<uint16_t>(is_nan ? 0x7FC0u : (u + (r & 0xFFFFu)) >> 16);
+  }
+};
+struct StoreF16 {
+  using T = f16;
+  static constexpr bool kRandom = false;
+  static FASTLR_Q8_INLINE void put(f16& d, float x, uint32_t) { store(d, x); }
+};
+
+// ------------------------------------------------------------- scalars ---
+
+FASTLR_Q8_INLINE uint32_t float_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+FASTLR_Q8_INLINE float bits_float(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+// c ? a : b through integer masks: a float ternary keeps gcc from vectorizing the loop
+// (under -ftrapping-math it will not if-convert it; see split_on in kernels.cpp).
+FASTLR_Q8_INLINE float pick(bool c, float a, float b) {
+  const uint32_t m = 0u - static_cast<uint32_t>(c);
+  return bits_float((float_bits(a) & m) | (float_bits(b) & ~m));
+}
+// torch's lerp with the side chosen once per call: start + w·(end − start) for w < 0.5,
+// else end − (end − start)·(1 − w), written as base + coef·(end − start) with base and
+// coef fixed per call (x − y·c and x + y·(−c) round alike).
+struct Lerp {
+  uint32_t start_mask;  // all ones: base = start
+  float coef;
+};
+FASTLR_Q8_INLINE Lerp make_lerp(float w) {
+  return w < 0.5f ? Lerp{0xFFFFFFFFu, w} : Lerp{0u, -(1.0f - w)};
+}
+FASTLR_Q8_INLINE float lerp_by(const Lerp& l, float start, float end) {
+  const float base = bits_float((float_bits(start) & l.start_mask) | (float_bits(end) & ~l.start_mask));
+  return base + l.coef * (end - start);
+}
+struct Adam8Scalars {
+  float grad_mul, weight_decay, lr_wd, decay_factor, one_minus_beta1, beta2, one_minus_beta2,
+      bias_correction1, bias_correction2_sqrt, eps, lr, neg_step_size;
+  uint32_t key;  // seed, step, for the random bits (the tensor is mixed in per block)
+  Lerp lerp1, lerp2;  // torchao: both moments; fastlr: exp_avg only
+};
+
+FASTLR_Q8_INLINE float block_scale(uint32_t absmax_bits) {
+  // torchao: amax(|x|).clip(1e-12): NaN propagates (its bits are the largest), as inf
+  float s;
+  std::memcpy(&s, &absmax_bits, 4);
+  return (s < 1e-12f) ? 1e-12f : s;
+}
+
+// ---------------------------------------------------------------- block ---
+
+// One block of n <= kMaxBlock elements. ptrs: param, grad, exp_avg, exp_avg_sq,
+// max_exp_avg_sq (codes or dense); scales: the block's scale of each quantized role.
+template <class L, class P, Quant8Flavour F, WeightDecay WD, bool AMS, bool Q8>
+FASTLR_Q8_INLINE void adam8_block(int64_t n, char* const* ptrs, float* const* scales, const Adam8Scalars& s,
+                                  uint32_t key, int64_t elem0) {
+  using T = typename P::T;
+  T* __restrict p = reinterpret_cast<T*>(ptrs[0]);
+  const T* __restrict g = reinterpret_cast<const T*>(ptrs[1]);
+  alignas(64) float mb[kMaxBlock];
+  alignas(64) float vb[kMaxBlock];
+  alignas(64) float xb[AMS ? kMaxBlock : 1];
+  const Quant8Table& st = quant8::signed_table();
+  const Quant8Table& ut = quant8::unsigned_table();
+  if (Q8) {
+    dequant(L{}, reinterpret_cast<const uint8_t*>(ptrs[2]), n, quant8::kSignedMap, *scales[0], mb);
+    dequant(L{}, reinterpret_cast<const uint8_t*>(ptrs[3]), n, quant8::kUnsignedMap, *scales[1], vb);
+    if (AMS) dequant(L{}, reinterpret_cast<const uint8_t*>(ptrs[4]), n, quant8::kUnsignedMap, *scales[2], xb);
+  } else {
+    const T* __restrict m0 = reinterpret_cast<const T*>(ptrs[2]);
+    const T* __restrict v0 = reinterpret_cast<const T*>(ptrs[3]);
+    const T* __restrict x0 = reinterpret_cast<const T*>(ptrs[4]);
+    for (int64_t i = 0; i < n; ++i) {
+      mb[i] = load(m0[i]);
+      vb[i] = load(v0[i]);
+      if (AMS) xb[i] = load(x0[i]);
+    }
+  }
+  uint32_t am = 0, av = 0, ax = 0;
+  float* __restrict m = mb;
+  float* __restrict v = vb;
+  float* __restrict x = xb;
+  for (int64_t i = 0; i < n; ++i) {
+    float pi = load(p[i]);
+    float gi = load(g[i]) * s.grad_mul;
+    float mi, vi, denom_src;
+    if (F == Quant8Flavour::torchao) {
+      if (WD == WeightDecay::coupled) gi = gi + s.weight_decay * pi;
+      if (WD == WeightDecay::decoupled) pi = pi - s.lr_wd * pi;
+      mi = lerp_by(s.lerp1, m[i], gi);
+      vi = lerp_by(s.lerp2, v[i], gi * gi);
+      denom_src = vi;
+      if (AMS) {
+        const float xm = pick(x[i] < vi || vi != vi, vi, x[i]);
+        x[i] = xm;
+        denom_src = xm;
+      }
+      const float denom = std::sqrt(denom_src) / s.bias_correction2_sqrt + s.eps;
+      pi = pi - (s.lr * (mi / s.bias_correction1)) / denom;
+      m[i] = mi;
+      v[i] = vi;
+    } else {
+      // v holds sqrt(exp_avg_sq); an element whose sqrt(v) is below its block's smallest
+      // code forgets its exp_avg as well (it is as far below the block's resolution)
+      const float r = v[i];
+      const float m_in = pick(r == 0.0f, 0.0f, m[i]);
+      if (WD == WeightDecay::coupled) gi = gi + s.weight_decay * pi;
+      if (WD == WeightDecay::decoupled) pi = pi * s.decay_factor;
+      mi = lerp_by(s.lerp1, m_in, gi);
+      vi = (r * r) * s.beta2 + (s.one_minus_beta2 * gi) * gi;
+      float root = std::sqrt(vi);
+      v[i] = root;
+      if (AMS) {
+        const float xm = pick(x[i] < root || root != root, root, x[i]);
+        x[i] = xm;
+        root = xm;
+      }
+      const float denom = root / s.bias_correction2_sqrt + s.eps;
+      pi = pi + (s.neg_step_size * mi) / denom;
+      m[i] = mi;
+    }
+    const uint32_t r = P::kRandom ? mix32(key ^ mix32(static_cast<uint32_t>(elem0) + static_cast<uint32_t>(i))) : 0u;
+    P::put(p[i], pi, r);
+    if (Q8) {
+      am = std::max(am, float_bits(m[i]) & 0x7FFFFFFFu);
+      av = std::max(av, float_bits(v[i]) & 0x7FFFFFFFu);
+      if (AMS) ax = std::max(ax, float_bits(x[i]) & 0x7FFFFFFFu);
+    }
+  }
+  if (Q8) {
+    const float sm = block_scale(am), sv = block_scale(av);
+    *scales[0] = sm;
+    *scales[1] = sv;
+    quantize(L{}, mb, n, sm, st, reinterpret_cast<uint8_t*>(ptrs[2]));
+    quantize(L{}, vb, n, sv, ut, reinterpret_cast<uint8_t*>(ptrs[3]));
+    if (AMS) {
+      const float sx = block_scale(ax);
+      *scales[2] = sx;
+      quantize(L{}, xb, n, sx, ut, reinterpret_cast<uint8_t*>(ptrs[4]));
+    }
+  } else {
+    T* __restrict m0 = reinterpret_cast<T*>(ptrs[2]);
+    T* __restrict v0 = reinterpret_cast<T*>(ptrs[3]);
+    T* __restrict x0 = reinterpret_cast<T*>(ptrs[4]);
+    for (int64_t i = 0; i < n; ++i) {
+      store(m0[i], mb[i]);
+      store(v0[i], vb[i]);
+      if (AMS) store(x0[i], xb[i]);
+    }
+  }
+}
+
+using BlockFn = void (*)(int64_t n, char* const* ptrs, float* const* scales, const Adam8Scalars& s, uint32_t key,
+                         int64_t elem0);
+
+#define FASTLR_Q8_STAMP(NS, TAG, TARGET)                                                              \
+  namespace NS {                                                                                      \
+  template <class P, Quant8Flavour F, WeightDecay WD, bool AMS, bool Q8>                              \
+  TARGET void adam8(int64_t n, char* const* ptrs, float* const* scales, const Adam8Scalars& s,        \
+                    uint32_t key, int64_t elem0) {                                                    \
+    adam8_block<TAG, P, F, WD, AMS, Q8>(n, ptrs, scales, s, key, elem0);                              \
+  }                                                                                                   \
+  TARGET void codes(const float* x, int64_t n, const Quant8Table& t, uint8_t* out) {                  \
+    quantize(TAG{}, x, n, 1.0f, t, out);                                                              \
+  }                                                                                                   \
+  }
+
+FASTLR_Q8_STAMP(q8_baseline, Base, )
+#if FASTLR_Q8_X86
+FASTLR_Q8_STAMP(q8_avx2, Avx2, FASTLR_Q8_AVX2)
+FASTLR_Q8_STAMP(q8_avx512, Avx512, FASTLR_Q8_AVX512)
+#endif
+
+template <class P, Quant8Flavour F, WeightDecay WD, bool AMS, bool Q8>
+BlockFn pick_level(CpuLevel level) {
+#if FASTLR_Q8_X86
+  if (level == CpuLevel::avx512) return &q8_avx512::adam8<P, F, WD, AMS, Q8>;
+  if (level == CpuLevel::avx2) return &q8_avx2::adam8<P, F, WD, AMS, Q8>;
+#endif
+  (void)level;
+  return &q8_baseline::adam8<P, F, WD, AMS, Q8>;
+}
+
+template <class P, Quant8Flavour F, WeightDecay WD>
+BlockFn pick_mode(bool ams, bool q8, CpuLevel level) {
+  if (F == Quant8Flavour::fastlr)  // the fastlr flavour always quantizes (small tensors use adam())
+    return ams ? pick_level<P, F, WD, true, true>(level) : pick_level<P, F, WD, false, true>(level);
+  if (ams) return q8 ? pick_level<P, F, WD, true, true>(level) : pick_level<P, F, WD, true, false>(level);
+  return q8 ? pick_level<P, F, WD, false, true>(level) : pick_level<P, F, WD, false, false>(level);
+}
+
+template <class P, Quant8Flavour F>
+BlockFn pick_wd(bool coupled, bool ams, bool q8, CpuLevel level) {
+  return coupled ? pick_mode<P, F, WeightDecay::coupled>(ams, q8, level)
+                 : pick_mode<P, F, WeightDecay::decoupled>(ams, q8, level);
+}
+
+template <class P>
+BlockFn pick_flavour(Quant8Flavour f, bool coupled, bool ams, bool q8, CpuLevel level) {
+  return f == Quant8Flavour::fastlr ? pick_wd<P, Quant8Flavour::fastlr>(coupled, ams, q8, level)
+                                    : pick_wd<P, Quant8Flavour::torchao>(coupled, ams, q8, level);
+}
+
+int param_size(ParamStore p) { return p == ParamStore::f32 ? 4 : 2; }
+
+}  // namespace
+
+void adam8(const Quant8List& list, int64_t* offsets, const Adam8Args& a) {
+  if (list.block < 1 || list.block > kMaxBlock) throw std::invalid_argument("block_size must be in [1, 4096]");
+  // Weight decay 0 runs as decoupled with factor 1 (p·1 and p − 0·p are exact).
+  const bool coupled = a.weight_decay != 0.0 && !a.decoupled_weight_decay;
+  BlockFn fn;
+  const CpuLevel level = cpu_level();
+  switch (a.store) {
+    case ParamStore::bf16: fn = pick_flavour<StoreBf16>(a.flavour, coupled, a.amsgrad, list.q8, level); break;
+    case ParamStore::bf16_sr: fn = pick_flavour<StoreBf16Sr>(a.flavour, coupled, a.amsgrad, list.q8, level); break;
+    case ParamStore::f16: fn = pick_flavour<StoreF16>(a.flavour, coupled, a.amsgrad, list.q8, level); break;
+    default: fn = pick_flavour<StoreF32>(a.flavour, coupled, a.amsgrad, list.q8, level); break;
+  }
+  const double bc1 = 1.0 - std::pow(a.beta1, a.step);
+  const double bc2 = 1.0 - std::pow(a.beta2, a.step);
+  Adam8Scalars s;
+  s.grad_mul = static_cast<float>(a.grad_mul);
+  s.weight_decay = static_cast<float>(a.weight_decay);
+  s.one_minus_beta1 = static_cast<float>(1.0 - a.beta1);
+  s.beta2 = static_cast<float>(a.beta2);
+  s.one_minus_beta2 = static_cast<float>(1.0 - a.beta2);
+  s.eps = static_cast<float>(a.eps);
+  s.lr = static_cast<float>(a.lr);
+  s.lerp1 = make_lerp(s.one_minus_beta1);
+  s.lerp2 = make_lerp(s.one_minus_beta2);
+  if (a.flavour == Quant8Flavour::torchao) {
+    // torchao's scalars are float32 tensors: lr·wd and the bias corrections in float32
+    s.lr_wd = static_cast<float>(static_cast<double>(s.lr) * static_cast<float>(a.weight_decay));
+    s.decay_factor = 1.0f;
+    s.bias_correction1 = static_cast<float>(bc1);
+    s.bias_correction2_sqrt = std::sqrt(static_cast<float>(bc2));
+    s.neg_step_size = 0.0f;
+  } else {  // torch.optim.Adam's, as kernels.cpp
+    s.lr_wd = 0.0f;
+    s.decay_factor = static_cast<float>(coupled || a.weight_decay == 0.0 ? 1.0 : 1.0 - a.lr * a.weight_decay);
+    s.bias_correction1 = static_cast<float>(bc1);
+    s.bias_correction2_sqrt = static_cast<float>(std::pow(bc2, 0.5));
+    s.neg_step_size = static_cast<float>(-(a.lr / bc1));
+  }
+  s.key = mix32(static_cast<uint32_t>(a.seed) ^
+                mix32(static_cast<uint32_t>(a.seed >> 32) ^ mix32(static_cast<uint32_t>(a.step))));
+
+  const int64_t block = list.block;
+  const int psize = param_size(a.store);
+  const int ssize = list.q8 ? 1 : psize;
+  offsets[0] = 0;
+  for (int64_t i = 0; i < list.size; ++i) offsets[i + 1] = offsets[i] + (list.numel[i] + block - 1) / block;
+  const int64_t total_blocks = offsets[list.size];
+  if (total_blocks == 0) return;
+  int64_t total = 0;
+  for (int64_t i = 0; i < list.size; ++i) total += list.numel[i];
+  const Adam8Scalars& sc = s;
+
+  auto run_block = [&](int64_t b) {
+    const int64_t i = std::upper_bound(offsets, offsets + list.size + 1, b) - offsets - 1;
+    const int64_t j = b - offsets[i];
+    const int64_t start = j * block;
+    const int64_t n = std::min(block, list.numel[i] - start);
+    char* ptrs[5] = {list.param[i] + start * psize, list.grad[i] + start * psize, nullptr, nullptr, nullptr};
+    float* sp[3] = {nullptr, nullptr, nullptr};
+    for (int r = 0; r < 3; ++r) {
+      if (list.state[r] == nullptr || list.state[r][i] == nullptr) continue;
+      ptrs[2 + r] = list.state[r][i] + start * ssize;
+      if (list.q8) sp[r] = list.scale[r][i] + j;
+    }
+    // random bits keyed by (seed, step, tensor, element): elements past 2^32 in the key
+    const uint32_t key = sc.key ^ mix32(static_cast<uint32_t>(i) + 0x632BE5ABu) ^
+                         mix32(static_cast<uint32_t>(start >> 32));
+    fn(n, ptrs, sp, sc, key, start);
+  };
+
+  const int64_t by_grain = std::max<int64_t>(1, total / kMinElementsPerThread);
+  const int nt = static_cast<int>(std::min<int64_t>(std::max(get_num_threads(), 1), by_grain));
+#if defined(_OPENMP)
+  if (nt > 1) {
+    // chunks of ~kChunkElements elements, handed out from a shared counter
+    const int64_t per_chunk = std::max<int64_t>(1, kChunkElements / block);
+    const int64_t chunks = (total_blocks + per_chunk - 1) / per_chunk;
+    std::atomic<int64_t> next{0};
+#pragma omp parallel num_threads(nt)
+    {
+      for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < chunks;
+           c = next.fetch_add(1, std::memory_order_relaxed)) {
+        const int64_t hi = std::min(total_blocks, (c + 1) * per_chunk);
+        for (int64_t b = c * per_chunk; b < hi; ++b) run_block(b);
+      }
+    }
+    return;
+  }
+#endif
+  for (int64_t b = 0; b < total_blocks; ++b) run_block(b);
+}
+
+void quant8_codes(const float* x, int64_t n, bool signed_map, int level, uint8_t* out) {
+  const Quant8Table& t = signed_map ? quant8::signed_table() : quant8::unsigned_table();
+  if (level < 0) {
+    for (int64_t i = 0; i < n; ++i) out[i] = quant8::nearest_code_reference(x[i], t.map);
+    return;
+  }
+  if (level > static_cast<int>(detected_cpu_level())) throw std::invalid_argument("CPU level not supported here");
+#if FASTLR_Q8_X86
+  if (level == 2) return q8_avx512::codes(x, n, t, out);
+  if (level == 1) return q8_avx2::codes(x, n, t, out);
+#endif
+  q8_baseline::codes(x, n, t, out);
+}
+
+int64_t quant8_check(bool signed_map, int level, uint64_t lo, uint64_t hi) {
+  const Quant8Table& t = signed_map ? quant8::signed_table() : quant8::unsigned_table();
+  if (level > static_cast<int>(detected_cpu_level())) throw std::invalid_argument("CPU level not supported here");
+  hi = std::min<uint64_t>(hi, uint64_t(1) << 32);
+  if (lo >= hi) return 0;
+  constexpr int64_t kSpan = 1 << 14;
+  const int64_t chunks = static_cast<int64_t>((hi - lo + kSpan - 1) / kSpan);
+  int64_t bad = 0;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(dynamic, 64) reduction(+ : bad) num_threads(std::max(get_num_threads(), 1))
+#endif
+  for (int64_t c = 0; c < chunks; ++c) {
+    alignas(64) float x[kSpan];
+    alignas(64) uint8_t fast[kSpan];
+    const uint64_t start = lo + static_cast<uint64_t>(c) * kSpan;
+    const int64_t n = static_cast<int64_t>(std::min<uint64_t>(kSpan, hi - start));
+    for (int64_t k = 0; k < n; ++k) x[k] = quant8::float_of(static_cast<uint32_t>(start + k));
+    quant8_codes(x, n, signed_map, level, fast);
+    for (int64_t k = 0; k < n; ++k) bad += fast[k] != quant8::nearest_code_reference(x[k], t.map);
+  }
+  return bad;
+}
+
+}  // namespace fastlr

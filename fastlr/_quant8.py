@@ -1,0 +1,79 @@
+"""Block-wise 8-bit state: the dynamic maps, a NumPy reference of the quantization, and
+conversions between 8-bit and float32 state (no torch needed).
+
+A state tensor of n elements is stored as ``codes`` (uint8, one per element) and
+``scales`` (float32, one per block of ``block_size`` elements; the last block may be
+partial): element i is ``map[codes[i]] * scales[i // block_size]``, with the signed map
+for ``exp_avg`` and the unsigned one for ``exp_avg_sq``. Encoding ``"sqrt"`` (fastlr's
+``state_dtype="8bit"``) stores sqrt(exp_avg_sq) instead, which halves its dynamic range
+(see the README, "8-bit optimizer state").
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _C
+
+SIGNED_MAP = _C.quant8_map(True)
+UNSIGNED_MAP = _C.quant8_map(False)
+SIGNED_MAP.flags.writeable = False
+UNSIGNED_MAP.flags.writeable = False
+ENCODINGS = ("linear", "sqrt")
+MIN_QUANT8_NUMEL = 4096  # smaller tensors keep 32-bit state (bitsandbytes' and torchao's rule)
+
+
+def reference_codes(x, qmap):
+    """Nearest codes of float32 values: torchao's branchless binary search and its float32
+    rounding test (ties to the upper code; NaN gives code 0). The definition the kernels'
+    vectorized search is checked against."""
+    x = np.asarray(x, dtype=np.float32)
+    qmap = np.asarray(qmap, dtype=np.float32)
+    codes = np.where(x >= qmap[128], 128, 0)
+    for s in (64, 32, 16, 8, 4, 2, 1):
+        codes += np.where(x >= qmap[codes + s], s, 0)
+    up = np.minimum(codes + 1, 255)
+    lo, hi = qmap[codes], qmap[up]
+    with np.errstate(invalid="ignore"):
+        codes = np.where(x - lo >= (hi - lo) * np.float32(0.5), up, codes)
+    return codes.astype(np.uint8)
+
+
+def num_blocks(numel, block_size):
+    return -(-int(numel) // int(block_size))
+
+
+def block_absmax(x, block_size):
+    """max |x| per block (NaN propagates), clipped below at 1e-12 as torchao's."""
+    x = np.abs(np.asarray(x, dtype=np.float32).reshape(-1))
+    if x.size == 0:
+        return np.zeros(0, np.float32)
+    starts = np.arange(0, x.size, block_size)
+    with np.errstate(invalid="ignore"):
+        amax = np.maximum.reduceat(x, starts)
+        nan = np.add.reduceat(np.isnan(x), starts) > 0
+    amax[nan] = np.nan
+    return np.where(amax < np.float32(1e-12), np.float32(1e-12), amax).astype(np.float32)
+
+
+def quantize(x, block_size, signed, encoding="linear"):
+    """float32 values -> (codes uint8 of x's shape, scales float32 per block). For the
+    unsigned map with encoding "sqrt", sqrt(x) is quantized."""
+    x = np.asarray(x, dtype=np.float32)
+    flat = x.reshape(-1)
+    if not signed and encoding == "sqrt":
+        flat = np.sqrt(flat)
+    scales = block_absmax(flat, block_size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scaled = flat / np.repeat(scales, block_size)[: flat.size]
+    codes = reference_codes(scaled, SIGNED_MAP if signed else UNSIGNED_MAP)
+    return codes.reshape(x.shape), scales
+
+
+def dequantize(codes, scales, block_size, signed, encoding="linear"):
+    """(codes, scales) -> float32 values of the codes' shape."""
+    codes = np.asarray(codes)
+    qmap = SIGNED_MAP if signed else UNSIGNED_MAP
+    flat = qmap[codes.reshape(-1).astype(np.intp)] * np.repeat(np.asarray(scales, np.float32), block_size)[: codes.size]
+    if not signed and encoding == "sqrt":
+        flat = flat * flat
+    return flat.astype(np.float32).reshape(codes.shape)

@@ -1,0 +1,329 @@
+"""fastlr.optim.Adam8bit / AdamW8bit: torchao.optim.Adam8bit / AdamW8bit (same constructor,
+same quantization: block-wise absmax, the bitsandbytes dynamic maps, nearest code) with
+one fused C++ pass per step instead of one compiled function per param."""
+from __future__ import annotations
+
+from itertools import chain
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import _C, _quant8
+
+__all__ = ["Adam8bit", "AdamW8bit", "state_dict_to_float32"]
+
+_STORE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 3}
+_ROLES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+_SIGNED = {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False}
+_FLAVOUR = {"linear": 0, "sqrt": 1}  # torchao's arithmetic / fastlr's (see quant8_kernels.hpp)
+
+
+def _np(t):
+    """A NumPy view of a contiguous CPU float32/uint8 tensor."""
+    return t.detach().numpy()
+
+
+class _Adam8bitBase(torch.optim.Optimizer):
+    _decoupled = False
+    _encoding = "linear"
+
+    def __init__(self, params, lr, betas, eps, weight_decay, amsgrad, *, block_size,
+                 bf16_stochastic_round, compile_backend=None, seed=0):
+        if isinstance(lr, Tensor):
+            if lr.numel() != 1:
+                raise ValueError("Tensor lr must be 1-element")
+        elif not isinstance(lr, (int, float)) or isinstance(lr, bool):
+            raise TypeError(f"lr must be a float or a 1-element Tensor, got {type(lr).__name__}")
+        if not 0.0 <= float(lr):
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or not 1 <= block_size <= 4096:
+            raise ValueError(f"block_size must be an integer in [1, 4096], got {block_size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        defaults = dict(lr=lr, betas=tuple(float(b) for b in betas), eps=eps, weight_decay=weight_decay,
+                        amsgrad=bool(amsgrad))
+        super().__init__(params, defaults)
+        self.block_size = block_size
+        self.bf16_stochastic_round = bool(bf16_stochastic_round)
+        self.compile_backend = compile_backend  # accepted for torchao compatibility; nothing is compiled
+        self.seed = seed
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("amsgrad", False)
+
+    # ------------------------------------------------------------------ state ---
+    def _quantized(self, p):
+        n = p.numel()
+        return n >= _quant8.MIN_QUANT8_NUMEL and n % self.block_size == 0
+
+    def _init_state(self, group, p, state):
+        state["step"] = torch.tensor(0.0)
+        roles = _ROLES if group["amsgrad"] else _ROLES[:2]
+        if self._quantized(p):
+            nb = _quant8.num_blocks(p.numel(), self.block_size)
+            for role in roles:
+                state[role + "_codes"] = torch.zeros(p.shape, dtype=torch.uint8)
+                state[role + "_scale"] = torch.zeros(nb, dtype=torch.float32)
+        else:
+            for role in roles:
+                state[role] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+
+    # ------------------------------------------------------------------- step ---
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One fused 8-bit step per param group (per dtype, per quantized/32-bit state
+        and per step count)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group):
+        calls = {}
+        copy_back = []
+        for j, p in enumerate(group["params"]):
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_sparse:
+                raise RuntimeError("Sparse gradient is not supported")
+            if p.device.type != "cpu":
+                raise RuntimeError(f"fastlr.optim.{type(self).__name__}: params[{j}] is on {p.device}; "
+                                   "the 8-bit kernels run on CPU tensors")
+            store = _STORE.get(p.dtype)
+            if store is None:
+                raise TypeError(f"fastlr.optim.{type(self).__name__}: params[{j}] has dtype {p.dtype}; "
+                                "8-bit optimizers support float32, bfloat16 and float16 params")
+            if g.shape != p.shape or g.dtype != p.dtype:
+                raise RuntimeError(f"fastlr.optim.{type(self).__name__}: the grad of params[{j}] has shape "
+                                   f"{tuple(g.shape)} and dtype {g.dtype}, but the param has shape "
+                                   f"{tuple(p.shape)} and dtype {p.dtype}")
+            if store == 1 and self.bf16_stochastic_round:
+                store = 2
+            state = self.state[p]
+            if len(state) == 0:
+                self._init_state(group, p, state)
+            q8 = "exp_avg_codes" in state
+            self._check_state(j, p, state, group["amsgrad"], q8)
+            state["step"] += 1
+            pm = p if p.is_contiguous() else p.contiguous()
+            if pm is not p:
+                copy_back.append((p, pm))
+            gm = g if g.is_contiguous() else g.contiguous()
+            key = (store, q8, float(state["step"]))
+            calls.setdefault(key, []).append((pm, gm, state))
+        lr = group["lr"]
+        lr = float(lr) if isinstance(lr, Tensor) else lr
+        beta1, beta2 = group["betas"]
+        for (store, q8, step), members in calls.items():
+            roles = _ROLES if group["amsgrad"] else _ROLES[:2]
+            args = []
+            for role in _ROLES:
+                if role not in roles:
+                    args += [None, None]
+                elif q8:
+                    args += [[s[role + "_codes"].data_ptr() for _, _, s in members],
+                             [s[role + "_scale"].data_ptr() for _, _, s in members]]
+                else:
+                    args += [[s[role].data_ptr() for _, _, s in members], None]
+            _C.adam8(store, self.block_size, q8, _FLAVOUR[self._encoding],
+                     [p.numel() for p, _, _ in members], [p.data_ptr() for p, _, _ in members],
+                     [g.data_ptr() for _, g, _ in members], *args, step, lr, None, beta1, None, beta2,
+                     group["eps"], group["weight_decay"], self._decoupled, group["amsgrad"], self.seed)
+        for p, pm in copy_back:
+            p.copy_(pm)
+
+    def _check_state(self, j, p, state, amsgrad, q8):
+        roles = _ROLES if amsgrad else _ROLES[:2]
+        name = type(self).__name__
+        for role in roles:
+            if q8:
+                c, s = state.get(role + "_codes"), state.get(role + "_scale")
+                nb = _quant8.num_blocks(p.numel(), self.block_size)
+                if (c is None or s is None or c.dtype != torch.uint8 or c.numel() != p.numel()
+                        or not c.is_contiguous() or s.dtype != torch.float32 or s.numel() != nb
+                        or not s.is_contiguous() or c.device.type != "cpu" or s.device.type != "cpu"):
+                    raise RuntimeError(f"fastlr.optim.{name}: state['{role}_codes'/'{role}_scale'] of "
+                                       f"params[{j}] must be uint8 codes of {p.numel()} elements and "
+                                       f"{nb} float32 scales (block_size={self.block_size})")
+            else:
+                t = state.get(role)
+                if t is None or t.shape != p.shape or t.dtype != p.dtype or not t.is_contiguous():
+                    raise RuntimeError(f"fastlr.optim.{name}: state['{role}'] of params[{j}] must be a "
+                                       f"contiguous {p.dtype} tensor of shape {tuple(p.shape)}")
+
+    # ------------------------------------------------------------ state dict ---
+    def load_state_dict(self, state_dict):
+        """Loads a state_dict of this class, of torch.optim.Adam/AdamW (float state is
+        quantized) or of torchao's Adam8bit/AdamW8bit (its codes and scales are taken over;
+        torchao keeps exp_avg_sq linear, so a "sqrt" optimizer converts them)."""
+        groups = self.param_groups
+        saved_groups = state_dict["param_groups"]
+        if len(groups) != len(saved_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        id_map = dict(zip(chain.from_iterable(g["params"] for g in saved_groups),
+                          chain.from_iterable(g["params"] for g in groups)))
+        pending = {}
+        plain = {}
+        for k, v in state_dict["state"].items():
+            p = id_map.get(k)
+            if p is None:
+                plain[k] = v
+                continue
+            pending[k] = (p, v)
+            plain[k] = {"step": v["step"]} if "step" in v else {}
+        saved_block = next((g.get("block_size") for g in saved_groups if "block_size" in g), None)
+        super().load_state_dict({"state": plain, "param_groups": saved_groups})
+        for group in self.param_groups:  # keys of the saved groups that are ours, not torch's
+            group.pop("block_size", None)
+            group.pop("exp_avg_sq_encoding", None)
+        for k, (p, saved) in pending.items():
+            self.state[p] = self._convert_state(p, saved, saved_block, state_dict)
+
+    def _convert_state(self, p, saved, saved_block, state_dict):
+        """Saved per-param state -> this optimizer's layout for p."""
+        amsgrad = any(g["amsgrad"] and any(p is q for q in g["params"]) for g in self.param_groups)
+        src_encoding = next((g.get("exp_avg_sq_encoding") for g in state_dict["param_groups"]
+                             if "exp_avg_sq_encoding" in g), "linear")
+        out = {"step": torch.as_tensor(saved.get("step", 0.0), dtype=torch.float32).clone().reshape(())}
+        roles = _ROLES if amsgrad else _ROLES[:2]
+        for role in roles:
+            codes, scale = saved.get(role + "_codes"), saved.get(role + "_scale")
+            if (codes is not None and scale is not None and self._quantized(p)
+                    and (saved_block or self.block_size) == self.block_size
+                    and (src_encoding == self._encoding or _SIGNED[role])
+                    and codes.numel() == p.numel()
+                    and scale.numel() == _quant8.num_blocks(p.numel(), self.block_size)):
+                # our own layout: taken over exactly
+                out[role + "_codes"] = codes.to(torch.uint8).cpu().reshape(p.shape).clone()
+                out[role + "_scale"] = scale.to(torch.float32).cpu().reshape(-1).clone()
+                continue
+            values = self._saved_values(p, saved, role, saved_block, src_encoding)
+            if self._quantized(p):
+                codes, scales = _quant8.quantize(values, self.block_size, _SIGNED[role], self._encoding)
+                out[role + "_codes"] = torch.from_numpy(codes).reshape(p.shape)
+                out[role + "_scale"] = torch.from_numpy(scales)
+            else:
+                out[role] = torch.from_numpy(values).reshape(p.shape).to(p.dtype)
+        return out
+
+    def _saved_values(self, p, saved, role, saved_block, src_encoding):
+        """float32 NumPy values of one role of a saved state (zeros when absent)."""
+        block = saved_block or self.block_size
+        codes, scale = saved.get(role + "_codes"), saved.get(role + "_scale")
+        t = saved.get(role)
+        if codes is None and t is not None and hasattr(t, "codes") and hasattr(t, "scale"):
+            codes, scale = t.codes, t.scale  # torchao's OptimState8bit
+            block = t.codes.numel() // max(t.scale.numel(), 1)
+            src_encoding = "linear"
+        if codes is not None:
+            if scale is None or codes.numel() != p.numel():
+                raise ValueError(f"state '{role}_codes' does not match a param of {p.numel()} elements")
+            signed = _SIGNED[role]
+            enc = src_encoding if not signed else "linear"
+            if scale.numel() != _quant8.num_blocks(p.numel(), block):
+                raise ValueError(f"state '{role}_scale' has {scale.numel()} blocks, expected "
+                                 f"{_quant8.num_blocks(p.numel(), block)} (block_size={block})")
+            values = _quant8.dequantize(codes.cpu().numpy(), scale.float().cpu().numpy(), block, signed, enc)
+            return values.reshape(-1)
+        if t is not None:
+            if t.numel() != p.numel():
+                raise ValueError(f"state '{role}' has {t.numel()} elements, the param {p.numel()}")
+            return t.detach().float().cpu().contiguous().numpy().reshape(-1).copy()
+        return np.zeros(p.numel(), np.float32)
+
+    def state_dict(self):
+        sd = super().state_dict()
+        for g in sd["param_groups"]:
+            g["block_size"] = self.block_size
+            g["exp_avg_sq_encoding"] = self._encoding
+        return sd
+
+
+def state_dict_to_float32(state_dict):
+    """A state_dict of Adam8bit / AdamW8bit (or of an 8-bit fastlr optimizer) with every
+    8-bit state dequantized to float32 ``exp_avg`` / ``exp_avg_sq`` / ``max_exp_avg_sq``:
+    ``torch.optim.Adam/AdamW`` (and fastlr's 32-bit optimizers) load it and continue."""
+    groups = state_dict["param_groups"]
+    block = next((g["block_size"] for g in groups if "block_size" in g), 256)
+    encoding = next((g["exp_avg_sq_encoding"] for g in groups if "exp_avg_sq_encoding" in g), "linear")
+    out_state = {}
+    for k, s in state_dict["state"].items():
+        new = {}
+        for key, v in s.items():
+            if key.endswith("_codes"):
+                role = key[: -len("_codes")]
+                signed = _SIGNED[role]
+                values = _quant8.dequantize(v.cpu().numpy(), s[role + "_scale"].float().cpu().numpy(), block,
+                                            signed, "linear" if signed else encoding)
+                new[role] = torch.from_numpy(values).reshape(v.shape)
+            elif key.endswith("_scale"):
+                continue
+            else:
+                new[key] = v
+        out_state[k] = new
+    out_groups = []
+    for g in groups:
+        g = dict(g)
+        g.pop("block_size", None)
+        g.pop("exp_avg_sq_encoding", None)
+        out_groups.append(g)
+    return {"state": out_state, "param_groups": out_groups}
+
+
+class Adam8bit(_Adam8bitBase):
+    """``torchao.optim.Adam8bit`` on the CPU, fused: Adam with block-wise 8-bit ``exp_avg``
+    (signed dynamic map) and ``exp_avg_sq`` (unsigned map), L2 weight decay.
+
+    Same constructor as torchao's (``block_size=256``, ``bf16_stochastic_round=False``;
+    ``compile_backend`` is accepted and unused: nothing is compiled) and its semantics:
+    per step, ``m = lerp(m, g, 1−β1)``, ``v = lerp(v, g², 1−β2)`` in float32 from the
+    dequantized state, ``p −= lr·(m/bc1)/(√v/√bc2 + eps)``, then m and v are re-quantized
+    (scale = block absmax, nearest code). Tensors below 4096 elements or not divisible into
+    blocks keep 32-bit state (the param's dtype), as torchao. ``seed`` keys the stochastic
+    rounding of bf16 params (reproducible, unlike torchao's).
+
+    State keys: ``step``; ``exp_avg_codes`` (uint8, the param's shape) and
+    ``exp_avg_scale`` (float32, one per block), the same for ``exp_avg_sq`` and, with
+    amsgrad, ``max_exp_avg_sq``; or ``exp_avg`` / ``exp_avg_sq`` for 32-bit tensors.
+    ``state_dict_to_float32`` converts a state_dict for ``torch.optim.Adam``.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
+                 block_size=256, bf16_stochastic_round=False, compile_backend=None, seed=0):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, block_size=block_size,
+                         bf16_stochastic_round=bf16_stochastic_round, compile_backend=compile_backend,
+                         seed=seed)
+
+
+class AdamW8bit(_Adam8bitBase):
+    """``torchao.optim.AdamW8bit`` on the CPU, fused: :class:`Adam8bit` with decoupled weight
+    decay (``p −= lr·weight_decay·p`` first), default weight_decay 1e-2.
+
+    >>> opt = AdamW8bit(model.parameters(), lr=1e-3)  # doctest: +SKIP
+    """
+
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
+                 block_size=256, bf16_stochastic_round=False, compile_backend=None, seed=0):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, block_size=block_size,
+                         bf16_stochastic_round=bf16_stochastic_round, compile_backend=compile_backend,
+                         seed=seed)
+
