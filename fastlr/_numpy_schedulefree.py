@@ -35,23 +35,13 @@ class _ScheduleFree:
     _state_keys = ("z",)
 
     def __init__(self, params, defaults):
-        from .numpy import _param  # the checks every fastlr.numpy optimizer applies
+        from .numpy import _param, _param_groups  # what every fastlr.numpy optimizer applies
 
         self._param = _param
         self.defaults = defaults
         self.param_groups = []
         self.state = {}
-        if isinstance(params, np.ndarray):
-            params = [params]
-        elif isinstance(params, dict) or not hasattr(params, "__iter__"):
-            raise TypeError("params must be an ndarray, a list of them or a list of dicts, "
-                            f"got {type(params).__name__}")
-        groups = list(params)
-        if not groups:
-            raise ValueError("optimizer got an empty parameter list")
-        if not isinstance(groups[0], dict):
-            groups = [{"params": groups}]
-        for g in groups:
+        for g in _param_groups(params):
             self.add_param_group(g)
 
     @property

@@ -157,6 +157,21 @@ def _plain(v):
     return copy.copy(v)
 
 
+def _param_groups(params):
+    """The constructor's `params` (an ndarray, a list of them or a list of group dicts)
+    as a list of group dicts, as torch.optim reads it."""
+    if isinstance(params, np.ndarray):
+        params = [params]
+    elif isinstance(params, dict) or not hasattr(params, "__iter__"):
+        raise TypeError(f"params must be an ndarray, a list of them or a list of dicts, got {type(params).__name__}")
+    groups = list(params)
+    if not groups:
+        raise ValueError("optimizer got an empty parameter list")
+    if not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    return groups
+
+
 class _Optimizer:
     """Param groups, state and the step driver; subclasses name the kernel and state."""
 
@@ -168,16 +183,7 @@ class _Optimizer:
         self.defaults = defaults
         self.param_groups = []
         self.state = {}
-        if isinstance(params, np.ndarray):
-            params = [params]
-        elif isinstance(params, dict) or not hasattr(params, "__iter__"):
-            raise TypeError(f"params must be an ndarray, a list of them or a list of dicts, got {type(params).__name__}")
-        groups = list(params)
-        if not groups:
-            raise ValueError("optimizer got an empty parameter list")
-        if not isinstance(groups[0], dict):
-            groups = [{"params": groups}]
-        for g in groups:
+        for g in _param_groups(params):
             self.add_param_group(g)
 
     # -- groups -------------------------------------------------------------------------
