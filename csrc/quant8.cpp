@@ -21,6 +21,7 @@
 
 #include "fastlr/dtype.hpp"
 #include "fastlr/quant8.hpp"
+#include "fastlr/rounding.hpp"
 #include "fastlr/update.hpp"
 #include "kernels.hpp"
 
@@ -150,15 +151,8 @@ FASTLR_Q8_AVX512 __attribute__((noinline)) void quantize(Avx512, const float* x,
 // --------------------------------------------------------- param storage ---
 
 // Counter-based random bits for stochastic rounding: a function of (seed, step, tensor,
-// element), so any thread split and CPU level draws the same bits.
-FASTLR_Q8_INLINE uint32_t mix32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7FEB352Du;
-  x ^= x >> 15;
-  x *= 0x846CA68Bu;
-  x ^= x >> 16;
-  return x;
-}
+// element), so any thread split and CPU level draws the same bits (the hash of
+// fastlr/rounding.hpp).
 
 struct StoreF32 {
   using T = float;
@@ -306,7 +300,7 @@ FASTLR_Q8_INLINE void adam8_block(int64_t n, char* const* ptrs, float* const* sc
       pi = pi + (s.neg_step_size * mi) / denom;
       m[i] = mi;
     }
-    const uint32_t r = P::kRandom ? mix32(key ^ mix32(static_cast<uint32_t>(elem0) + static_cast<uint32_t>(i))) : 0u;
+    const uint32_t r = P::kRandom ? lowbias32(key ^ lowbias32(static_cast<uint32_t>(elem0) + static_cast<uint32_t>(i))) : 0u;
     P::put(p[i], pi, r);
     if (Q8) {
       am = std::max(am, float_bits(m[i]) & 0x7FFFFFFFu);
@@ -431,8 +425,8 @@ void adam8(const Quant8List& list, int64_t* offsets, const Adam8Args& a) {
     s.step_size = 0.0f;
     s.neg_step_size = static_cast<float>(-(a.lr / bc1));
   }
-  s.key = mix32(static_cast<uint32_t>(a.seed) ^
-                mix32(static_cast<uint32_t>(a.seed >> 32) ^ mix32(static_cast<uint32_t>(a.step))));
+  s.key = lowbias32(static_cast<uint32_t>(a.seed) ^
+                lowbias32(static_cast<uint32_t>(a.seed >> 32) ^ lowbias32(static_cast<uint32_t>(a.step))));
 
   const int64_t block = list.block;
   const int psize = param_size(a.store);
@@ -458,8 +452,8 @@ void adam8(const Quant8List& list, int64_t* offsets, const Adam8Args& a) {
       if (list.q8) sp[r] = list.scale[r][i] + j;
     }
     // random bits keyed by (seed, step, tensor, element): elements past 2^32 in the key
-    const uint32_t key = sc.key ^ mix32(static_cast<uint32_t>(i) + 0x632BE5ABu) ^
-                         mix32(static_cast<uint32_t>(start >> 32));
+    const uint32_t key = sc.key ^ lowbias32(static_cast<uint32_t>(i) + 0x632BE5ABu) ^
+                         lowbias32(static_cast<uint32_t>(start >> 32));
     fn(n, ptrs, sp, sc, key, start);
   };
 
