@@ -529,3 +529,32 @@ def test_bad_input_bindings():
     with pytest.raises(ValueError, match="float32"):
         _C.adagrad8(1, [512], a([p]), a([g]), (a([c]), a([s])), 1.0, 0.1, None, 0.0, 0.0, 1e-10, False)
     assert not p.any() and not c.any() and not s.any()
+
+
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+def test_random_bits_keyed_by_tensor_ids_not_by_the_call(opt):
+    """One call over two tensors or one call per tensor: the same bits when the tensor
+    ids are the same (fastlr.optim buckets params by dtype; the NumPy face may not)."""
+    bf16 = _bf16()
+    cfg = dict(lr=1e-3, momentum=0.9)
+    rng = np.random.default_rng(8)
+    sizes = [5000, 700]
+    p0 = [rng.standard_normal(n).astype(bf16) for n in sizes]
+    gs = [rng.standard_normal(n).astype(bf16) for n in sizes]
+    together, apart = [p.copy() for p in p0], [p.copy() for p in p0]
+    st_t = [_new_state(opt, cfg, n, 256) for n in sizes]
+    st_a = [_new_state(opt, cfg, n, 256) for n in sizes]
+    for step in (1, 2):
+        _fused(opt, together, gs, st_t, step, cfg, 256, stochastic_rounding=True, seed=5, tensor_ids=[3, 8])
+        for i, tid in enumerate([3, 8]):
+            _fused(opt, [apart[i]], [gs[i]], [st_a[i]], step, cfg, 256, stochastic_rounding=True, seed=5,
+                   tensor_ids=[tid])
+    for a, b in zip(together, apart):
+        np.testing.assert_array_equal(a.view(np.uint16), b.view(np.uint16))
+    other = [p.copy() for p in p0]
+    _fused(opt, other, gs, [_new_state(opt, cfg, n, 256) for n in sizes], 1, cfg, 256, stochastic_rounding=True,
+           seed=5, tensor_ids=[8, 3])
+    once = [p.copy() for p in p0]
+    _fused(opt, once, gs, [_new_state(opt, cfg, n, 256) for n in sizes], 1, cfg, 256, stochastic_rounding=True,
+           seed=5, tensor_ids=[3, 8])
+    assert not np.array_equal(other[0].view(np.uint16), once[0].view(np.uint16))
