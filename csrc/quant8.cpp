@@ -106,10 +106,72 @@ FASTLR_Q8_AVX2 __attribute__((noinline)) void quantize(Avx2, const float* x, int
   for (; i < n; ++i) c[i] = t.code(x[i] * inv);
 }
 
+// AVX-512 VBMI (Ice Lake, Zen 4): a gather is ~21 cycles per 16 floats on Zen 4, while
+// vpermi2b looks up 64 bytes in a 128-entry byte table in one instruction. So the 256-entry
+// map is held as 4 byte planes (byte k of every entry, 4 registers each); 64 codes take 2
+// lookups and a blend per plane, and the planes interleave back into floats with unpacks.
+// The unpacks interleave within 128-bit lanes: the codes are pre-permuted so that the
+// floats come out in order. Same table values, so bit-identical to the gather path.
+struct MapPlanes {
+  alignas(64) uint8_t byte[4][256];
+  explicit MapPlanes(const float* map) {
+    for (int c = 0; c < 256; ++c) {
+      uint32_t u;
+      std::memcpy(&u, map + c, 4);
+      for (int k = 0; k < 4; ++k) byte[k][c] = static_cast<uint8_t>(u >> (8 * k));
+    }
+  }
+};
+const MapPlanes& planes_of(const float* map) {
+  static const MapPlanes signed_planes(quant8::kSignedMap), unsigned_planes(quant8::kUnsignedMap);
+  if (map == quant8::kSignedMap) return signed_planes;
+  if (map == quant8::kUnsignedMap) return unsigned_planes;
+  throw std::logic_error("quant8: dequantization from an unknown map");
+}
+bool has_vbmi() {
+  static const bool yes = __builtin_cpu_supports("avx512vbmi");
+  return yes;
+}
+
+#define FASTLR_Q8_VBMI \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx2,fma,f16c,prefer-vector-width=512")))
+
+FASTLR_Q8_VBMI __attribute__((noinline)) int64_t dequant_vbmi(const uint8_t* c, int64_t n, const MapPlanes& t,
+                                                          float s, float* out) {
+  // q[k][h]: entries 64h .. 64h + 63 of plane k
+  __m512i q[4][4];
+  for (int k = 0; k < 4; ++k)
+    for (int h = 0; h < 4; ++h) q[k][h] = _mm512_load_si512(t.byte[k] + 64 * h);
+  // byte p = 16j + 4r + q of the permuted codes is code 16r + 4j + q (a 4x4 transpose of
+  // 4-byte groups): unpacking lane j then yields floats 16r + 4j .. 16r + 4j + 3
+  alignas(64) uint8_t perm_bytes[64];
+  for (int j = 0; j < 4; ++j)
+    for (int r = 0; r < 4; ++r)
+      for (int q = 0; q < 4; ++q) perm_bytes[16 * j + 4 * r + q] = static_cast<uint8_t>(16 * r + 4 * j + q);
+  const __m512i perm = _mm512_load_si512(perm_bytes);
+  const __m512 vs = _mm512_set1_ps(s);
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const __m512i code = _mm512_permutexvar_epi8(perm, _mm512_loadu_si512(c + i));
+    const __mmask64 upper = _mm512_movepi8_mask(code);
+    __m512i b[4];
+    for (int k = 0; k < 4; ++k)
+      b[k] = _mm512_mask_blend_epi8(upper, _mm512_permutex2var_epi8(q[k][0], code, q[k][1]),
+                                    _mm512_permutex2var_epi8(q[k][2], code, q[k][3]));
+    const __m512i w01l = _mm512_unpacklo_epi8(b[0], b[1]), w01h = _mm512_unpackhi_epi8(b[0], b[1]);
+    const __m512i w23l = _mm512_unpacklo_epi8(b[2], b[3]), w23h = _mm512_unpackhi_epi8(b[2], b[3]);
+    _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(w01l, w23l)), vs));
+    _mm512_storeu_ps(out + i + 16, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(w01l, w23l)), vs));
+    _mm512_storeu_ps(out + i + 32, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(w01h, w23h)), vs));
+    _mm512_storeu_ps(out + i + 48, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(w01h, w23h)), vs));
+  }
+  return i;
+}
+
 FASTLR_Q8_AVX512 __attribute__((noinline)) void dequant(Avx512, const uint8_t* c, int64_t n, const float* map, float s,
                                                float* out) {
   const __m512 vs = _mm512_set1_ps(s);
-  int64_t i = 0;
+  int64_t i = has_vbmi() ? dequant_vbmi(c, n, planes_of(map), s, out) : 0;
   for (; i + 16 <= n; i += 16) {
     const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i)));
     _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_i32gather_ps(idx, map, 4), vs));
