@@ -79,8 +79,7 @@ struct RandomBits<Rounding::nearest> {
 // (dropped bits) / 2^16. The magnitude is rounded, so the sign needs no care.
 FASTLR_RULE void store_stochastic(bf16& dst, float x, uint32_t r) {
   const uint32_t u = detail::float_bits(x);
-  const bool is_nan = static_cast<int32_t>(u & 0x7FFFFFFFu) > 0x7F800000;  // signed: see store
-  dst.bits = static_cast<uint16_t>(is_nan ? 0x7FC0u : (u + r) >> 16);
+  dst.bits = static_cast<uint16_t>(x != x ? 0x7FC0u : (u + r) >> 16);  // NaN test: see store
 }
 
 // float16, branchless like store(f16&, float). Normal range: 13 random bits added
