@@ -278,7 +278,8 @@ PYBIND11_MODULE(_C, m) {
       py::arg("grad_scale") = 1.0, FASTLR_PRECISION_ARGS);
 
   // Block-wise 8-bit Adam/AdamW (quant8_kernels.hpp). store: 0 float32, 1 bfloat16,
-  // 2 bfloat16 with stochastic rounding, 3 float16; flavour: 0 torchao, 1 fastlr.
+  // 2 bfloat16 with stochastic rounding, 3 float16, 4 float16 with stochastic rounding
+  // (flavour 1 only); flavour: 0 torchao, 1 fastlr.
   // States: uint8 codes plus float32 block scales when q8, else dense (the param's type).
   m.def(
       "adam8",
@@ -289,9 +290,10 @@ PYBIND11_MODULE(_C, m) {
          double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad, uint64_t seed,
          double grad_scale, py::object masters, py::object grad_dtype, bool maximize, py::object tensor_ids) {
         const int64_t t = completed_updates(step);
-        if (store < 0 || store > 3) throw py::value_error("store must be 0..3");
+        if (store < 0 || store > 4) throw py::value_error("store must be 0..4");
         if (flavour < 0 || flavour > 1) throw py::value_error("flavour must be 0 or 1");
-        const DType param = store == 0 ? DType::float32 : store == 3 ? DType::float16 : DType::bfloat16;
+        if (store == 4 && flavour != 1) throw py::value_error("store 4 (float16, stochastic rounding) needs flavour 1");
+        const DType param = store == 0 ? DType::float32 : store >= 3 ? DType::float16 : DType::bfloat16;
         const bool master = !masters.is_none();
         const DType grad = grad_dtype.is_none() ? param : to_dtype(grad_dtype.cast<int>());
         if ((master || grad != param) && (flavour != 1 || !q8))

@@ -729,12 +729,12 @@ void adam8(const Quant8List& list, int64_t* offsets, const Adam8Args& a) {
   const double bc1 = 1.0 - std::pow(a.beta1, a.step);
   const double bc2 = 1.0 - std::pow(a.beta2, a.step);
   const uint32_t key = call_key(a.seed, a.step);
-  const DType param = a.store == ParamStore::f32 ? DType::float32
-                      : a.store == ParamStore::f16 ? DType::float16
-                                                   : DType::bfloat16;
+  const bool half = a.store == ParamStore::f16 || a.store == ParamStore::f16_sr;
+  const DType param = a.store == ParamStore::f32 ? DType::float32 : half ? DType::float16 : DType::bfloat16;
+  const bool stochastic = a.store == ParamStore::bf16_sr || a.store == ParamStore::f16_sr;
   if (a.flavour == Quant8Flavour::fastlr) {
     if (!list.q8) throw std::invalid_argument("the fastlr flavour always quantizes (q8=True)");
-    const Quant8Precision prec{param, a.grad, a.master, a.store == ParamStore::bf16_sr && !a.master};
+    const Quant8Precision prec{param, a.grad, a.master, stochastic && !a.master};
     check_list(prec, list);
     require_states(list, {{0, "exp_avgs"}, {1, "exp_avg_sqs"}});
     if (a.amsgrad) require_states(list, {{2, "max_exp_avg_sqs"}});
@@ -751,6 +751,7 @@ void adam8(const Quant8List& list, int64_t* offsets, const Adam8Args& a) {
     return run_q8<Adam8Rule<false>>(prec, list, offsets, s, key);
   }
   if (a.master || a.grad != param) throw std::invalid_argument("the torchao flavour takes no masters");
+  if (a.store == ParamStore::f16_sr) throw std::invalid_argument("the torchao flavour rounds float16 to nearest");
   if (list.block < 1 || list.block > kMaxBlock) throw std::invalid_argument("block_size must be in [1, 4096]");
   BlockFn fn;
   const CpuLevel level = cpu_level();

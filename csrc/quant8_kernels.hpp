@@ -15,8 +15,9 @@ namespace fastlr {
 //           no step is ever lr·m/eps (see README, "8-bit optimizer state").
 enum class Quant8Flavour : int { torchao = 0, fastlr = 1 };
 
-// Param storage: float32, bfloat16 (round to nearest even or stochastic), float16.
-enum class ParamStore : int { f32 = 0, bf16 = 1, bf16_sr = 2, f16 = 3 };
+// Param storage: float32, bfloat16 or float16 (round to nearest even or stochastic; float16
+// stochastic: the fastlr flavour only).
+enum class ParamStore : int { f32 = 0, bf16 = 1, bf16_sr = 2, f16 = 3, f16_sr = 4 };
 
 // Storage of the dense roles of the fastlr-flavour kernels (the states are 8-bit): params
 // float32, bfloat16 or float16; grads the params' type, or float32 with a master; master:
@@ -54,7 +55,7 @@ struct Adam8Args {
   bool decoupled_weight_decay, amsgrad;
   Quant8Flavour flavour;
   ParamStore store;
-  uint64_t seed;  // stochastic rounding (bf16_sr)
+  uint64_t seed;  // stochastic rounding (bf16_sr, f16_sr)
   bool master = false;                 // list.master holds float32 masters (fastlr flavour)
   DType grad = DType::float32;         // with master: float32 or the params' type
 };

@@ -52,10 +52,11 @@ def adam8(store: int, block: int, q8: bool, flavour: int, numel: Sequence[int], 
           grad_scale: float = 1.0, *, masters: Optional[Sequence[int]] = None,
           grad_dtype: Optional[int] = None, maximize: bool = False,
           tensor_ids: Optional[Sequence[int]] = None) -> Tuple[float, float]: ...
-# adam8 store: 0 float32, 1 bfloat16, 2 bfloat16 with stochastic rounding, 3 float16;
+# adam8 store: 0 float32, 1 bfloat16, 2 bfloat16 with stochastic rounding, 3 float16, 4
+# float16 with stochastic rounding (flavour 1 only);
 # flavour: 0 torchao, 1 fastlr (sqrt(exp_avg_sq) quantized). masters (flavour 1, q8 only):
-# float32 masters of bfloat16/float16 params (store 1-3; the param is written as its master
-# rounded to nearest, so store 2 acts as 1); grad_dtype: dtype code of the grads (None: the
+# float32 masters of bfloat16/float16 params (store 1-4; the param is written as its master
+# rounded to nearest, so 2 acts as 1 and 4 as 3); grad_dtype: dtype code of the grads (None: the
 # params'; 0 float32 only with masters). tensor_ids key the stochastic-rounding bits (None:
 # the position 0..n-1).
 

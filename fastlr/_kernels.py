@@ -415,8 +415,9 @@ def adam8bit_step(params, grads, exp_avg_codes, exp_avg_scales, exp_avg_sq_codes
     Args:
         params, grads: float32, bfloat16 or float16 ndarrays (or lists of them).
         step: the 1-based index of this update; lr, beta1: float or Schedule.
-        stochastic_rounding: bfloat16 params (without master_params) are written with
-            stochastic rounding, random bits keyed by (seed, step, tensor_ids[i], element).
+        stochastic_rounding: bfloat16 params (float16 too with ``variant="fastlr"``), without
+            master_params, are written with stochastic rounding, random bits keyed by (seed,
+            step, tensor_ids[i], element).
         master_params: float32 masters of bfloat16/float16 params (``variant="fastlr"``):
             the step runs on the master (grads of the params' dtype or float32) and each
             param is written as its master rounded to nearest (not read).
@@ -457,8 +458,10 @@ def adam8bit_step(params, grads, exp_avg_codes, exp_avg_scales, exp_avg_sq_codes
                                           "decaying the param")
     call.finish()
     store = {"float32": 0, "bfloat16": 1, "float16": 3}[call.dtype.name]
-    if store == 1 and call.stochastic_rounding:
-        store = 2
+    if store in (1, 3) and call.stochastic_rounding and call.masters is None:
+        store += 1  # bfloat16 / float16 with stochastic rounding
+        if store == 4 and variant != "fastlr":
+            raise ValueError("stochastic_rounding of float16 params needs variant='fastlr'")
     a = call.addresses
     used_lr, _ = _C.adam8(store, block_size, True, _VARIANTS[variant], call.numel, a(call.params),
                           a(call.grads), a(mc), a(ms), a(vc), a(vs), a(xc), a(xs), float(step), lr, lr_enc,
