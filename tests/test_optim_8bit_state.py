@@ -166,6 +166,28 @@ def test_maximize_and_grad_scale():
         torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
+def test_schedule_and_param_groups():
+    """An lr Schedule (evaluated in the step, as without 8-bit) and per-group options: an
+    8-bit group next to a float32 one, each as it would be alone."""
+    sched = fastlr.Cosine(1e-2, 20)
+    a, b, c = _params(), _params(), _params()
+    opt = fastlr.optim.AdamW([{"params": a[:2], "state_dtype": "8bit"}, {"params": a[2:]}], lr=sched)
+    opt_8 = fastlr.optim.AdamW(b[:2], lr=1e-2, state_dtype="8bit")
+    opt_32 = fastlr.optim.AdamW(c[2:], lr=1e-2)
+    for step in range(1, 11):
+        for g_opt in (opt_8, opt_32):
+            g_opt.param_groups[0]["lr"] = sched(step - 1)
+        for x, y, z, g in zip(a, b, c, _grads(step)):
+            x.grad, y.grad, z.grad = g, g.clone(), g.clone()
+        opt.step()
+        opt_8.step()
+        opt_32.step()
+    for x, y in zip(a[:2] + a[2:], b[:2] + c[2:]):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    assert "exp_avg_codes" in opt.state[a[0]] and "exp_avg_codes" not in opt.state[a[2]]
+    assert opt.state[a[3]]["exp_avg"].dtype == torch.float32
+
+
 # ------------------------------------------------------ heavy-tailed grads ---
 
 
