@@ -331,6 +331,41 @@ def test_to_torch_state_dict_dequantizes():
     torch.testing.assert_close(out2["state"][0]["exp_avg_sq"], out["state"][0]["exp_avg_sq"], rtol=0, atol=0)
 
 
+def test_adamw8bit_dicts_both_ways():
+    """fastlr.optim.AdamW8bit's dicts (their group keys name block and encoding) load into
+    state_dtype="8bit": the fastlr variant's codes are taken over (the same trajectory
+    continues), torchao's linear exp_avg_sq is re-encoded; and back."""
+    a, b = _params(), _params()
+    fast = _run(fastlr.optim.AdamW8bit, a, steps=5, lr=1e-2, variant="fastlr")
+    opt = fastlr.optim.AdamW([p.clone() for p in a], lr=1e-2, state_dtype="8bit")
+    opt.load_state_dict(copy.deepcopy(fast.state_dict()))
+    assert "block_size" not in opt.param_groups[0] and "exp_avg_sq_encoding" not in opt.param_groups[0]
+    back = fastlr.optim.AdamW8bit([p.clone() for p in a], lr=1e-2, variant="fastlr")
+    back.load_state_dict(copy.deepcopy(opt.state_dict()))
+    runs = [(fast, a), (opt, opt.param_groups[0]["params"]), (back, back.param_groups[0]["params"])]
+    for step in range(6, 9):
+        for o, ps in runs:
+            for p, g in zip(ps, _grads(step)):
+                p.grad = g
+            o.step()
+    for _, ps in runs[1:]:
+        for x, y in zip(ps, a):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+    # torchao's encoding: exp_avg as is, exp_avg_sq dequantized linearly and re-quantized as sqrt
+    ao = _run(fastlr.optim.AdamW8bit, b, steps=5, lr=1e-2)
+    sd = ao.state_dict()
+    opt = fastlr.optim.AdamW([p.clone() for p in b], lr=1e-2, state_dtype="8bit")
+    opt.load_state_dict(copy.deepcopy(sd))
+    s, t = opt.state[opt.param_groups[0]["params"][0]], sd["state"][0]
+    torch.testing.assert_close(s["exp_avg_codes"], t["exp_avg_codes"], rtol=0, atol=0)
+    v = _quant8.dequantize(t["exp_avg_sq_codes"].numpy(), t["exp_avg_sq_scale"].numpy(), 256, False, "linear")
+    np.testing.assert_array_equal(s["exp_avg_sq_codes"].numpy(), _quant8.quantize(v, 256, False, "sqrt")[0])
+    out = fastlr.optim.to_torch_state_dict(sd)
+    np.testing.assert_array_equal(out["state"][0]["exp_avg_sq"].numpy(), v)
+    torch.testing.assert_close(out["state"][0]["exp_avg_sq"],
+                               fastlr.optim.state_dict_to_float32(sd)["state"][0]["exp_avg_sq"], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("key, value, match", [
     ("exp_avg_codes", lambda s: s.to(torch.int8), "uint8"),
     ("exp_avg_codes", lambda s: s.reshape(-1), "shape"),
