@@ -670,3 +670,19 @@ def test_numpy_bad_input():
     with pytest.raises(NotImplementedError, match="float16"):
         fnp.Adam([np.zeros(5000, np.float16)], state_dtype="8bit", stochastic_rounding=True)
     fnp.SGD([np.zeros(5000, np.float16)], lr=0.1, momentum=0.9, state_dtype="8bit", stochastic_rounding=True)
+
+
+def test_numpy_loads_adamw8bit_dicts():
+    """fastlr.numpy reads an AdamW8bit (torchao encoding) dict as fastlr.optim does."""
+    import fastlr.numpy as fnp
+
+    b = _params()
+    sd = _run(fastlr.optim.AdamW8bit, b, steps=3, lr=1e-2).state_dict()
+    opt = fastlr.optim.AdamW([p.clone() for p in b], lr=1e-2, state_dtype="8bit")
+    opt.load_state_dict(copy.deepcopy(sd))
+    nopt = fnp.AdamW([_np(p.clone()).copy() for p in b], lr=1e-2, state_dtype="8bit")
+    nopt.load_state_dict(copy.deepcopy(sd))
+    assert "block_size" not in nopt.param_groups[0]
+    for i, p in enumerate(opt.param_groups[0]["params"]):
+        for key, v in opt.state[p].items():
+            np.testing.assert_array_equal(np.asarray(nopt.state[i][key]), v.numpy(), err_msg=key)
