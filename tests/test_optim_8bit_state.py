@@ -141,7 +141,7 @@ def test_same_as_adamw8bit_fastlr_variant():
 
 
 def test_maximize_and_grad_scale():
-    """maximize=True steps along +grad (the grads are negated on the way in); GradScaler's
+    """maximize=True steps along +grad (the same as -grad without it); GradScaler's
     grad_scale is divided out in the kernel."""
     a, b, c = _params(), _params(), _params()
     opt_a = fastlr.optim.Adam(a, lr=1e-2, maximize=True, state_dtype="8bit")
@@ -470,7 +470,7 @@ def test_other_optimizers_trajectory(cls, kw):
     states = [{r + x: v for r in roles for x, v in zip(("_codes", "_scale"), _new_q8(a, init if r == "sum" else 0))}
               for a in arrays]
     for step in range(1, STEPS + 1):
-        _numpy_8bit_step(cls, {k: v for k, v in kw.items()}, arrays, [_np(g) for g in _grads(step)[:2]], states, step)
+        _numpy_8bit_step(cls, kw, arrays, [_np(g) for g in _grads(step)[:2]], states, step)
     for p, a, s in zip(params[:2], arrays, states):
         np.testing.assert_array_equal(_np(p), a)
         for key, v in s.items():
