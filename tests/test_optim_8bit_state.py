@@ -541,7 +541,8 @@ def test_master_weights_8bit(cls, kw):
             torch.testing.assert_close(opt16.state[a][key], v, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("cls, kw", [OTHERS[0], OTHERS[2], OTHERS[4]], ids=lambda x: x if isinstance(x, str) else "-".join(x))
+@pytest.mark.parametrize("cls, kw", [OTHERS[0], OTHERS[2], OTHERS[4]],
+                         ids=lambda x: x if isinstance(x, str) else "-".join(x))
 def test_other_optimizers_state_dicts(cls, kw):
     """torch.optim's float32 state loads quantized; to_torch_state_dict dequantizes for
     torch.optim; fastlr's own 8-bit state_dict round-trips exactly."""
