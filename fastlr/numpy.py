@@ -452,7 +452,7 @@ class _Optimizer:
             raise TypeError("state_dict['param_groups'] must be a list and state_dict['state'] a dict")
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
-        id_map, new_groups = {}, []
+        id_map, new_groups, sources = {}, [], []
         start = 0
         for k, (saved, ours) in enumerate(zip(saved_groups, self.param_groups)):
             if not isinstance(saved, dict) or not isinstance(saved.get("params"), (list, tuple)):
@@ -465,11 +465,14 @@ class _Optimizer:
             start += len(ours["params"])
             group = dict(self.defaults)
             group.update((key, _plain(v)) for key, v in saved.items() if key != "params")
+            # fastlr.optim.Adam8bit's dicts name their block size and exp_avg_sq encoding
+            source = (group.pop("block_size", _BLOCK), group.pop("exp_avg_sq_encoding", "sqrt"))
             group = self._checked_group(group, k)
             _check_precision_params(group, ours["params"], f"state_dict['param_groups'][{k}]",
                                     self._eight_bit_roles)
             group["params"] = ours["params"]
             new_groups.append(group)
+            sources.append(source)
         params = self._params
         new_state = {i: {} for i in range(len(params))}
         for pid, entry in saved_state.items():
@@ -483,11 +486,14 @@ class _Optimizer:
                 if key not in self._state_keys + ("master_param",) + eight_bit:
                     raise ValueError(f"state_dict['state'][{pid!r}] has an unexpected key {key!r} "
                                      f"(expected some of {list(self._state_keys + eight_bit)})")
-            group = next(g for g in new_groups if any(p is params[i] for p in g["params"]))
-            new_state[i] = {key: (self._load_8bit_value if key in eight_bit else self._load_value)(
-                                v, params[i], f"state[{pid!r}][{key!r}]", key, self._storage(group, params[i], key))
+            k = next(k for k, g in enumerate(new_groups) if any(p is params[i] for p in g["params"]))
+            group = new_groups[k]
+            new_state[i] = {key: self._load_8bit_value(v, params[i], f"state[{pid!r}][{key!r}]", key, sources[k][0])
+                            if key in eight_bit else
+                            self._load_value(v, params[i], f"state[{pid!r}][{key!r}]", key,
+                                             self._storage(group, params[i], key))
                             for key, v in entry.items() if v is not None}
-            self._convert_8bit(new_state[i], group, params[i], f"state[{pid!r}]")
+            self._convert_8bit(new_state[i], group, params[i], f"state[{pid!r}]", sources[k])
             if "master_param" in new_state[i] and not (group.get("master_weights")
                                                        and params[i].dtype.name in ("bfloat16", "float16")):
                 del new_state[i]["master_param"]  # without master weights the param is it
@@ -517,23 +523,24 @@ class _Optimizer:
                               prec["tensor_ids"])
 
     @staticmethod
-    def _load_8bit_value(v, p, where, key, dtype):
+    def _load_8bit_value(v, p, where, key, block):
         """A saved <role>_codes / <role>_scale: uint8 codes of p's shape, float32 block scales."""
         if hasattr(v, "detach"):
             v = v.detach().cpu().numpy()
         if not isinstance(v, np.ndarray):
             raise ValueError(f"{where} must be an array, got {type(v).__name__}")
         codes = key.endswith("_codes")
-        shape, dtype = (p.shape, np.uint8) if codes else ((_quant8.num_blocks(p.size, _BLOCK),), np.float32)
+        shape, dtype = (p.shape, np.uint8) if codes else ((_quant8.num_blocks(p.size, block),), np.float32)
         if v.dtype != dtype or v.shape != shape:
             raise ValueError(f"{where} has dtype {v.dtype} and shape {v.shape}; expected {np.dtype(dtype)} "
-                             + ("codes of the param's shape " if codes else f"scales (one per block of {_BLOCK}) ")
+                             + ("codes of the param's shape " if codes else f"scales (one per block of {block}) ")
                              + f"{shape}")
         return np.array(v, order="C", copy=True)
 
-    def _convert_8bit(self, state, group, p, where):
+    def _convert_8bit(self, state, group, p, where, source=(_BLOCK, "sqrt")):
         """Loaded state -> this group's storage: float state of an 8-bit tensor quantized,
-        codes and scales of a float-state tensor dequantized."""
+        codes and scales of a float-state tensor dequantized, codes of another block size or
+        encoding (``source``: torchao's linear exp_avg_sq) re-quantized."""
         q8 = _quantized(group, p)
         for role in self._eight_bit_roles:
             c, s = role + "_codes", role + "_scale"
@@ -542,6 +549,10 @@ class _Optimizer:
                                  f"{s if c in state else c!r} (8-bit state is codes and scales)")
             signed = _SIGNED[role]
             encoding = "linear" if signed else "sqrt"
+            saved_encoding = "linear" if signed else source[1]
+            if c in state and (source[0] != _BLOCK or saved_encoding != encoding):
+                values = _quant8.dequantize(state.pop(c), state.pop(s), source[0], signed, saved_encoding)
+                state[role] = values if q8 else values.astype(self._storage(group, p, role))
             if q8 and role in state:
                 values = state.pop(role).astype(np.float32)
                 state[c], state[s] = _quant8.quantize(values, _BLOCK, signed, encoding)

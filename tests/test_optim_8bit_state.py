@@ -141,7 +141,7 @@ def test_same_as_adamw8bit_fastlr_variant():
 
 
 def test_maximize_and_grad_scale():
-    """maximize=True steps along +grad (the grads are negated on the way in); GradScaler's
+    """maximize=True steps along +grad (the same as -grad without it); GradScaler's
     grad_scale is divided out in the kernel."""
     a, b, c = _params(), _params(), _params()
     opt_a = fastlr.optim.Adam(a, lr=1e-2, maximize=True, state_dtype="8bit")
@@ -164,6 +164,28 @@ def test_maximize_and_grad_scale():
         opt_d.step()
     for x, y in zip(c, d):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_schedule_and_param_groups():
+    """An lr Schedule (evaluated in the step, as without 8-bit) and per-group options: an
+    8-bit group next to a float32 one, each as it would be alone."""
+    sched = fastlr.Cosine(1e-2, 20)
+    a, b, c = _params(), _params(), _params()
+    opt = fastlr.optim.AdamW([{"params": a[:2], "state_dtype": "8bit"}, {"params": a[2:]}], lr=sched)
+    opt_8 = fastlr.optim.AdamW(b[:2], lr=1e-2, state_dtype="8bit")
+    opt_32 = fastlr.optim.AdamW(c[2:], lr=1e-2)
+    for step in range(1, 11):
+        for g_opt in (opt_8, opt_32):
+            g_opt.param_groups[0]["lr"] = sched(step - 1)
+        for x, y, z, g in zip(a, b, c, _grads(step)):
+            x.grad, y.grad, z.grad = g, g.clone(), g.clone()
+        opt.step()
+        opt_8.step()
+        opt_32.step()
+    for x, y in zip(a[:2] + a[2:], b[:2] + c[2:]):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    assert "exp_avg_codes" in opt.state[a[0]] and "exp_avg_codes" not in opt.state[a[2]]
+    assert opt.state[a[3]]["exp_avg"].dtype == torch.float32
 
 
 # ------------------------------------------------------ heavy-tailed grads ---
@@ -309,6 +331,41 @@ def test_to_torch_state_dict_dequantizes():
     torch.testing.assert_close(out2["state"][0]["exp_avg_sq"], out["state"][0]["exp_avg_sq"], rtol=0, atol=0)
 
 
+def test_adamw8bit_dicts_both_ways():
+    """fastlr.optim.AdamW8bit's dicts (their group keys name block and encoding) load into
+    state_dtype="8bit": the fastlr variant's codes are taken over (the same trajectory
+    continues), torchao's linear exp_avg_sq is re-encoded; and back."""
+    a, b = _params(), _params()
+    fast = _run(fastlr.optim.AdamW8bit, a, steps=5, lr=1e-2, variant="fastlr")
+    opt = fastlr.optim.AdamW([p.clone() for p in a], lr=1e-2, state_dtype="8bit")
+    opt.load_state_dict(copy.deepcopy(fast.state_dict()))
+    assert "block_size" not in opt.param_groups[0] and "exp_avg_sq_encoding" not in opt.param_groups[0]
+    back = fastlr.optim.AdamW8bit([p.clone() for p in a], lr=1e-2, variant="fastlr")
+    back.load_state_dict(copy.deepcopy(opt.state_dict()))
+    runs = [(fast, a), (opt, opt.param_groups[0]["params"]), (back, back.param_groups[0]["params"])]
+    for step in range(6, 9):
+        for o, ps in runs:
+            for p, g in zip(ps, _grads(step)):
+                p.grad = g
+            o.step()
+    for _, ps in runs[1:]:
+        for x, y in zip(ps, a):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+    # torchao's encoding: exp_avg as is, exp_avg_sq dequantized linearly and re-quantized as sqrt
+    ao = _run(fastlr.optim.AdamW8bit, b, steps=5, lr=1e-2)
+    sd = ao.state_dict()
+    opt = fastlr.optim.AdamW([p.clone() for p in b], lr=1e-2, state_dtype="8bit")
+    opt.load_state_dict(copy.deepcopy(sd))
+    s, t = opt.state[opt.param_groups[0]["params"][0]], sd["state"][0]
+    torch.testing.assert_close(s["exp_avg_codes"], t["exp_avg_codes"], rtol=0, atol=0)
+    v = _quant8.dequantize(t["exp_avg_sq_codes"].numpy(), t["exp_avg_sq_scale"].numpy(), 256, False, "linear")
+    np.testing.assert_array_equal(s["exp_avg_sq_codes"].numpy(), _quant8.quantize(v, 256, False, "sqrt")[0])
+    out = fastlr.optim.to_torch_state_dict(sd)
+    np.testing.assert_array_equal(out["state"][0]["exp_avg_sq"].numpy(), v)
+    torch.testing.assert_close(out["state"][0]["exp_avg_sq"],
+                               fastlr.optim.state_dict_to_float32(sd)["state"][0]["exp_avg_sq"], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("key, value, match", [
     ("exp_avg_codes", lambda s: s.to(torch.int8), "uint8"),
     ("exp_avg_codes", lambda s: s.reshape(-1), "shape"),
@@ -413,7 +470,7 @@ def test_other_optimizers_trajectory(cls, kw):
     states = [{r + x: v for r in roles for x, v in zip(("_codes", "_scale"), _new_q8(a, init if r == "sum" else 0))}
               for a in arrays]
     for step in range(1, STEPS + 1):
-        _numpy_8bit_step(cls, {k: v for k, v in kw.items()}, arrays, [_np(g) for g in _grads(step)[:2]], states, step)
+        _numpy_8bit_step(cls, kw, arrays, [_np(g) for g in _grads(step)[:2]], states, step)
     for p, a, s in zip(params[:2], arrays, states):
         np.testing.assert_array_equal(_np(p), a)
         for key, v in s.items():
@@ -484,7 +541,8 @@ def test_master_weights_8bit(cls, kw):
             torch.testing.assert_close(opt16.state[a][key], v, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("cls, kw", [OTHERS[0], OTHERS[2], OTHERS[4]], ids=lambda x: x if isinstance(x, str) else "-".join(x))
+@pytest.mark.parametrize("cls, kw", [OTHERS[0], OTHERS[2], OTHERS[4]],
+                         ids=lambda x: x if isinstance(x, str) else "-".join(x))
 def test_other_optimizers_state_dicts(cls, kw):
     """torch.optim's float32 state loads quantized; to_torch_state_dict dequantizes for
     torch.optim; fastlr's own 8-bit state_dict round-trips exactly."""
@@ -613,3 +671,19 @@ def test_numpy_bad_input():
     with pytest.raises(NotImplementedError, match="float16"):
         fnp.Adam([np.zeros(5000, np.float16)], state_dtype="8bit", stochastic_rounding=True)
     fnp.SGD([np.zeros(5000, np.float16)], lr=0.1, momentum=0.9, state_dtype="8bit", stochastic_rounding=True)
+
+
+def test_numpy_loads_adamw8bit_dicts():
+    """fastlr.numpy reads an AdamW8bit (torchao encoding) dict as fastlr.optim does."""
+    import fastlr.numpy as fnp
+
+    b = _params()
+    sd = _run(fastlr.optim.AdamW8bit, b, steps=3, lr=1e-2).state_dict()
+    opt = fastlr.optim.AdamW([p.clone() for p in b], lr=1e-2, state_dtype="8bit")
+    opt.load_state_dict(copy.deepcopy(sd))
+    nopt = fnp.AdamW([_np(p.clone()).copy() for p in b], lr=1e-2, state_dtype="8bit")
+    nopt.load_state_dict(copy.deepcopy(sd))
+    assert "block_size" not in nopt.param_groups[0]
+    for i, p in enumerate(opt.param_groups[0]["params"]):
+        for key, v in opt.state[p].items():
+            np.testing.assert_array_equal(np.asarray(nopt.state[i][key]), v.numpy(), err_msg=key)

@@ -111,7 +111,7 @@ def check_state_dict(opt, state_dict):
             elif value is None and kind == "sgd":
                 continue  # torch's "no buffer yet"
             elif key in eight_bit:
-                _quant8_state.check_saved(where, key, value, p)
+                _quant8_state.check_saved(where, key, value, p, _quant8_state.source_of(saved)[0])
             else:
                 _check_like_param(value, p, f"{where}[{key!r}]")
                 if key == "master_param" and value.dtype != torch.float32:

@@ -461,6 +461,10 @@ def convert_loaded_state(opt, state_dict):
     saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
     params = [(p, group) for group in opt.param_groups for p in group["params"]]
     saved_state = state_dict["state"]
+    source = {pid: _quant8_state.source_of(g) for g in state_dict["param_groups"] for pid in g["params"]}
+    for group in opt.param_groups:  # an Adam8bit dict's keys: read below, not kept
+        for key in _quant8_state.SOURCE_KEYS:
+            group.pop(key, None)
     for pid, (p, group) in zip(saved_ids, params):
         saved = saved_state.get(pid)
         if not saved or p not in opt.state:
@@ -471,7 +475,7 @@ def convert_loaded_state(opt, state_dict):
             # 8-bit storage here or in the saved dict: converted role by role
             roles = opt._roles(group)
             _quant8_state.convert_loaded(st, saved, p, roles, group.get("state_dtype") == EIGHT_BIT,
-                                         state_dtype(group, p) if active(group) else p.dtype)
+                                         state_dtype(group, p) if active(group) else p.dtype, source[pid])
             converted = {r + suffix for r in roles for suffix in ("", "_codes", "_scale")}
         if not active(group):
             st.pop("master_param", None)  # loaded without master weights: the param is it
@@ -526,10 +530,11 @@ def to_torch_state_dict(state_dict, params=None):
                 raise ValueError(f"to_torch_state_dict: params[{i}] has shape {tuple(t.shape)}, its "
                                  f"master_param {tuple(m.shape)}")
     position = {pid: i for i, pid in enumerate(ids)}
+    source = {pid: _quant8_state.source_of(g) for g in state_dict["param_groups"] for pid in g["params"]}
     state = {}
     for pid, s in state_dict["state"].items():
-        if any(key.endswith("_codes") for key in s):  # state_dtype="8bit"
-            s = _quant8_state.dequantized(s)
+        if any(key.endswith("_codes") for key in s):  # 8-bit state
+            s = _quant8_state.dequantized(s, source.get(pid, (_quant8_state.BLOCK, "sqrt")))
         out = {}
         for key, v in s.items():
             if key == "master_param":
@@ -541,6 +546,6 @@ def to_torch_state_dict(state_dict, params=None):
                 v = v.float()
             out[key] = v
         state[pid] = out
-    groups = [{k: v for k, v in g.items() if k not in OPTIONS + ("sr_t",)}
+    groups = [{k: v for k, v in g.items() if k not in OPTIONS + ("sr_t",) + _quant8_state.SOURCE_KEYS}
               for g in state_dict["param_groups"]]
     return {"state": state, "param_groups": groups}

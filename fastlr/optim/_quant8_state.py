@@ -148,7 +148,22 @@ def call(opt, group, b, p_addr, g_addr, addrs, scales, step, gs, precision):
 
 
 # -------------------------------------------------------------- state dicts ---
-def check_saved(where, key, value, p):
+# A saved group of fastlr.optim.Adam8bit / AdamW8bit names its block size and exp_avg_sq
+# encoding ("linear" for torchao's); state_dtype="8bit" groups are block 256, "sqrt".
+SOURCE_KEYS = ("block_size", "exp_avg_sq_encoding")
+
+
+def source_of(group):
+    """(block size, encoding of the unsigned roles) of a saved param group's 8-bit state."""
+    return int(group.get("block_size", BLOCK)), group.get("exp_avg_sq_encoding", "sqrt")
+
+
+def _encoding(role, source):
+    signed, encoding = ROLES[role]
+    return signed, (encoding if signed else source[1])
+
+
+def check_saved(where, key, value, p, block=BLOCK):
     """A saved ``<role>_codes`` / ``<role>_scale`` tensor: ValueError unless it fits p."""
     if not torch.is_tensor(value):
         raise ValueError(f"{where}[{key!r}] must be a tensor, got {type(value).__name__}")
@@ -157,18 +172,18 @@ def check_saved(where, key, value, p):
             raise ValueError(f"{where}[{key!r}] has dtype {value.dtype} and shape {tuple(value.shape)}; "
                              f"expected uint8 codes of the param's shape {tuple(p.shape)}")
     else:
-        nb = num_blocks(p)
+        nb = _quant8.num_blocks(p.numel(), block)
         if value.dtype != torch.float32 or tuple(value.shape) != (nb,):
             raise ValueError(f"{where}[{key!r}] has dtype {value.dtype} and shape {tuple(value.shape)}; "
-                             f"expected float32 scales of shape ({nb},) (one per block of {BLOCK})")
+                             f"expected float32 scales of shape ({nb},) (one per block of {block})")
 
 
-def saved_values(saved, role):
+def saved_values(saved, role, source=(BLOCK, "sqrt")):
     """float32 NumPy values of one role of a saved per-param state (8-bit or float), or None."""
     codes = saved.get(role + "_codes")
     if codes is not None:
-        signed, encoding = ROLES[role]
-        return _quant8.dequantize(codes.cpu().numpy(), saved[role + "_scale"].cpu().numpy(), BLOCK, signed,
+        signed, encoding = _encoding(role, source)
+        return _quant8.dequantize(codes.cpu().numpy(), saved[role + "_scale"].cpu().numpy(), source[0], signed,
                                   encoding).reshape(-1)
     t = saved.get(role)
     if t is None:
@@ -176,18 +191,18 @@ def saved_values(saved, role):
     return t.detach().float().cpu().contiguous().numpy().reshape(-1).copy()
 
 
-def convert_loaded(state, saved, p, roles, eight_bit, float_dtype):
+def convert_loaded(state, saved, p, roles, eight_bit, float_dtype, source=(BLOCK, "sqrt")):
     """After torch's load_state_dict: p's state re-read from the saved tensors in this
-    group's storage (8-bit codes taken over, float state quantized, or dequantized when the
-    group keeps float state of ``float_dtype``)."""
+    group's storage (8-bit codes of this encoding taken over, others and float state
+    quantized, or dequantized when the group keeps float state of ``float_dtype``)."""
     q8 = eight_bit and quantized(p)
     for role in roles:
-        if role + "_codes" in saved and q8:
+        if role + "_codes" in saved and q8 and _encoding(role, source) == ROLES[role] and source[0] == BLOCK:
             state[role + "_codes"] = saved[role + "_codes"].to(torch.uint8).cpu().contiguous().clone()
             state[role + "_scale"] = saved[role + "_scale"].to(torch.float32).cpu().contiguous().clone()
             state.pop(role, None)
             continue
-        values = saved_values(saved, role)
+        values = saved_values(saved, role, source)
         state.pop(role + "_codes", None)
         state.pop(role + "_scale", None)
         if values is None:
@@ -205,12 +220,12 @@ def convert_loaded(state, saved, p, roles, eight_bit, float_dtype):
                 device=p.device, dtype=float_dtype)
 
 
-def dequantized(saved):
+def dequantized(saved, source=(BLOCK, "sqrt")):
     """A per-param state with every ``<role>_codes`` / ``<role>_scale`` pair as float32
     ``<role>`` (other entries shared)."""
     roles = [r for r in ROLES if r + "_codes" in saved]
     out = {k: v for k, v in saved.items()
            if k not in roles and not (k.endswith(("_codes", "_scale")) and k[: k.rindex("_")] in roles)}
     for role in roles:
-        out[role] = torch.from_numpy(saved_values(saved, role)).reshape(saved[role + "_codes"].shape)
+        out[role] = torch.from_numpy(saved_values(saved, role, source)).reshape(saved[role + "_codes"].shape)
     return out

@@ -201,10 +201,16 @@ class _Adam8bitBase(torch.optim.Optimizer):
             pending[k] = (p, v)
             plain[k] = {"step": v["step"]} if "step" in v else {}
         saved_block = next((g.get("block_size") for g in saved_groups if "block_size" in g), None)
+        if any(g.get("state_dtype") == "8bit" for g in saved_groups):  # fastlr.optim's option: sqrt, 256
+            saved_block = 256
+            saved_groups = [{"exp_avg_sq_encoding": "sqrt", **g} for g in saved_groups]
+            state_dict = {**state_dict, "param_groups": saved_groups}
         super().load_state_dict({"state": plain, "param_groups": saved_groups})
         for group in self.param_groups:  # keys of the saved groups that are ours, not torch's
             group.pop("block_size", None)
             group.pop("exp_avg_sq_encoding", None)
+            for key in ("master_weights", "state_dtype", "stochastic_rounding", "seed"):
+                group.pop(key, None)  # fastlr.optim's options: this class has its own
         for k, (p, saved) in pending.items():
             self.state[p] = self._convert_state(p, saved, saved_block, state_dict)
 
