@@ -238,7 +238,7 @@ FASTLR_INLINE void adam_range(int64_t lo, int64_t hi, uint64_t key, uint32_t idx
     const RandomBits<R, rounding_slots<St>(2 + AMSGRAD)> rb(key, idx0 + static_cast<uint32_t>(i));
     C pi = load_param<St>(p, master, i), mi = load(m[i]), vi = load(v[i]);
     C vmi = AMSGRAD ? C(load(vmax[i])) : C(0);
-    adam_update<WD, AMSGRAD>(pi, C(load(g[i])), mi, vi, vmi, s);
+    adam_update<WD, AMSGRAD, R == Rounding::stochastic>(pi, C(load(g[i])), mi, vi, vmi, s);
     store_param<St>(p, master, i, pi, rb.slot(0));
     store_rounded<R>(m[i], mi, rb.slot(first_state_slot<St>));
     store_rounded<R>(v[i], vi, rb.slot(first_state_slot<St> + 1));
