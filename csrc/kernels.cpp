@@ -168,7 +168,8 @@ void adam_typed(StorageId st, const TensorList& list, int64_t* offsets, const Ad
                          C(1.0 - a.beta2),
                          C(std::pow(bias_correction2, 0.5)),
                          C(a.eps),
-                         C(-(a.lr / bias_correction1))};
+                         C(-(a.lr / bias_correction1)),
+                         C(1.0 / std::pow(bias_correction2, 0.5))};
   const LeafFn leaf =
       FASTLR_PICK(adam_leaf, st, wd_mode(a.weight_decay, a.decoupled_weight_decay), a.amsgrad);
   for_each_segment(list, offsets, leaf, &s, threads_for_call());

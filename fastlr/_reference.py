@@ -100,8 +100,13 @@ def sgd_step(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampenin
 @_quiet
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1=0.9, beta2=0.999,
               eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
-              max_exp_avg_sqs=None, maximize=False):
-    """torch.optim.Adam / AdamW (``decoupled_weight_decay=True``). Returns the lr used."""
+              max_exp_avg_sqs=None, maximize=False, stochastic_rounding=False):
+    """torch.optim.Adam / AdamW (``decoupled_weight_decay=True``). Returns the lr used.
+
+    ``stochastic_rounding=True``: the arithmetic of fastlr's stochastic-rounding kernels,
+    which multiply by ``1 / sqrt(bias_correction2)`` where torch divides by its square
+    root (one division per element instead of two). The rounding itself is not modelled:
+    the results are the exact float values those kernels round."""
     lr = _value(lr, step, "lr")
     beta1 = _value(beta1, step, "beta1")
     bias_correction1 = 1 - beta1**step
@@ -125,9 +130,11 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1=0.9, beta
         v += (c(1 - beta2) * g) * g
         if amsgrad:
             np.maximum(vmax, v, out=vmax)  # propagates NaN, as torch.maximum
-            denom = np.sqrt(vmax) / c(bias_correction2_sqrt)
+        root = np.sqrt(vmax if amsgrad else v)
+        if stochastic_rounding:
+            denom = root * c(1 / bias_correction2_sqrt)
         else:
-            denom = np.sqrt(v) / c(bias_correction2_sqrt)
+            denom = root / c(bias_correction2_sqrt)
         denom += c(eps)
         p += (c(-step_size) * m) / denom
         _store((arrays[0], arrays[2], arrays[3], arrays[4]), (p, m, v, vmax))

@@ -69,9 +69,11 @@ def _call(name, params, grads, states, step, **extra):
     return kernel(params, grads, *states[:1], step=step, **kwargs)
 
 
-def _reference(name, params, grads, states, step):
+def _reference(name, params, grads, states, step, stochastic_rounding=False):
     _, reference, keys, options = OPTIMIZERS[name]
     kwargs = {k: v for k, v in options.items() if k != "betas"}
+    if stochastic_rounding and reference is ref.adam_step:  # its one-division arithmetic
+        kwargs["stochastic_rounding"] = True
     kwargs.update(zip(keys[1:], states[1:]))
     if reference is ref.sgd_step:
         return reference(params, grads, states[0] if states else None, step=step, **kwargs)
@@ -202,7 +204,8 @@ def test_stochastic_rounding_stores_a_neighbour_of_the_float32_result(name, prec
     r_states = [[s.astype(F32) for s in lst] for lst in states]
     _call(name, params, grads, states, step, master_params=masters if master else None,
           stochastic_rounding=True, seed=11)
-    _reference(name, r_params, [g.astype(F32) for g in grads], r_states, step)
+    _reference(name, r_params, [g.astype(F32) for g in grads], r_states, step,
+               stochastic_rounding=True)
     if master:  # the master is exact and the param is it rounded to nearest
         np.testing.assert_array_equal(masters[0], r_params[0])
         np.testing.assert_array_equal(params[0], r_params[0].astype(p_dtype))
@@ -215,6 +218,34 @@ def test_stochastic_rounding_stores_a_neighbour_of_the_float32_result(name, prec
             np.testing.assert_array_equal(lst[0], r_lst[0])
         else:
             _check_stochastic(lst[0], r_lst[0], s_dtype)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("master", [False, True], ids=["f32-sbf16", "bf16-master-sbf16"])
+def test_stochastic_rounding_adam_divides_once(master, amsgrad):
+    """The stochastic-rounding Adam leaves multiply by 1/sqrt(bias_correction2) (one
+    division per element, not torch's two): float results (params from zero, masters)
+    are the reference's with that arithmetic, bit for bit, and differ from torch's."""
+    rng = np.random.default_rng(8)
+    n = 4099
+    g = rng.standard_normal(n).astype(BF16 if master else F32)
+    states = [(0.05 * rng.standard_normal(n)).astype(BF16), rng.uniform(0.5, 1.0, n).astype(BF16)]
+    if amsgrad:
+        states.append(rng.uniform(0.5, 1.0, n).astype(BF16))
+    before = [s.astype(F32) for s in states]
+    result = np.zeros(n, F32)  # from zero, the param is the step itself: no bits hidden
+    kw = dict(step=2, lr=1e-2, amsgrad=amsgrad)
+    fastlr.adam_step(np.zeros(n, BF16) if master else result, g, *states[:2],
+                     max_exp_avg_sqs=states[2] if amsgrad else None,
+                     master_params=result if master else None, stochastic_rounding=True, seed=4, **kw)
+    expected = {}
+    for one_division in (False, True):
+        r = [np.zeros(n, F32), g.astype(F32), *(s.copy() for s in before)]
+        ref.adam_step(*r[:4], max_exp_avg_sqs=r[4] if amsgrad else None,
+                      stochastic_rounding=one_division, **kw)
+        expected[one_division] = r[0]
+    np.testing.assert_array_equal(result, expected[True])
+    assert (result != expected[False]).any()
 
 
 def _round_many_bf16(x, draws):

@@ -28,7 +28,8 @@ struct AdamOp {
             C(1.0 - a.beta2),
             C(power(bias_correction2, 0.5)),
             C(a.eps),
-            C(-(lr / bias_correction1))};
+            C(-(lr / bias_correction1)),
+            C(1.0 / power(bias_correction2, 0.5))};
   }
   __device__ static void apply(C (&x)[NR], const Scalars& s, bool) {
     adam_update<WD, AMSGRAD>(x[0], x[1], x[2], x[3], x[4], s);

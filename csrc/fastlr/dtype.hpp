@@ -99,15 +99,17 @@ __attribute__((always_inline)) inline void store(f16& dst, float x) {
   r = detail::select(a >= (143 << 23), 0x7C00 | (static_cast<int32_t>(a > 0x7F800000) << 9), r);
   dst.bits = static_cast<uint16_t>(static_cast<uint32_t>(r) | ((u >> 16) & 0x8000u));
 }
-// Round to nearest even, as torch's c10::BFloat16 does (every NaN becomes 0x7FC0).
-__attribute__((always_inline)) inline void store(bf16& dst, float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+// Round to nearest even, as torch's c10::BFloat16 does (every NaN becomes 0x7FC0), as a
+// 32-bit word whose high half is the bfloat16 (the low half is garbage).
+__attribute__((always_inline)) inline uint32_t bf16_word(float x) {
+  const uint32_t u = detail::float_bits(x);
   // NaN test as one float compare (vcmpps): an integer test on |x|'s bits is unsigned,
   // which gcc keeps unsigned even when written signed, and AVX2 has no unsigned vector
   // compare (vpand + vpminud + vpcmpeqd per vector).
-  dst.bits = static_cast<uint16_t>(x != x ? 0x7FC0u : rounded);
+  return x != x ? 0x7FC00000u : u + 0x7FFFu + ((u >> 16) & 1u);
+}
+__attribute__((always_inline)) inline void store(bf16& dst, float x) {
+  dst.bits = static_cast<uint16_t>(bf16_word(x) >> 16);
 }
 
 }  // namespace fastlr

@@ -84,9 +84,12 @@ struct RandomBits<Rounding::nearest, SLOTS> {
 
 // bfloat16: adding r below the kept 16 bits and truncating rounds up with probability
 // (dropped bits) / 2^16. The magnitude is rounded, so the sign needs no care.
+// As a 32-bit word whose high half is the bfloat16 (see bf16_word).
+FASTLR_RULE uint32_t bf16_word_stochastic(float x, uint32_t r) {
+  return x != x ? 0x7FC00000u : detail::float_bits(x) + r;  // NaN test: see bf16_word
+}
 FASTLR_RULE void store_stochastic(bf16& dst, float x, uint32_t r) {
-  const uint32_t u = detail::float_bits(x);
-  dst.bits = static_cast<uint16_t>(x != x ? 0x7FC0u : (u + r) >> 16);  // NaN test: see store
+  dst.bits = static_cast<uint16_t>(bf16_word_stochastic(x, r) >> 16);
 }
 
 // float16, branchless like store(f16&, float). Normal range: 13 random bits added
@@ -123,6 +126,14 @@ FASTLR_RULE void store_rounded(T& dst, C x, uint32_t r) {
     (void)r;
     store(dst, x);
   }
+}
+
+// bf16_word or bf16_word_stochastic by rounding mode.
+template <Rounding R>
+FASTLR_RULE uint32_t bf16_word_rounded(float x, uint32_t r) {
+  if constexpr (R == Rounding::stochastic) return bf16_word_stochastic(x, r);
+  (void)r;
+  return bf16_word(x);
 }
 
 // ------------------------------------------------------- storage policies ---

@@ -43,7 +43,7 @@ struct SgdScalars {
 template <class C>
 struct AdamScalars {
   C grad_mul, weight_decay, decay_factor, one_minus_beta1, beta2, one_minus_beta2,
-      bias_correction2_sqrt, eps, neg_step_size;
+      bias_correction2_sqrt, eps, neg_step_size, inv_bias_correction2_sqrt;
 };
 
 template <class C>
@@ -70,8 +70,12 @@ FASTLR_RULE void sgd_update(C& p, C g, C& buf, const SgdScalars<C>& s) {
   p = p + s.neg_lr * g;
 }
 
-// Adam / AdamW (decoupled weight decay) with optional AMSGrad.
-template <WeightDecay WD, bool AMSGRAD, class C>
+// Adam / AdamW (decoupled weight decay) with optional AMSGrad. ONE_DIVISION: multiply by
+// 1 / bias_correction2_sqrt instead of dividing by it, one division per element instead
+// of two; the 16-bit stochastic-rounding leaves use it (they are bound by the divider
+// and have no torch result to be bit-identical with). Still correctly rounded operations
+// only, so every CPU level and thread split gives the same bits.
+template <WeightDecay WD, bool AMSGRAD, bool ONE_DIVISION = false, class C>
 FASTLR_RULE void adam_update(C& p, C g, C& exp_avg, C& exp_avg_sq, C& max_exp_avg_sq,
                            const AdamScalars<C>& s) {
   g = g * s.grad_mul;
@@ -84,7 +88,8 @@ FASTLR_RULE void adam_update(C& p, C g, C& exp_avg, C& exp_avg_sq, C& max_exp_av
     max_exp_avg_sq = (max_exp_avg_sq < v || v != v) ? v : max_exp_avg_sq;  // torch.maximum propagates NaN
     v = max_exp_avg_sq;
   }
-  const C denom = std::sqrt(v) / s.bias_correction2_sqrt + s.eps;
+  const C denom = (ONE_DIVISION ? std::sqrt(v) * s.inv_bias_correction2_sqrt
+                                 : std::sqrt(v) / s.bias_correction2_sqrt) + s.eps;
   p = p + (s.neg_step_size * exp_avg) / denom;
 }
 
