@@ -141,29 +141,31 @@ def _check_precision_params(group, params, where, eight_bit_roles=()):
                                 f"params[{i}]: the state of a float64 param stays float64")
     if group.get("state_dtype") == "8bit":
         if not eight_bit_roles:
-            raise NotImplementedError(f"{where}: state_dtype=\"8bit\" is implemented for Adam and AdamW (the "
-                                      "8-bit kernels of this optimizer are not built yet)")
+            raise NotImplementedError(f"{where}: state_dtype=\"8bit\" is implemented for SGD, Adam, AdamW, "
+                                      "RMSprop and Adagrad (this optimizer has no 8-bit kernel)")
         for i, p in enumerate(params):
-            if group.get("master_weights") and p.dtype.name in ("bfloat16", "float16"):
-                raise NotImplementedError(f"{where}: state_dtype=\"8bit\" with master_weights=True on the "
-                                          f"{p.dtype} params[{i}] is not implemented yet")
-            if group.get("stochastic_rounding") and p.dtype.name == "float16":
+            if (group.get("stochastic_rounding") and p.dtype.name == "float16" and not group.get("master_weights")
+                    and "exp_avg" in eight_bit_roles):
                 raise NotImplementedError(f"{where}: state_dtype=\"8bit\" with stochastic_rounding=True on the "
-                                          f"float16 params[{i}]: the 8-bit kernel rounds float16 to nearest")
+                                          f"float16 params[{i}] of Adam: its 8-bit kernel rounds float16 to "
+                                          "nearest (use bfloat16 params, or master_weights=True)")
 
 
 # state_dtype="8bit" (fastlr.optim's layout, fastlr._quant8's encoding): tensors of at least
 # 4096 elements keep <role>_codes (uint8, the param's shape) and <role>_scale (float32 per
 # block of 256); signed roles as they are, the others as their square root
 _BLOCK = 256
-_SIGNED = {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False}
+_SIGNED = {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False, "momentum_buffer": True,
+           "grad_avg": True, "square_avg": False, "sum": False}
 
 
 def _quantized(group, p):
     return group.get("state_dtype") == "8bit" and p.size >= _quant8.MIN_QUANT8_NUMEL
 
 
-def _new_8bit(p):
+def _new_8bit(p, fill=0.0):
+    if fill:  # Adagrad's initial_accumulator_value
+        return _quant8.quantize(np.full(p.shape, fill, np.float32), _BLOCK, False, "sqrt")
     return np.zeros(p.shape, np.uint8), np.zeros(_quant8.num_blocks(p.size, _BLOCK), np.float32)
 
 
@@ -334,13 +336,15 @@ class _Optimizer:
             if not idx:
                 continue
             buckets = {}
-            for i in idx:
-                key = (params[i].dtype.name, checked[i].dtype.name, self._bucket_key(i, group))
+            for i in idx:  # fastlr.optim's buckets, in its order (8-bit tensors apart)
+                key = (params[i].dtype.name, checked[i].dtype.name, self._bucket_key(i, group),
+                       _quantized(group, params[i]))
                 buckets.setdefault(key, []).append(i)
-            for (_, _, key), members in buckets.items():
+            for (_, _, key, q8), members in buckets.items():
                 self._precision = self._precision_kw(group, members)
-                self._update(group, key, [params[i] for i in members], [checked[i] for i in members],
-                             [self.state[i] for i in members])
+                update = self._update_8bit if q8 else self._update
+                update(group, key, [params[i] for i in members], [checked[i] for i in members],
+                       [self.state[i] for i in members])
             if group.get("stochastic_rounding") and self._momentum_key == "momentum" and not self._has_step:
                 group["sr_t"] = group.get("sr_t", 0) + 1
             if "schedule_t" in group:
@@ -497,6 +501,22 @@ class _Optimizer:
     _eight_bit_roles = ()  # state_dtype="8bit" is implemented (the roles it quantizes)
 
     @staticmethod
+    def _ensure_8bit(states, params, roles, fill=0.0):
+        """Creates missing 8-bit roles (codes and scales of the value ``fill``); returns, per
+        role, the kernels' (codes list, scales list)."""
+        for s, p in zip(states, params):
+            for role in roles:
+                if role + "_codes" not in s:
+                    s[role + "_codes"], s[role + "_scale"] = _new_8bit(p, fill if role == "sum" else 0.0)
+        return {role: ([s[role + "_codes"] for s in states], [s[role + "_scale"] for s in states])
+                for role in roles}
+
+    def _q8_call(self, params, grads):
+        prec = self._precision
+        return _kernels._Call(params, grads, prec["master_params"], prec["stochastic_rounding"], prec["seed"],
+                              prec["tensor_ids"])
+
+    @staticmethod
     def _load_8bit_value(v, p, where, key, dtype):
         """A saved <role>_codes / <role>_scale: uint8 codes of p's shape, float32 block scales."""
         if hasattr(v, "detach"):
@@ -558,7 +578,7 @@ class _Optimizer:
 
     def _require(self, state, keys, where):
         for key in keys:
-            if key not in state:
+            if key not in state and not (key + "_codes" in state and key + "_scale" in state):
                 raise ValueError(f"{where} is missing '{key}'")
 
     def __repr__(self):
@@ -605,7 +625,25 @@ class SGD(_Optimizer):
         pass
 
     def _bucket_key(self, i, group):
-        return self._uses_momentum(group) and "momentum_buffer" not in self.state[i]
+        s = self.state[i]
+        return self._uses_momentum(group) and "momentum_buffer" not in s and "momentum_buffer_codes" not in s
+
+    _eight_bit_roles = ("momentum_buffer",)
+
+    def _update_8bit(self, group, first, params, grads, states):
+        """_C.sgd8 as fastlr.optim calls it: the rounding key takes the group's count of
+        updates (sr_t), the first-step flag the buffer's."""
+        lr, momentum = self._hyper(group)
+        call = self._q8_call(params, grads)
+        buf = None
+        if self._uses_momentum(group):
+            codes, scales = self._ensure_8bit(states, params, ("momentum_buffer",))["momentum_buffer"]
+            buf = _kernels._quant8_state(call, codes, scales, "momentum_buffer", _BLOCK)
+        call.finish()
+        _C.sgd8(call.code, call.numel, call.addresses(call.params), call.addresses(call.grads),
+                _kernels._q8_pair(call, buf), lr, None, group.get("sr_t", 0), momentum, None,
+                float(group["dampening"]), bool(group["nesterov"]), float(group["weight_decay"]),
+                bool(group["maximize"]), bool(first), **_kernels._q8_keywords(call, _BLOCK))
 
     def _check_state(self, state, group, where):
         pass
@@ -674,20 +712,15 @@ class Adam(_Optimizer):
 
     def _check_state(self, state, group, where):
         if state:
-            roles = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
-            if "exp_avg_codes" in state:
-                roles = [r + x for r in roles for x in ("_codes", "_scale")]
-            self._require(state, ["step"] + roles, where)
+            self._require(state, ["step", "exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else []),
+                          where)
 
     _eight_bit_roles = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def _bucket_key(self, i, group):
-        step = self.state[i].get("step", 0)
-        return (step, True) if _quantized(group, self._params[i]) else step
+        return self.state[i].get("step", 0)
 
     def _update(self, group, step, params, grads, states):
-        if isinstance(step, tuple):
-            return self._update_8bit(group, step[0], params, grads, states)
         lr, beta1 = self._hyper(group)
         for s, p in zip(states, params):
             if "step" not in s:
@@ -708,24 +741,16 @@ class Adam(_Optimizer):
         in the same order, as fastlr.optim's, so the stochastic rounding draws the same bits."""
         lr, beta1 = self._hyper(group)
         roles = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
-        for s, p in zip(states, params):
-            if "step" not in s:
-                s["step"] = 0
-            for role in roles:
-                if role + "_codes" not in s:
-                    s[role + "_codes"], s[role + "_scale"] = _new_8bit(p)
-        if group["maximize"]:  # the 8-bit kernel has no maximize: it steps along -grad
-            grads = [np.negative(g) for g in grads]
+        for s in states:
+            s.setdefault("step", 0)
         kw = {}
-        for role, name in zip(roles, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")):
-            kw[name + "_codes"] = [s[role + "_codes"] for s in states]
-            kw[name + "_scales"] = [s[role + "_scale"] for s in states]
+        for role, (codes, scales) in self._ensure_8bit(states, params, roles).items():
+            kw[role + "_codes"], kw[role + "_scales"] = codes, scales
         _kernels.adam8bit_step(params, grads, step=step + 1, lr=lr, beta1=beta1, beta2=group["betas"][1],
                                eps=group["eps"], weight_decay=group["weight_decay"],
                                decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"],
-                               block_size=_BLOCK, variant="fastlr",
-                               stochastic_rounding=self._precision["stochastic_rounding"],
-                               seed=self._precision["seed"], **kw)
+                               maximize=group["maximize"], block_size=_BLOCK, variant="fastlr", **kw,
+                               **self._precision)
         for s in states:
             s["step"] = step + 1
 
@@ -776,6 +801,27 @@ class RMSprop(_Optimizer):
 
     def _bucket_key(self, i, group):
         return self.state[i].get("step", 0)  # the rounding key takes the step
+
+    _eight_bit_roles = ("square_avg", "grad_avg", "momentum_buffer")
+
+    def _update_8bit(self, group, step, params, grads, states):
+        """_C.rmsprop8 as fastlr.optim calls it (zero state read, not restarted)."""
+        lr, momentum = self._hyper(group)
+        mom = self._uses_momentum(group)
+        roles = ("square_avg",) + (("grad_avg",) if group["centered"] else ()) + (("momentum_buffer",) if mom else ())
+        for s in states:
+            s.setdefault("step", 0)
+        call = self._q8_call(params, grads)
+        pairs = {role: _kernels._q8_pair(call, _kernels._quant8_state(call, codes, scales, role, _BLOCK))
+                 for role, (codes, scales) in self._ensure_8bit(states, params, roles).items()}
+        call.finish()
+        _C.rmsprop8(call.code, call.numel, call.addresses(call.params), call.addresses(call.grads),
+                    pairs["square_avg"], pairs.get("grad_avg"), pairs.get("momentum_buffer"), lr, None, step,
+                    float(group["alpha"]), float(group["eps"]), float(group["weight_decay"]), momentum, None,
+                    bool(group["centered"]), mom, bool(group["maximize"]), False,
+                    **_kernels._q8_keywords(call, _BLOCK))
+        for s in states:
+            s["step"] += 1
 
     def _check_state(self, state, group, where):
         if state:
@@ -829,9 +875,24 @@ class Adagrad(_Optimizer):
         _real(g["eps"], f"{where}['eps']", lo=0.0, what="epsilon value")
         _flag(g["maximize"], f"{where}['maximize']")
 
+    _eight_bit_roles = ("sum",)
+
     def _init_state(self, i, group):
         p = self._params[i]
+        if _quantized(group, p):
+            codes, scale = _new_8bit(p, group["initial_accumulator_value"])
+            self.state[i] = {"step": 0, "sum_codes": codes, "sum_scale": scale}
+            return
         self.state[i] = {"step": 0, "sum": self._zeros(group, p, group["initial_accumulator_value"])}
+
+    def _update_8bit(self, group, step, params, grads, states):
+        lr, _ = self._hyper(group)
+        codes, scales = self._ensure_8bit(states, params, ("sum",), group["initial_accumulator_value"])["sum"]
+        _kernels.adagrad8bit_step(params, grads, codes, scales, step=step + 1, lr=lr, lr_decay=group["lr_decay"],
+                                  weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
+                                  block_size=_BLOCK, **self._precision)
+        for s in states:
+            s["step"] = step + 1
 
     def _bucket_key(self, i, group):
         return self.state[i]["step"]

@@ -355,18 +355,166 @@ def test_float64_params_refused():
     assert "exp_avg_codes" in opt.state[q] and opt.state[p]["exp_avg"].dtype == torch.float64
 
 
-@pytest.mark.parametrize("cls", ["SGD", "RMSprop", "Adagrad"])
-def test_not_yet_implemented_optimizers(cls):
-    with pytest.raises(NotImplementedError, match="8bit"):
-        getattr(fastlr.optim, cls)(_params(), lr=0.1, state_dtype="8bit")
-
-
-def test_not_yet_implemented_combinations():
-    with pytest.raises(NotImplementedError, match="master_weights"):
-        fastlr.optim.AdamW(_params(torch.bfloat16), state_dtype="8bit", master_weights=True)
+def test_refused_combinations():
     with pytest.raises(NotImplementedError, match="float16"):
         fastlr.optim.AdamW(_params(torch.float16), state_dtype="8bit", stochastic_rounding=True)
+    with pytest.raises(NotImplementedError, match="8bit"):
+        fastlr.optim.SGDScheduleFree(_params(), lr=0.1, state_dtype="8bit")
     fastlr.optim.AdamW(_params(), state_dtype="8bit", master_weights=True)  # float32: no master, fine
+    fastlr.optim.SGD(_params(torch.float16), lr=0.1, momentum=0.9, state_dtype="8bit", stochastic_rounding=True)
+
+
+# ------------------------------------------- SGD, RMSprop, Adagrad, masters ---
+
+OTHERS = [
+    ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("SGD", dict(lr=0.05, momentum=0.8, dampening=0.1, maximize=True)),
+    ("RMSprop", dict(lr=1e-3, alpha=0.9, momentum=0.5, centered=True, weight_decay=0.01)),
+    ("RMSprop", dict(lr=1e-3)),
+    ("Adagrad", dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1, weight_decay=0.01)),
+]
+_OTHER_ROLES = {"SGD": ("momentum_buffer",), "RMSprop": ("square_avg", "grad_avg", "momentum_buffer"),
+                "Adagrad": ("sum",)}
+
+
+def _numpy_8bit_step(cls, kw, arrays, grads, states, step):
+    """One step of the public NumPy 8-bit kernel of cls over the 8-bit arrays."""
+    def pair(role):
+        return [s[role + "_codes"] for s in states], [s[role + "_scale"] for s in states]
+
+    if cls == "SGD":
+        fastlr.sgd8bit_step(arrays, grads, *pair("momentum_buffer"), step=step, **kw)
+    elif cls == "RMSprop":
+        extra = {}
+        if kw.get("centered"):
+            extra["grad_avg_codes"], extra["grad_avg_scales"] = pair("grad_avg")
+        if kw.get("momentum"):
+            extra["momentum_buffer_codes"], extra["momentum_buffer_scales"] = pair("momentum_buffer")
+        fastlr.rmsprop8bit_step(arrays, grads, *pair("square_avg"), **kw, **extra)
+    else:
+        kw = {k: v for k, v in kw.items() if k != "initial_accumulator_value"}
+        fastlr.adagrad8bit_step(arrays, grads, *pair("sum"), step=step, **kw)
+
+
+@pytest.mark.parametrize("cls, kw", OTHERS, ids=lambda x: x if isinstance(x, str) else "-".join(x))
+def test_other_optimizers_trajectory(cls, kw):
+    """SGD (momentum), RMSprop and Adagrad with state_dtype="8bit": the 8-bit tensors bit for
+    bit against fastlr's NumPy 8-bit kernels, the small ones against torch.optim (float32
+    state, test_optim.py's tolerance); the 8-bit state stays close to torch.optim's float32
+    state (every role within a few codes of its block)."""
+    params = _params()
+    arrays = [_np(p.clone()).copy() for p in params[:2]]
+    ref = [p.clone() for p in params]
+    opt = _run(getattr(fastlr.optim, cls), params, state_dtype="8bit", **kw)
+    torch_ref = _run(getattr(torch.optim, cls), ref, foreach=False, **kw)
+    roles = [r for r in _OTHER_ROLES[cls] if r + "_codes" in opt.state[params[0]]]
+    assert roles and all(r in torch_ref.state[ref[0]] for r in roles)
+    init = kw.get("initial_accumulator_value", 0.0)
+    states = [{r + x: v for r in roles for x, v in zip(("_codes", "_scale"), _new_q8(a, init if r == "sum" else 0))}
+              for a in arrays]
+    for step in range(1, STEPS + 1):
+        _numpy_8bit_step(cls, {k: v for k, v in kw.items()}, arrays, [_np(g) for g in _grads(step)[:2]], states, step)
+    for p, a, s in zip(params[:2], arrays, states):
+        np.testing.assert_array_equal(_np(p), a)
+        for key, v in s.items():
+            np.testing.assert_array_equal(opt.state[p][key].numpy(), v, err_msg=key)
+    for p, r in zip(params[2:], ref[2:]):
+        torch.testing.assert_close(p, r, rtol=1e-6, atol=1e-6)
+    for p, r in zip(params[:2], ref[:2]):  # 8-bit vs float32 state: within the codes' resolution
+        for role in roles:
+            signed, enc = fastlr.optim._quant8_state.ROLES[role]
+            got = _quant8.dequantize(opt.state[p][role + "_codes"].numpy(), opt.state[p][role + "_scale"].numpy(),
+                                     256, signed, enc)
+            want = torch_ref.state[r][role].numpy()
+            scale = np.abs(want).max()
+            assert np.abs(got - want).max() < 0.15 * scale, role
+
+
+def _new_q8(a, fill):
+    if fill:
+        return _quant8.quantize(np.full(a.shape, fill, np.float32), 256, False, "sqrt")
+    return np.zeros(a.shape, np.uint8), np.zeros(_quant8.num_blocks(a.size, 256), np.float32)
+
+
+@pytest.mark.parametrize("cls", ["SGD", "RMSprop", "Adagrad", "AdamW"])
+def test_numpy_twins_of_every_optimizer(cls):
+    """fastlr.numpy.X(state_dtype="8bit") against fastlr.optim.X, bit for bit, bf16 params
+    with stochastic rounding (the random bits are keyed by the same tensor ids and steps)."""
+    import fastlr.numpy as fnp
+
+    kw = dict(OTHERS[0][1] if cls == "SGD" else OTHERS[2][1] if cls == "RMSprop" else
+              OTHERS[4][1] if cls == "Adagrad" else dict(lr=1e-3, amsgrad=True))
+    params = _params(torch.bfloat16)
+    arrays = [_np(p.clone()).copy() for p in params]
+    opt = getattr(fastlr.optim, cls)(params, state_dtype="8bit", stochastic_rounding=True, seed=3, **kw)
+    nopt = getattr(fnp, cls)(arrays, state_dtype="8bit", stochastic_rounding=True, seed=3, **kw)
+    for step in range(1, 11):
+        grads = _grads(step, torch.bfloat16)
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+        nopt.step([_np(g).copy() for g in grads])
+    for i, (p, a) in enumerate(zip(params, arrays)):
+        np.testing.assert_array_equal(_np(p).view(np.uint8), a.view(np.uint8))
+        for key, v in opt.state[p].items():
+            np.testing.assert_array_equal(np.asarray(nopt.state[i][key]), v.numpy(), err_msg=key)
+
+
+@pytest.mark.parametrize("cls, kw", [("AdamW", dict(lr=3e-3)), OTHERS[0], OTHERS[2], OTHERS[4]],
+                         ids=lambda x: x if isinstance(x, str) else "-".join(x))
+def test_master_weights_8bit(cls, kw):
+    """bf16 params with float32 masters and 8-bit state: the master follows the same
+    update as a float32 param with 8-bit state (bit for bit: the grads are the same bf16
+    values), and the param is its master rounded to nearest."""
+    p16 = _params(torch.bfloat16)
+    p32 = [p.float() for p in p16]
+    opt16 = getattr(fastlr.optim, cls)(p16, master_weights=True, state_dtype="8bit", **kw)
+    opt32 = getattr(fastlr.optim, cls)(p32, state_dtype="8bit", **kw)
+    for step in range(1, 11):
+        grads = _grads(step, torch.bfloat16)
+        for a, b, g in zip(p16, p32, grads):
+            a.grad, b.grad = g, g.float()
+        opt16.step()
+        opt32.step()
+    for a, b in zip(p16, p32):
+        master = opt16.state[a]["master_param"]
+        torch.testing.assert_close(master, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, master.to(torch.bfloat16), rtol=0, atol=0)
+        for key, v in opt32.state[b].items():
+            torch.testing.assert_close(opt16.state[a][key], v, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls, kw", [OTHERS[0], OTHERS[2], OTHERS[4]], ids=lambda x: x if isinstance(x, str) else "-".join(x))
+def test_other_optimizers_state_dicts(cls, kw):
+    """torch.optim's float32 state loads quantized; to_torch_state_dict dequantizes for
+    torch.optim; fastlr's own 8-bit state_dict round-trips exactly."""
+    params = _params()
+    ref = _run(getattr(torch.optim, cls), [p.clone() for p in params], steps=5, **kw)
+    opt = getattr(fastlr.optim, cls)([p.clone() for p in params], state_dtype="8bit", **kw)
+    opt.load_state_dict(ref.state_dict())
+    p0, r0 = opt.param_groups[0]["params"][0], ref.param_groups[0]["params"][0]
+    for role in _OTHER_ROLES[cls]:
+        if role in ref.state[r0]:
+            signed, enc = fastlr.optim._quant8_state.ROLES[role]
+            codes, scales = _quant8.quantize(ref.state[r0][role].numpy(), 256, signed, enc)
+            np.testing.assert_array_equal(opt.state[p0][role + "_codes"].numpy(), codes)
+            np.testing.assert_array_equal(opt.state[p0][role + "_scale"].numpy(), scales)
+            assert role not in opt.state[p0]
+    sd = opt.state_dict()
+    out = fastlr.optim.to_torch_state_dict(sd)
+    t = getattr(torch.optim, cls)([p.clone() for p in params], **kw)
+    t.load_state_dict(copy.deepcopy(out))
+    assert all(k in _OTHER_ROLES[cls] + ("step",) for k in out["state"][0])
+    again = getattr(fastlr.optim, cls)([p.clone() for p in params], state_dtype="8bit", **kw)
+    again.load_state_dict(copy.deepcopy(sd))
+    a, b = opt.param_groups[0]["params"], again.param_groups[0]["params"]
+    for step in range(6, 9):
+        for x, y, g in zip(a, b, _grads(step)):
+            x.grad, y.grad = g, g.clone()
+        opt.step()
+        again.step()
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
 # ------------------------------------------------------------ NumPy twins ---
@@ -462,6 +610,6 @@ def test_numpy_bad_input():
         fnp.Adam([np.zeros(5000, np.float32)], state_dtype="int8")
     with pytest.raises(TypeError, match="float64"):
         fnp.Adam([np.zeros(5000)], state_dtype="8bit")
-    for cls in ("SGD", "RMSprop", "Adagrad"):
-        with pytest.raises(NotImplementedError, match="8bit"):
-            getattr(fnp, cls)([np.zeros(5000, np.float32)], lr=0.1, state_dtype="8bit")
+    with pytest.raises(NotImplementedError, match="float16"):
+        fnp.Adam([np.zeros(5000, np.float16)], state_dtype="8bit", stochastic_rounding=True)
+    fnp.SGD([np.zeros(5000, np.float16)], lr=0.1, momentum=0.9, state_dtype="8bit", stochastic_rounding=True)

@@ -267,13 +267,12 @@ def _run_bucket(opt, group, roles, key, entries, members, gs, sr, seed, first_id
 
     master = uses_master(group, entries[0][0])
     sdt = state_dtype(group, entries[0][0])
-    negate = q8 and _quant8_state.negates_grads(opt, group)
     for p, pl, gl, j, st, tensors, m, _, _ in entries:
         if master and m is None:  # created on the first update from the param
             m = pl.detach().to(torch.float32, copy=True).contiguous()
             st["master_param"] = m if pl is p else _like_dtensor(p, m)
         pm = flat(pl)
-        g = gl if gl.is_contiguous() and not negate else (gl.neg() if negate else gl.contiguous())
+        g = gl if gl.is_contiguous() else gl.contiguous()
         if g is not gl:
             keep.append(g)
         p_addr.append(pm.data_ptr())

@@ -6,9 +6,10 @@ Each per-element state ``<role>`` of a tensor with at least 4096 elements is sto
 ``<role>_codes`` (uint8, the param's shape) and ``<role>_scale`` (float32, one per block
 of 256 elements, the last block may be partial): element i is ``map[code]·scale[i//256]``
 (fastlr._quant8), with fastlr's encoding: signed roles (``exp_avg``) as they are, unsigned
-ones (``exp_avg_sq``, ``max_exp_avg_sq``) as their square root, and an element whose √v
+ones (``exp_avg_sq``, ``max_exp_avg_sq``, ``square_avg``, ``sum``) as their square root, and an element whose √v
 dequantizes to 0 restarts its exp_avg too (``fastlr.adam8bit_step(variant="fastlr")``).
-Smaller tensors keep float32 state under torch's keys.
+Signed roles are ``exp_avg``, ``momentum_buffer`` and ``grad_avg``. Smaller tensors keep
+float32 state under torch's keys.
 """
 from __future__ import annotations
 
@@ -24,11 +25,13 @@ ROLES = {
     "exp_avg": (True, "linear"),
     "exp_avg_sq": (False, "sqrt"),
     "max_exp_avg_sq": (False, "sqrt"),
+    "momentum_buffer": (True, "linear"),
+    "grad_avg": (True, "linear"),
+    "square_avg": (False, "sqrt"),
+    "sum": (False, "sqrt"),
 }
-_KINDS = ("adam",)  # optimizers whose 8-bit kernel exists
-_STORE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 3}  # _C.adam8's param store
+_KINDS = ("adam", "sgd", "rmsprop", "adagrad")  # optimizers with an 8-bit kernel
 _SQRT = 1  # _C.adam8's flavour: fastlr's encoding, torch.optim.Adam's arithmetic
-_LOW = (torch.bfloat16, torch.float16)
 
 
 def quantized(p):
@@ -50,20 +53,16 @@ def check_group(where, kind, group):
     the dtypes, devices and float64 params)."""
     if kind not in _KINDS:
         raise NotImplementedError(
-            f"{where}state_dtype=\"8bit\" is implemented for Adam and AdamW (the 8-bit kernels of "
-            "this optimizer are not built yet); use state_dtype=torch.bfloat16 or None"
+            f"{where}state_dtype=\"8bit\" is implemented for SGD, Adam, AdamW, RMSprop and Adagrad "
+            "(this optimizer has no 8-bit kernel); use state_dtype=torch.bfloat16 or None"
         )
     for i, p in enumerate(group["params"]):
-        if group.get("master_weights") and p.dtype in _LOW:
-            raise NotImplementedError(
-                f"{where}state_dtype=\"8bit\" with master_weights=True on the {p.dtype} params[{i}] "
-                "is not implemented yet (the 8-bit kernel has no fp32 master); use bf16 params "
-                "with stochastic_rounding=True, or state_dtype=torch.bfloat16 with master weights"
-            )
-        if group.get("stochastic_rounding") and p.dtype == torch.float16:
+        if (kind == "adam" and group.get("stochastic_rounding") and p.dtype == torch.float16
+                and not group.get("master_weights")):
             raise NotImplementedError(
                 f"{where}state_dtype=\"8bit\" with stochastic_rounding=True on the float16 "
-                f"params[{i}]: the 8-bit kernel rounds float16 params to nearest only"
+                f"params[{i}] of Adam: its 8-bit kernel rounds float16 params to nearest only "
+                "(use bfloat16 params, or master_weights=True)"
             )
         if type(p) is not torch.Tensor and hasattr(p, "_local_tensor"):
             raise NotImplementedError(
@@ -73,17 +72,21 @@ def check_group(where, kind, group):
 
 
 # -------------------------------------------------------------------- state ---
-def init_state(state, p, roles):
-    """Zero 8-bit state (codes 0, scales 0) for each role."""
-    nb = num_blocks(p)
+def init_state(state, p, roles, fill=0.0):
+    """8-bit state of the value ``fill`` (0: codes 0, scales 0) for each role."""
     for role in roles:
-        state[role + "_codes"] = torch.zeros(p.shape, dtype=torch.uint8)
-        state[role + "_scale"] = torch.zeros(nb, dtype=torch.float32)
+        new_role(state, role, p, fill)
 
 
-def new_role(state, role, p):
-    state[role + "_codes"] = codes = torch.zeros(p.shape, dtype=torch.uint8)
-    state[role + "_scale"] = scale = torch.zeros(num_blocks(p), dtype=torch.float32)
+def new_role(state, role, p, fill=0.0):
+    if fill == 0:
+        codes = torch.zeros(p.shape, dtype=torch.uint8)
+        scale = torch.zeros(num_blocks(p), dtype=torch.float32)
+    else:  # Adagrad's initial_accumulator_value
+        signed, encoding = ROLES[role]
+        c, s = _quant8.quantize(np.full(p.numel(), fill, np.float32), BLOCK, signed, encoding)
+        codes, scale = torch.from_numpy(c).reshape(p.shape), torch.from_numpy(s)
+    state[role + "_codes"], state[role + "_scale"] = codes, scale
     return codes, scale
 
 
@@ -103,26 +106,45 @@ def role_tensors(name, j, state, role, p, kind):
     return codes, scale
 
 
-def negates_grads(opt, group):
-    """The 8-bit kernel has no maximize: the grads are negated into temporaries."""
-    return bool(group.get("maximize"))
-
-
 def call(opt, group, b, p_addr, g_addr, addrs, scales, step, gs, precision):
-    """One fused 8-bit kernel call over a bucket (params of one dtype and step count)."""
-    if opt._kind != "adam":
-        raise NotImplementedError(opt._kind)
+    """One fused 8-bit kernel call over a bucket (params of one dtype and step count); the
+    group's roles in opt._roles order, each as codes and scales address lists."""
     from ._base import _scalar
 
-    store = {0: 0, 2: 1, 3: 3}[b.code]
-    if store == 1 and precision["stochastic_rounding"]:
-        store = 2
-    beta1, beta2 = group["betas"]
-    amsgrad = bool(group["amsgrad"])
-    _C.adam8(store, BLOCK, True, _SQRT, b.numel, p_addr, g_addr, addrs[0], scales[0], addrs[1], scales[1],
-             addrs[2] if amsgrad else None, scales[2] if amsgrad else None, step, _scalar(group["lr"]), None,
-             _scalar(beta1), None, _scalar(beta2), _scalar(group["eps"]), _scalar(group["weight_decay"]),
-             bool(group["decoupled_weight_decay"]), amsgrad, precision["seed"], grad_scale=gs)
+    kind = opt._kind
+    pairs = dict(zip(opt._roles(group), zip(addrs, scales)))
+    common = dict(grad_dtype=precision["grad_dtype"], masters=precision["masters"],
+                  stochastic_rounding=precision["stochastic_rounding"], seed=precision["seed"],
+                  tensor_ids=precision["tensor_ids"])
+    lr, maximize = _scalar(group["lr"]), bool(group["maximize"])
+    if kind == "adam":
+        store = {0: 0, 2: 1, 3: 3}[b.code]
+        if store == 1 and precision["stochastic_rounding"] and precision["masters"] is None:
+            store = 2
+        beta1, beta2 = group["betas"]
+        amsgrad = bool(group["amsgrad"])
+        x = pairs.get("max_exp_avg_sq", (None, None))
+        _C.adam8(store, BLOCK, True, _SQRT, b.numel, p_addr, g_addr, *pairs["exp_avg"], *pairs["exp_avg_sq"], *x,
+                 step, lr, None, _scalar(beta1), None, _scalar(beta2), _scalar(group["eps"]),
+                 _scalar(group["weight_decay"]), bool(group["decoupled_weight_decay"]), amsgrad, precision["seed"],
+                 gs, masters=common["masters"], grad_dtype=common["grad_dtype"], maximize=maximize,
+                 tensor_ids=common["tensor_ids"])
+    elif kind == "sgd":
+        _C.sgd8(b.code, b.numel, p_addr, g_addr, pairs.get("momentum_buffer"), lr, None, precision.get("t", 0),
+                _scalar(group["momentum"]), None, _scalar(group["dampening"]), bool(group["nesterov"]),
+                _scalar(group["weight_decay"]), maximize, b.first, gs, block_size=BLOCK, **common)
+    elif kind == "rmsprop":
+        _C.rmsprop8(b.code, b.numel, p_addr, g_addr, pairs["square_avg"], pairs.get("grad_avg"),
+                    pairs.get("momentum_buffer"), lr, None, precision.get("t", 0), _scalar(group["alpha"]),
+                    _scalar(group["eps"]), _scalar(group["weight_decay"]), _scalar(group["momentum"]), None,
+                    bool(group["centered"]), "momentum_buffer" in pairs, maximize, False, gs, block_size=BLOCK,
+                    **common)
+    elif kind == "adagrad":
+        _C.adagrad8(b.code, b.numel, p_addr, g_addr, pairs["sum"], step, lr, None, _scalar(group["lr_decay"]),
+                    _scalar(group["weight_decay"]), _scalar(group["eps"]), maximize, gs, block_size=BLOCK,
+                    **common)
+    else:
+        raise NotImplementedError(kind)
 
 
 # -------------------------------------------------------------- state dicts ---
@@ -169,6 +191,8 @@ def convert_loaded(state, saved, p, roles, eight_bit, float_dtype):
         state.pop(role + "_codes", None)
         state.pop(role + "_scale", None)
         if values is None:
+            if q8:
+                state.pop(role, None)  # (SGD's None buffer: the first step creates its codes)
             continue
         if q8:
             signed, encoding = ROLES[role]
@@ -184,13 +208,9 @@ def convert_loaded(state, saved, p, roles, eight_bit, float_dtype):
 def dequantized(saved):
     """A per-param state with every ``<role>_codes`` / ``<role>_scale`` pair as float32
     ``<role>`` (other entries shared)."""
-    out = {}
-    for key, v in saved.items():
-        if key.endswith("_scale") and key[: -len("_scale")] in ROLES:
-            continue
-        if key.endswith("_codes") and key[: -len("_codes")] in ROLES:
-            role = key[: -len("_codes")]
-            out[role] = torch.from_numpy(saved_values(saved, role)).reshape(v.shape)
-        else:
-            out[key] = v
+    roles = [r for r in ROLES if r + "_codes" in saved]
+    out = {k: v for k, v in saved.items()
+           if k not in roles and not (k.endswith(("_codes", "_scale")) and k[: k.rindex("_")] in roles)}
+    for role in roles:
+        out[role] = torch.from_numpy(saved_values(saved, role)).reshape(saved[role + "_codes"].shape)
     return out
