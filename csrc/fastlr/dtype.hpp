@@ -104,9 +104,10 @@ __attribute__((always_inline)) inline void store(bf16& dst, float x) {
   uint32_t u;
   std::memcpy(&u, &x, 4);
   const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  // a signed compare (|x|'s bits are non-negative): AVX2 has no unsigned vector compare
-  const bool is_nan = static_cast<int32_t>(u & 0x7FFFFFFFu) > 0x7F800000;
-  dst.bits = static_cast<uint16_t>(is_nan ? 0x7FC0u : rounded);
+  // NaN test as one float compare (vcmpps): an integer test on |x|'s bits is unsigned,
+  // which gcc keeps unsigned even when written signed, and AVX2 has no unsigned vector
+  // compare (vpand + vpminud + vpcmpeqd per vector).
+  dst.bits = static_cast<uint16_t>(x != x ? 0x7FC0u : rounded);
 }
 
 }  // namespace fastlr

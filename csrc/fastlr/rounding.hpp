@@ -9,9 +9,9 @@
 //   per call:    call_key = splitmix64(seed ^ splitmix64(t))    (t = completed updates)
 //   per tensor:  key = splitmix64(call_key ^ splitmix64(tensor_id))   (64 bits)
 //   per element: h0 = lowbias32(idx ^ key.lo), h1 = lowbias32(idx ^ key.hi)
-// Each stochastically rounded store of an element takes its own 16-bit half of h0 or h1
-// (its slot: the param's first, then the states'), so one 32-bit hash serves two stores
-// and gcc drops h1 where no third store uses it. Only 32-bit
+// Each stochastically rounded store of an element takes its own bits of h0 or h1 (its
+// slot: the param's first, then the states'; see RandomBits), so one 32-bit hash serves
+// up to three stores. Only 32-bit
 // integer multiplies, shifts and xors: the loops stay vectorized at every CPU level.
 // Tensors above 2^32 elements fold idx >> 32 into the key (see for_each_key_block).
 #pragma once
@@ -53,19 +53,26 @@ FASTLR_RULE uint64_t rounding_block_key(uint64_t tensor_key, uint64_t hi) {
   return hi == 0 ? tensor_key : splitmix64(tensor_key ^ splitmix64(hi));
 }
 
-// The random bits of one element: 16 bits per store slot (0..3).
-template <Rounding R>
+// The random bits of one element for a leaf with SLOTS stochastically rounded stores
+// (slots 0..SLOTS-1): 16 bits per slot from h0 (slots 0, 1) and h1 (slots 2, 3), except
+// that three slots share h0 as 11 + 11 + 10 bits, placed at the top of the 16 bits the
+// store adds below its kept bits: one hash per element instead of two (the SR leaves are
+// compute-bound), and a rounding bias of at most 2^-10 ulp, far below what a test or a
+// training run resolves. Slots a leaf does not use cost nothing (gcc drops h1).
+template <Rounding R, int SLOTS>
 struct RandomBits {
   uint32_t h0, h1;
   FASTLR_RULE RandomBits(uint64_t key, uint32_t idx)
       : h0(lowbias32(idx ^ static_cast<uint32_t>(key))),
-        h1(lowbias32(idx ^ static_cast<uint32_t>(key >> 32))) {}
+        h1(SLOTS == 3 ? 0u : lowbias32(idx ^ static_cast<uint32_t>(key >> 32))) {}
   FASTLR_RULE uint32_t slot(int k) const {
+    if (SLOTS == 3)
+      return k == 0 ? (h0 << 5) & 0xFFE0u : k == 1 ? (h0 >> 6) & 0xFFE0u : (h0 >> 16) & 0xFFC0u;
     return ((k < 2 ? h0 : h1) >> (16 * (k & 1))) & 0xFFFFu;
   }
 };
-template <>
-struct RandomBits<Rounding::nearest> {
+template <int SLOTS>
+struct RandomBits<Rounding::nearest, SLOTS> {
   FASTLR_RULE RandomBits(uint64_t, uint32_t) {}
   FASTLR_RULE uint32_t slot(int) const { return 0; }
 };
@@ -79,8 +86,7 @@ struct RandomBits<Rounding::nearest> {
 // (dropped bits) / 2^16. The magnitude is rounded, so the sign needs no care.
 FASTLR_RULE void store_stochastic(bf16& dst, float x, uint32_t r) {
   const uint32_t u = detail::float_bits(x);
-  const bool is_nan = static_cast<int32_t>(u & 0x7FFFFFFFu) > 0x7F800000;  // signed: see store
-  dst.bits = static_cast<uint16_t>(is_nan ? 0x7FC0u : (u + r) >> 16);
+  dst.bits = static_cast<uint16_t>(x != x ? 0x7FC0u : (u + r) >> 16);  // NaN test: see store
 }
 
 // float16, branchless like store(f16&, float). Normal range: 13 random bits added

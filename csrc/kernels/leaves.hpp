@@ -121,6 +121,13 @@ template <class St>
 constexpr int first_state_slot =
     (!St::has_master && sizeof(typename St::Param) == 2 && St::rounding == Rounding::stochastic) ? 1 : 0;
 
+// The number of slots of a leaf whose states take `states` slots: 16-bit states only
+// (the slots of float32 states are never read).
+template <class St>
+constexpr int rounding_slots(int states) {
+  return first_state_slot<St> + (sizeof(typename St::State) == 2 ? states : 0);
+}
+
 // A param with a master copy is the master rounded to nearest; otherwise the param is
 // stored with the policy's rounding.
 template <class St>
@@ -200,7 +207,7 @@ FASTLR_INLINE void sgd_range(int64_t lo, int64_t hi, uint64_t key, uint32_t idx0
                              M* __restrict master, const SgdScalars<C> s) {
   constexpr Rounding R = St::rounding;
   for (int64_t i = lo; i < hi; ++i) {
-    const RandomBits<R> rb(key, idx0 + static_cast<uint32_t>(i));
+    const RandomBits<R, rounding_slots<St>(MOM != Momentum::none)> rb(key, idx0 + static_cast<uint32_t>(i));
     C pi = load_param<St>(p, master, i);
     C bi = (MOM != Momentum::none && !FIRST) ? C(load(buf[i])) : C(0);
     sgd_update<WD, MOM, FIRST>(pi, C(load(g[i])), bi, s);
@@ -228,7 +235,7 @@ FASTLR_INLINE void adam_range(int64_t lo, int64_t hi, uint64_t key, uint32_t idx
                               const AdamScalars<C> s) {
   constexpr Rounding R = St::rounding;
   for (int64_t i = lo; i < hi; ++i) {
-    const RandomBits<R> rb(key, idx0 + static_cast<uint32_t>(i));
+    const RandomBits<R, rounding_slots<St>(2 + AMSGRAD)> rb(key, idx0 + static_cast<uint32_t>(i));
     C pi = load_param<St>(p, master, i), mi = load(m[i]), vi = load(v[i]);
     C vmi = AMSGRAD ? C(load(vmax[i])) : C(0);
     adam_update<WD, AMSGRAD>(pi, C(load(g[i])), mi, vi, vmi, s);
@@ -264,7 +271,7 @@ FASTLR_INLINE void rmsprop_range(int64_t lo, int64_t hi, uint64_t key, uint32_t 
                                  const RmspropScalars<C> s) {
   constexpr Rounding R = St::rounding;
   for (int64_t i = lo; i < hi; ++i) {
-    const RandomBits<R> rb(key, idx0 + static_cast<uint32_t>(i));
+    const RandomBits<R, rounding_slots<St>(1 + CENTERED + MOM)> rb(key, idx0 + static_cast<uint32_t>(i));
     C pi = load_param<St>(p, master, i), sqi = load(sq[i]);
     C gai = CENTERED ? C(load(ga[i])) : C(0);
     C bi = (MOM && !FIRST) ? C(load(buf[i])) : C(0);
@@ -300,7 +307,7 @@ FASTLR_INLINE void adagrad_range(int64_t lo, int64_t hi, uint64_t key, uint32_t 
                                  M* __restrict master, const AdagradScalars<C> s) {
   constexpr Rounding R = St::rounding;
   for (int64_t i = lo; i < hi; ++i) {
-    const RandomBits<R> rb(key, idx0 + static_cast<uint32_t>(i));
+    const RandomBits<R, rounding_slots<St>(1)> rb(key, idx0 + static_cast<uint32_t>(i));
     C pi = load_param<St>(p, master, i), si = load(sum[i]);
     adagrad_update<WD>(pi, C(load(g[i])), si, s);
     store_param<St>(p, master, i, pi, rb.slot(0));
