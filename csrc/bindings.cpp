@@ -52,10 +52,80 @@ void read_addresses(const py::object& addresses, int64_t n, std::vector<char*>& 
 }
 
 struct Quant8Scratch {
-  std::vector<int64_t> numel, offsets;
-  std::vector<char*> ptrs[8];
+  std::vector<int64_t> numel, offsets, tensor_ids;
+  std::vector<char*> ptrs[9];  // params, grads, 3 states' codes, 3 states' scales, masters
 };
 thread_local Quant8Scratch q8scratch;
+
+// The list of one 8-bit call: numels, params, grads and the precision keywords (masters,
+// tensor_ids); the states are added by add_q8_state.
+fastlr::Quant8List q8_list(const py::sequence& numel, const py::object& params, const py::object& grads,
+                           int64_t block, const py::object& masters, const py::object& tensor_ids) {
+  if (block < 1 || block > 4096) throw py::value_error("block_size must be in [1, 4096]");
+  auto& sc = q8scratch;
+  read_numels(numel, sc.numel);
+  const int64_t n = static_cast<int64_t>(sc.numel.size());
+  fastlr::Quant8List list;
+  list.size = n;
+  list.numel = sc.numel.data();
+  list.block = block;
+  read_addresses(params, n, sc.ptrs[0], "params", sc.numel);
+  read_addresses(grads, n, sc.ptrs[1], "grads", sc.numel);
+  list.param = sc.ptrs[0].data();
+  list.grad = sc.ptrs[1].data();
+  if (!masters.is_none()) {
+    read_addresses(masters, n, sc.ptrs[8], "masters", sc.numel);
+    list.master = sc.ptrs[8].data();
+  }
+  if (!tensor_ids.is_none()) {
+    const py::sequence ids = tensor_ids.cast<py::sequence>();
+    if (static_cast<int64_t>(py::len(ids)) != n)
+      throw py::value_error("tensor_ids: expected " + std::to_string(n) + " ids, got " + std::to_string(py::len(ids)));
+    sc.tensor_ids.resize(static_cast<size_t>(std::max<int64_t>(n, 1)));
+    for (int64_t i = 0; i < n; ++i) sc.tensor_ids[static_cast<size_t>(i)] = ids[static_cast<size_t>(i)].cast<int64_t>();
+    list.tensor_ids = sc.tensor_ids.data();
+  }
+  sc.offsets.resize(static_cast<size_t>(n) + 1);
+  return list;
+}
+
+// State role r: a (codes addresses, scales addresses) pair, or None (role absent).
+void add_q8_state(fastlr::Quant8List& list, int r, const py::object& pair, const std::string& name) {
+  if (pair.is_none()) return;
+  const py::sequence seq = pair.cast<py::sequence>();
+  if (py::len(seq) != 2 || py::isinstance<py::str>(pair))
+    throw py::value_error(name + " must be a (codes addresses, scales addresses) pair");
+  auto& sc = q8scratch;
+  read_addresses(seq[0], list.size, sc.ptrs[2 + r], (name + "[0] (codes)").c_str(), sc.numel);
+  read_addresses(seq[1], list.size, sc.ptrs[5 + r], (name + "[1] (scales)").c_str(), sc.numel);
+  list.state[r] = sc.ptrs[2 + r].data();
+  list.scale[r] = reinterpret_cast<float* const*>(sc.ptrs[5 + r].data());
+}
+
+fastlr::Quant8Precision q8_precision(int dtype, const py::object& grad_dtype, const py::object& masters,
+                                     bool stochastic_rounding) {
+  fastlr::Quant8Precision p;
+  p.param = to_dtype(dtype);
+  p.grad = grad_dtype.is_none() ? p.param : to_dtype(grad_dtype.cast<int>());
+  p.master = !masters.is_none();
+  // a param with a master is its master rounded to nearest; float32 params have no 16-bit store
+  p.stochastic = stochastic_rounding && !p.master && p.param != DType::float32;
+  const std::string why = fastlr::unsupported_quant8_precision(p);
+  if (!why.empty()) throw py::value_error(why);
+  return p;
+}
+
+uint64_t q8_seed(const py::object& seed) {
+  // any integer, taken modulo 2**64 (as the other kernels)
+  const uint64_t s = PyLong_AsUnsignedLongLongMask(seed.ptr());
+  if (PyErr_Occurred()) throw py::error_already_set();
+  return s;
+}
+
+#define FASTLR_Q8_ARGS                                                                      \
+  py::kw_only(), py::arg("block_size") = 256, py::arg("grad_dtype") = py::none(),           \
+      py::arg("masters") = py::none(), py::arg("stochastic_rounding") = false, py::arg("seed") = 0, \
+      py::arg("tensor_ids") = py::none()
 
 }  // namespace
 
@@ -217,42 +287,37 @@ PYBIND11_MODULE(_C, m) {
          py::object exp_avg_sq_scales, py::object max_exp_avg_sqs, py::object max_exp_avg_sq_scales,
          double step, double lr, Schedule lr_schedule, double beta1, Schedule beta1_schedule, double beta2,
          double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad, uint64_t seed,
-         double grad_scale) {
+         double grad_scale, py::object masters, py::object grad_dtype, bool maximize, py::object tensor_ids) {
         const int64_t t = completed_updates(step);
         if (store < 0 || store > 3) throw py::value_error("store must be 0..3");
         if (flavour < 0 || flavour > 1) throw py::value_error("flavour must be 0 or 1");
-        if (block < 1 || block > 4096) throw py::value_error("block_size must be in [1, 4096]");
-        auto& sc = q8scratch;
-        read_numels(numel, sc.numel);
-        const int64_t n = static_cast<int64_t>(sc.numel.size());
-        fastlr::Quant8List list;
-        list.size = n;
-        list.numel = sc.numel.data();
-        list.block = block;
+        const DType param = store == 0 ? DType::float32 : store == 3 ? DType::float16 : DType::bfloat16;
+        const bool master = !masters.is_none();
+        const DType grad = grad_dtype.is_none() ? param : to_dtype(grad_dtype.cast<int>());
+        if ((master || grad != param) && (flavour != 1 || !q8))
+          throw py::value_error("masters and grad_dtype need the fastlr flavour (flavour=1, q8=True)");
+        if (master || grad != param) q8_precision(static_cast<int>(param), grad_dtype, masters, false);
+        fastlr::Quant8List list = q8_list(numel, params, grads, block, masters, tensor_ids);
         list.q8 = q8;
-        read_addresses(params, n, sc.ptrs[0], "params", sc.numel);
-        read_addresses(grads, n, sc.ptrs[1], "grads", sc.numel);
-        list.param = sc.ptrs[0].data();
-        list.grad = sc.ptrs[1].data();
         const py::object states[3] = {exp_avgs, exp_avg_sqs, max_exp_avg_sqs};
         const py::object scales[3] = {exp_avg_scales, exp_avg_sq_scales, max_exp_avg_sq_scales};
         const char* names[3] = {"exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"};
+        auto& sc = q8scratch;
         for (int r = 0; r < 3; ++r) {
           if (r == 2 && !amsgrad) break;
           if (states[r].is_none()) throw py::value_error(std::string(names[r]) + " are required");
-          read_addresses(states[r], n, sc.ptrs[2 + r], names[r], sc.numel);
+          read_addresses(states[r], list.size, sc.ptrs[2 + r], names[r], sc.numel);
           list.state[r] = sc.ptrs[2 + r].data();
           if (q8) {
             if (scales[r].is_none()) throw py::value_error(std::string(names[r]) + ": scales are required");
-            read_addresses(scales[r], n, sc.ptrs[5 + r], "scales", sc.numel);
+            read_addresses(scales[r], list.size, sc.ptrs[5 + r], "scales", sc.numel);
             list.scale[r] = reinterpret_cast<float* const*>(sc.ptrs[5 + r].data());
           }
         }
         fastlr::Adam8Args a{eval(lr_schedule, lr, t), eval(beta1_schedule, beta1, t), beta2, eps, weight_decay,
-                            1.0 / grad_scale, step, decoupled_weight_decay, amsgrad,
+                            (maximize ? -1.0 : 1.0) / grad_scale, step, decoupled_weight_decay, amsgrad,
                             static_cast<fastlr::Quant8Flavour>(flavour), static_cast<fastlr::ParamStore>(store),
-                            seed};
-        sc.offsets.resize(static_cast<size_t>(n) + 1);
+                            seed, master, grad};
         {
           py::gil_scoped_release release;
           fastlr::adam8(list, sc.offsets.data(), a);
@@ -264,7 +329,98 @@ PYBIND11_MODULE(_C, m) {
       py::arg("exp_avg_sq_scales"), py::arg("max_exp_avg_sqs"), py::arg("max_exp_avg_sq_scales"),
       py::arg("step"), py::arg("lr"), py::arg("lr_schedule"), py::arg("beta1"), py::arg("beta1_schedule"),
       py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled_weight_decay"),
-      py::arg("amsgrad"), py::arg("seed") = 0, py::arg("grad_scale") = 1.0);
+      py::arg("amsgrad"), py::arg("seed") = 0, py::arg("grad_scale") = 1.0, py::kw_only(),
+      py::arg("masters") = py::none(), py::arg("grad_dtype") = py::none(), py::arg("maximize") = false,
+      py::arg("tensor_ids") = py::none());
+
+  // Block-wise 8-bit SGD/RMSprop/Adagrad (fastlr encoding, quant8_kernels.hpp): the
+  // arguments of sgd/rmsprop/adagrad with each state a (codes, scales) pair of address
+  // lists, and the keywords of FASTLR_Q8_ARGS (see _C.pyi).
+  m.def(
+      "sgd8",
+      [](int dtype, const py::sequence& numel, py::object params, py::object grads, py::object momentum_buffers,
+         double lr, Schedule lr_schedule, int64_t t, double momentum, Schedule momentum_schedule,
+         double dampening, bool nesterov, double weight_decay, bool maximize, bool first_step, double grad_scale,
+         int64_t block_size, py::object grad_dtype, py::object masters, bool stochastic_rounding, py::object seed,
+         py::object tensor_ids) {
+        check_t(t);
+        const fastlr::Quant8Precision prec = q8_precision(dtype, grad_dtype, masters, stochastic_rounding);
+        fastlr::Quant8List list = q8_list(numel, params, grads, block_size, masters, tensor_ids);
+        add_q8_state(list, 0, momentum_buffers, "momentum_buffers");
+        fastlr::Sgd8Args a{eval(lr_schedule, lr, t), eval(momentum_schedule, momentum, t), dampening,
+                           weight_decay, (maximize ? -1.0 : 1.0) / grad_scale, nesterov, first_step, false,
+                           t + 1, q8_seed(seed)};
+        a.use_momentum = a.momentum != 0.0;
+        if (a.use_momentum && list.state[0] == nullptr)
+          throw py::value_error("momentum_buffers are required when momentum != 0");
+        {
+          py::gil_scoped_release release;
+          fastlr::sgd8(prec, list, q8scratch.offsets.data(), a);
+        }
+        return py::make_tuple(a.lr, a.momentum);
+      },
+      py::arg("dtype"), py::arg("numel"), py::arg("params"), py::arg("grads"), py::arg("momentum_buffers"),
+      py::arg("lr"), py::arg("lr_schedule"), py::arg("t"), py::arg("momentum"), py::arg("momentum_schedule"),
+      py::arg("dampening"), py::arg("nesterov"), py::arg("weight_decay"), py::arg("maximize"),
+      py::arg("first_step"), py::arg("grad_scale") = 1.0, FASTLR_Q8_ARGS);
+
+  m.def(
+      "rmsprop8",
+      [](int dtype, const py::sequence& numel, py::object params, py::object grads, py::object square_avgs,
+         py::object grad_avgs, py::object momentum_buffers, double lr, Schedule lr_schedule, int64_t t,
+         double alpha, double eps, double weight_decay, double momentum, Schedule momentum_schedule,
+         bool centered, bool use_momentum, bool maximize, bool first_step, double grad_scale, int64_t block_size,
+         py::object grad_dtype, py::object masters, bool stochastic_rounding, py::object seed,
+         py::object tensor_ids) {
+        check_t(t);
+        const fastlr::Quant8Precision prec = q8_precision(dtype, grad_dtype, masters, stochastic_rounding);
+        fastlr::Quant8List list = q8_list(numel, params, grads, block_size, masters, tensor_ids);
+        add_q8_state(list, 0, square_avgs, "square_avgs");
+        add_q8_state(list, 1, grad_avgs, "grad_avgs");
+        add_q8_state(list, 2, momentum_buffers, "momentum_buffers");
+        if (list.state[0] == nullptr) throw py::value_error("square_avgs are required");
+        if (centered && list.state[1] == nullptr) throw py::value_error("grad_avgs are required when centered=True");
+        if (use_momentum && list.state[2] == nullptr)
+          throw py::value_error("momentum_buffers are required when momentum > 0");
+        // as rmsprop: a momentum schedule at 0 leaves the buffers alone
+        const double momentum_used = eval(momentum_schedule, momentum, t);
+        fastlr::Rmsprop8Args a{eval(lr_schedule, lr, t), alpha, eps, weight_decay, momentum_used,
+                               (maximize ? -1.0 : 1.0) / grad_scale, centered,
+                               use_momentum && momentum_used > 0.0, first_step, t + 1, q8_seed(seed)};
+        {
+          py::gil_scoped_release release;
+          fastlr::rmsprop8(prec, list, q8scratch.offsets.data(), a);
+        }
+        return py::make_tuple(a.lr, a.momentum);
+      },
+      py::arg("dtype"), py::arg("numel"), py::arg("params"), py::arg("grads"), py::arg("square_avgs"),
+      py::arg("grad_avgs"), py::arg("momentum_buffers"), py::arg("lr"), py::arg("lr_schedule"), py::arg("t"),
+      py::arg("alpha"), py::arg("eps"), py::arg("weight_decay"), py::arg("momentum"),
+      py::arg("momentum_schedule"), py::arg("centered"), py::arg("use_momentum"), py::arg("maximize"),
+      py::arg("first_step"), py::arg("grad_scale") = 1.0, FASTLR_Q8_ARGS);
+
+  m.def(
+      "adagrad8",
+      [](int dtype, const py::sequence& numel, py::object params, py::object grads, py::object state_sums,
+         double step, double lr, Schedule lr_schedule, double lr_decay, double weight_decay, double eps,
+         bool maximize, double grad_scale, int64_t block_size, py::object grad_dtype, py::object masters,
+         bool stochastic_rounding, py::object seed, py::object tensor_ids) {
+        const int64_t t = completed_updates(step);
+        const fastlr::Quant8Precision prec = q8_precision(dtype, grad_dtype, masters, stochastic_rounding);
+        fastlr::Quant8List list = q8_list(numel, params, grads, block_size, masters, tensor_ids);
+        add_q8_state(list, 0, state_sums, "state_sums");
+        if (list.state[0] == nullptr) throw py::value_error("state_sums are required");
+        fastlr::Adagrad8Args a{eval(lr_schedule, lr, t), lr_decay, weight_decay, eps,
+                               (maximize ? -1.0 : 1.0) / grad_scale, t + 1, q8_seed(seed)};
+        {
+          py::gil_scoped_release release;
+          fastlr::adagrad8(prec, list, q8scratch.offsets.data(), a);
+        }
+        return a.lr;
+      },
+      py::arg("dtype"), py::arg("numel"), py::arg("params"), py::arg("grads"), py::arg("state_sums"),
+      py::arg("step"), py::arg("lr"), py::arg("lr_schedule"), py::arg("lr_decay"), py::arg("weight_decay"),
+      py::arg("eps"), py::arg("maximize"), py::arg("grad_scale") = 1.0, FASTLR_Q8_ARGS);
 
   // The dynamic maps (signed for exp_avg, unsigned for exp_avg_sq) and the nearest-code
   // search: level -1 is the reference binary search, 0..2 the kernels' search per level.

@@ -106,10 +106,72 @@ FASTLR_Q8_AVX2 __attribute__((noinline)) void quantize(Avx2, const float* x, int
   for (; i < n; ++i) c[i] = t.code(x[i] * inv);
 }
 
+// AVX-512 VBMI (Ice Lake, Zen 4): a gather is ~21 cycles per 16 floats on Zen 4, while
+// vpermi2b looks up 64 bytes in a 128-entry byte table in one instruction. So the 256-entry
+// map is held as 4 byte planes (byte k of every entry, 4 registers each); 64 codes take 2
+// lookups and a blend per plane, and the planes interleave back into floats with unpacks.
+// The unpacks interleave within 128-bit lanes: the codes are pre-permuted so that the
+// floats come out in order. Same table values, so bit-identical to the gather path.
+struct MapPlanes {
+  alignas(64) uint8_t byte[4][256];
+  explicit MapPlanes(const float* map) {
+    for (int c = 0; c < 256; ++c) {
+      uint32_t u;
+      std::memcpy(&u, map + c, 4);
+      for (int k = 0; k < 4; ++k) byte[k][c] = static_cast<uint8_t>(u >> (8 * k));
+    }
+  }
+};
+const MapPlanes& planes_of(const float* map) {
+  static const MapPlanes signed_planes(quant8::kSignedMap), unsigned_planes(quant8::kUnsignedMap);
+  if (map == quant8::kSignedMap) return signed_planes;
+  if (map == quant8::kUnsignedMap) return unsigned_planes;
+  throw std::logic_error("quant8: dequantization from an unknown map");
+}
+bool has_vbmi() {
+  static const bool yes = __builtin_cpu_supports("avx512vbmi");
+  return yes;
+}
+
+#define FASTLR_Q8_VBMI \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx2,fma,f16c,prefer-vector-width=512")))
+
+FASTLR_Q8_VBMI __attribute__((noinline)) int64_t dequant_vbmi(const uint8_t* c, int64_t n, const MapPlanes& t,
+                                                          float s, float* out) {
+  // q[k][h]: entries 64h .. 64h + 63 of plane k
+  __m512i q[4][4];
+  for (int k = 0; k < 4; ++k)
+    for (int h = 0; h < 4; ++h) q[k][h] = _mm512_load_si512(t.byte[k] + 64 * h);
+  // byte p = 16j + 4r + q of the permuted codes is code 16r + 4j + q (a 4x4 transpose of
+  // 4-byte groups): unpacking lane j then yields floats 16r + 4j .. 16r + 4j + 3
+  alignas(64) uint8_t perm_bytes[64];
+  for (int j = 0; j < 4; ++j)
+    for (int r = 0; r < 4; ++r)
+      for (int q = 0; q < 4; ++q) perm_bytes[16 * j + 4 * r + q] = static_cast<uint8_t>(16 * r + 4 * j + q);
+  const __m512i perm = _mm512_load_si512(perm_bytes);
+  const __m512 vs = _mm512_set1_ps(s);
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const __m512i code = _mm512_permutexvar_epi8(perm, _mm512_loadu_si512(c + i));
+    const __mmask64 upper = _mm512_movepi8_mask(code);
+    __m512i b[4];
+    for (int k = 0; k < 4; ++k)
+      b[k] = _mm512_mask_blend_epi8(upper, _mm512_permutex2var_epi8(q[k][0], code, q[k][1]),
+                                    _mm512_permutex2var_epi8(q[k][2], code, q[k][3]));
+    const __m512i w01l = _mm512_unpacklo_epi8(b[0], b[1]), w01h = _mm512_unpackhi_epi8(b[0], b[1]);
+    const __m512i w23l = _mm512_unpacklo_epi8(b[2], b[3]), w23h = _mm512_unpackhi_epi8(b[2], b[3]);
+    _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(w01l, w23l)), vs));
+    _mm512_storeu_ps(out + i + 16, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(w01l, w23l)), vs));
+    _mm512_storeu_ps(out + i + 32, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(w01h, w23h)), vs));
+    _mm512_storeu_ps(out + i + 48, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(w01h, w23h)), vs));
+  }
+  return i;
+}
+
 FASTLR_Q8_AVX512 __attribute__((noinline)) void dequant(Avx512, const uint8_t* c, int64_t n, const float* map, float s,
                                                float* out) {
   const __m512 vs = _mm512_set1_ps(s);
-  int64_t i = 0;
+  int64_t i = has_vbmi() ? dequant_vbmi(c, n, planes_of(map), s, out) : 0;
   for (; i + 16 <= n; i += 16) {
     const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i)));
     _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_i32gather_ps(idx, map, 4), vs));
@@ -148,40 +210,6 @@ FASTLR_Q8_AVX512 __attribute__((noinline)) void quantize(Avx512, const float* x,
 }
 #endif
 
-// --------------------------------------------------------- param storage ---
-
-// Counter-based random bits for stochastic rounding: a function of (seed, step, tensor,
-// element), so any thread split and CPU level draws the same bits (the hash of
-// fastlr/rounding.hpp).
-
-struct StoreF32 {
-  using T = float;
-  static constexpr bool kRandom = false;
-  static FASTLR_Q8_INLINE void put(float& d, float x, uint32_t) { d = x; }
-};
-struct StoreBf16 {
-  using T = bf16;
-  static constexpr bool kRandom = false;
-  static FASTLR_Q8_INLINE void put(bf16& d, float x, uint32_t) { store(d, x); }
-};
-// torchao's _fp32_to_bf16_sr: away from zero with probability (low 16 bits) / 2^16, as
-// (bits + r) >> 16 with r uniform in [0, 2^16); NaN stays NaN (0x7FC0).
-struct StoreBf16Sr {
-  using T = bf16;
-  static constexpr bool kRandom = true;
-  static FASTLR_Q8_INLINE void put(bf16& d, float x, uint32_t r) {
-    uint32_t u;
-    std::memcpy(&u, &x, 4);
-    const bool is_nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
-    d.bits = static_cast<uint16_t>(is_nan ? 0x7FC0u : (u + (r & 0xFFFFu)) >> 16);
-  }
-};
-struct StoreF16 {
-  using T = f16;
-  static constexpr bool kRandom = false;
-  static FASTLR_Q8_INLINE void put(f16& d, float x, uint32_t) { store(d, x); }
-};
-
 // ------------------------------------------------------------- scalars ---
 
 FASTLR_Q8_INLINE uint32_t float_bits(float x) {
@@ -214,12 +242,6 @@ FASTLR_Q8_INLINE float lerp_by(const Lerp& l, float start, float end) {
   const float base = bits_float((float_bits(start) & l.start_mask) | (float_bits(end) & ~l.start_mask));
   return base + l.coef * (end - start);
 }
-struct Adam8Scalars {
-  float grad_mul, weight_decay, lr_wd, decay_factor, one_minus_beta1, beta2, one_minus_beta2,
-      bias_correction2_sqrt, eps, lr, step_size, neg_step_size;
-  uint32_t key;  // seed, step, for the random bits (the tensor is mixed in per block)
-  Lerp lerp1, lerp2;  // torchao: both moments; fastlr: exp_avg only
-};
 
 FASTLR_Q8_INLINE float block_scale(uint32_t absmax_bits) {
   // torchao: amax(|x|).clip(1e-12): NaN propagates (its bits are the largest), as inf
@@ -228,14 +250,55 @@ FASTLR_Q8_INLINE float block_scale(uint32_t absmax_bits) {
   return (s < 1e-12f) ? 1e-12f : s;
 }
 
-// ---------------------------------------------------------------- block ---
+// Random bits of stochastic rounding: the call's key from (seed, step), one per block
+// from (tensor id, element index >> 32), one hash per element.
+uint32_t call_key(uint64_t seed, double step) {
+  return lowbias32(static_cast<uint32_t>(seed) ^
+                   lowbias32(static_cast<uint32_t>(seed >> 32) ^ lowbias32(static_cast<uint32_t>(step))));
+}
+uint32_t block_key(uint32_t key, const Quant8List& list, int64_t i, int64_t start) {
+  const uint64_t id = list.tensor_ids ? static_cast<uint64_t>(list.tensor_ids[i]) : static_cast<uint64_t>(i);
+  return key ^ lowbias32(static_cast<uint32_t>(id) + 0x632BE5ABu) ^
+         lowbias32(static_cast<uint32_t>(id >> 32) * 0x9E3779B9u) ^ lowbias32(static_cast<uint32_t>(start >> 32));
+}
+FASTLR_Q8_INLINE uint32_t element_bits(uint32_t key, int64_t elem0, int64_t i) {
+  return lowbias32(key ^ lowbias32(static_cast<uint32_t>(elem0) + static_cast<uint32_t>(i))) & 0xFFFFu;
+}
 
-// One block of n <= kMaxBlock elements. ptrs: param, grad, exp_avg, exp_avg_sq,
-// max_exp_avg_sq (codes or dense); scales: the block's scale of each quantized role.
-template <class L, class P, Quant8Flavour F, WeightDecay WD, bool AMS, bool Q8>
+// One storage policy per block function (rounding.hpp): states are 8-bit codes.
+template <class P, Rounding R>
+using ParamOnly = Storage<P, P, uint8_t, NoMaster, R>;
+template <class P, class G>
+using WithMaster = Storage<P, G, uint8_t, float, Rounding::nearest>;
+
+// Stores the updated param (and master): the param is the master rounded to nearest, or
+// the value itself rounded as S says.
+template <class S>
+FASTLR_Q8_INLINE void put_param(typename S::Param& p, float* m, float x, uint32_t key, int64_t elem0, int64_t i) {
+  if constexpr (S::has_master) {
+    *m = x;
+    store(p, x);
+  } else {
+    const uint32_t r = S::rounding == Rounding::stochastic ? element_bits(key, elem0, i) : 0u;
+    store_rounded<S::rounding>(p, x, r);
+  }
+}
+
+// ------------------------------------------------- torchao-flavour block ---
+
+struct Adam8Scalars {
+  float grad_mul, weight_decay, lr_wd, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps,
+      step_size;
+  Lerp lerp1, lerp2;
+};
+
+// torchao's AdamW8bit for one block of n <= kMaxBlock elements (Q8: quantized state;
+// else dense state of the param's type, its small-tensor path). ptrs: param, grad,
+// exp_avg, exp_avg_sq, max_exp_avg_sq; scales: the block's scale of each quantized role.
+template <class L, class S, WeightDecay WD, bool AMS, bool Q8>
 FASTLR_Q8_INLINE void adam8_block(int64_t n, char* const* ptrs, float* const* scales, const Adam8Scalars& s,
                                   uint32_t key, int64_t elem0) {
-  using T = typename P::T;
+  using T = typename S::Param;
   T* __restrict p = reinterpret_cast<T*>(ptrs[0]);
   const T* __restrict g = reinterpret_cast<const T*>(ptrs[1]);
   alignas(64) float mb[kMaxBlock];
@@ -264,44 +327,21 @@ FASTLR_Q8_INLINE void adam8_block(int64_t n, char* const* ptrs, float* const* sc
   for (int64_t i = 0; i < n; ++i) {
     float pi = load(p[i]);
     float gi = load(g[i]) * s.grad_mul;
-    float mi, vi, denom_src;
-    if (F == Quant8Flavour::torchao) {
-      if (WD == WeightDecay::coupled) gi = gi + s.weight_decay * pi;
-      if (WD == WeightDecay::decoupled) pi = pi - s.lr_wd * pi;
-      mi = lerp_by(s.lerp1, m[i], gi);
-      vi = lerp_by(s.lerp2, v[i], gi * gi);
-      denom_src = vi;
-      if (AMS) {
-        const float xm = pick(x[i] < vi || vi != vi, vi, x[i]);
-        x[i] = xm;
-        denom_src = xm;
-      }
-      const float denom = std::sqrt(denom_src) / s.bias_correction2_sqrt + s.eps;
-      pi = pi - (s.step_size * mi) / denom;  // torchao: lr·(m/bc1)/denom (one division here)
-      m[i] = mi;
-      v[i] = vi;
-    } else {
-      // v holds sqrt(exp_avg_sq); an element whose sqrt(v) is below its block's smallest
-      // code forgets its exp_avg as well (it is as far below the block's resolution)
-      const float r = v[i];
-      const float m_in = pick(r == 0.0f, 0.0f, m[i]);
-      if (WD == WeightDecay::coupled) gi = gi + s.weight_decay * pi;
-      if (WD == WeightDecay::decoupled) pi = pi * s.decay_factor;
-      mi = lerp_by(s.lerp1, m_in, gi);
-      vi = (r * r) * s.beta2 + (s.one_minus_beta2 * gi) * gi;
-      float root = std::sqrt(vi);
-      v[i] = root;
-      if (AMS) {
-        const float xm = pick(x[i] < root || root != root, root, x[i]);
-        x[i] = xm;
-        root = xm;
-      }
-      const float denom = root / s.bias_correction2_sqrt + s.eps;
-      pi = pi + (s.neg_step_size * mi) / denom;
-      m[i] = mi;
+    if (WD == WeightDecay::coupled) gi = gi + s.weight_decay * pi;
+    if (WD == WeightDecay::decoupled) pi = pi - s.lr_wd * pi;
+    const float mi = lerp_by(s.lerp1, m[i], gi);
+    const float vi = lerp_by(s.lerp2, v[i], gi * gi);
+    float denom_src = vi;
+    if (AMS) {
+      const float xm = pick(x[i] < vi || vi != vi, vi, x[i]);
+      x[i] = xm;
+      denom_src = xm;
     }
-    const uint32_t r = P::kRandom ? lowbias32(key ^ lowbias32(static_cast<uint32_t>(elem0) + static_cast<uint32_t>(i))) : 0u;
-    P::put(p[i], pi, r);
+    const float denom = std::sqrt(denom_src) / s.bias_correction2_sqrt + s.eps;
+    pi = pi - (s.step_size * mi) / denom;  // torchao: lr·(m/bc1)/denom (one division here)
+    m[i] = mi;
+    v[i] = vi;
+    put_param<S>(p[i], nullptr, pi, key, elem0, i);
     if (Q8) {
       am = std::max(am, float_bits(m[i]) & 0x7FFFFFFFu);
       av = std::max(av, float_bits(v[i]) & 0x7FFFFFFFu);
@@ -332,15 +372,191 @@ FASTLR_Q8_INLINE void adam8_block(int64_t n, char* const* ptrs, float* const* sc
   }
 }
 
+// ------------------------------------------------- fastlr-flavour rules ---
+// torch.optim's per-element arithmetic (update.hpp, operation for operation) on the
+// dequantized state. Up to three state roles: uses(r) says which, is_signed(r) how each
+// is stored (signed map: the value; unsigned map: its square root, which the rule
+// receives and returns). Runtime options are masks (pick), not template parameters: one
+// block function per rule shape and storage.
+
+struct Q8Scalars {
+  float grad_mul, weight_decay, decay_factor, beta2, one_minus_beta2, bias_correction2_sqrt, eps, neg_lr,
+      momentum, one_minus_dampening;
+  bool coupled, nesterov, first;
+  Lerp lerp;  // exp_avg, grad_avg
+};
+
+FASTLR_Q8_INLINE float coupled_decay(const Q8Scalars& s, float g, float p) {
+  return pick(s.coupled, g + s.weight_decay * p, g);
+}
+
+// Adam/AdamW: exp_avg (signed), sqrt(exp_avg_sq), sqrt(max_exp_avg_sq). An element whose
+// sqrt(v) is below its block's smallest code (dequantizes to 0) forgets its exp_avg too:
+// it is as far below the block's resolution, and m/eps is no step to take.
+template <bool AMS>
+struct Adam8Rule {
+  static constexpr bool uses(int r) { return r < (AMS ? 3 : 2); }
+  static constexpr bool is_signed(int r) { return r == 0; }
+  static FASTLR_Q8_INLINE void update(float& p, float g, float& m, float& r, float& x, const Q8Scalars& s) {
+    g = g * s.grad_mul;
+    const float m_in = pick(r == 0.0f, 0.0f, m);
+    g = coupled_decay(s, g, p);
+    p = p * s.decay_factor;  // 1 unless decoupled
+    m = lerp_by(s.lerp, m_in, g);
+    const float v = (r * r) * s.beta2 + (s.one_minus_beta2 * g) * g;
+    float root = std::sqrt(v);
+    r = root;
+    if (AMS) {
+      x = pick(x < root || root != root, root, x);  // torch.maximum propagates NaN
+      root = x;
+    }
+    const float denom = root / s.bias_correction2_sqrt + s.eps;
+    p = p + (s.neg_lr * m) / denom;  // neg_lr: −lr / bias_correction1
+  }
+};
+
+// SGD: momentum_buffer (signed); without momentum no state (a momentum schedule at 0).
+template <bool MOM>
+struct Sgd8Rule {
+  static constexpr bool uses(int r) { return MOM && r == 0; }
+  static constexpr bool is_signed(int) { return true; }
+  static FASTLR_Q8_INLINE void update(float& p, float g, float& buf, float&, float&, const Q8Scalars& s) {
+    g = coupled_decay(s, g * s.grad_mul, p);
+    if (MOM) {
+      buf = pick(s.first, g, buf * s.momentum + s.one_minus_dampening * g);  // torch: clone(grad) first
+      g = pick(s.nesterov, g + s.momentum * buf, buf);
+    }
+    p = p + s.neg_lr * g;
+  }
+};
+
+// RMSprop: sqrt(square_avg), grad_avg (signed, centered), momentum_buffer (signed).
+// Centered: square_avg − grad_avg² is clamped at 0 before its square root: each is
+// quantized on its own, so the difference can come out negative (float32 torch: NaN).
+// As Adam's exp_avg, grad_avg restarts from 0 where sqrt(square_avg) dequantizes to 0.
+template <bool CENTERED, bool MOM>
+struct Rmsprop8Rule {
+  static constexpr bool uses(int r) { return r == 0 || (r == 1 && CENTERED) || (r == 2 && MOM); }
+  static constexpr bool is_signed(int r) { return r != 0; }
+  static FASTLR_Q8_INLINE void update(float& p, float g, float& r, float& ga, float& buf, const Q8Scalars& s) {
+    g = coupled_decay(s, g * s.grad_mul, p);
+    const float sq = (r * r) * s.beta2 + (s.one_minus_beta2 * g) * g;  // beta2: alpha
+    float avg;
+    if (CENTERED) {
+      ga = lerp_by(s.lerp, pick(r == 0.0f, 0.0f, ga), g);
+      const float var = sq + (-1.0f * ga) * ga;
+      avg = std::sqrt(pick(var < 0.0f, 0.0f, var));
+      r = std::sqrt(sq);
+    } else {
+      avg = std::sqrt(sq);
+      r = avg;
+    }
+    avg = avg + s.eps;
+    if (MOM) {
+      buf = pick(s.first, 0.0f, buf * s.momentum) + g / avg;
+      p = p + s.neg_lr * buf;
+    } else {
+      p = p + (s.neg_lr * g) / avg;
+    }
+  }
+};
+
+// Adagrad: sqrt(sum). neg_lr: −lr / (1 + (step − 1)·lr_decay).
+struct Adagrad8Rule {
+  static constexpr bool uses(int r) { return r == 0; }
+  static constexpr bool is_signed(int) { return false; }
+  static FASTLR_Q8_INLINE void update(float& p, float g, float& r, float&, float&, const Q8Scalars& s) {
+    g = coupled_decay(s, g * s.grad_mul, p);
+    const float sum = r * r + g * g;
+    r = std::sqrt(sum);
+    p = p + (s.neg_lr * g) / (r + s.eps);
+  }
+};
+
+// ---------------------------------------------------------------- block ---
+
+struct Q8Block {
+  char* param;
+  const char* grad;
+  float* master;
+  uint8_t* codes[3];
+  float* scale[3];
+  uint32_t key;
+  int64_t elem0;
+};
+
+template <class Rule>
+constexpr const float* role_map(int r) {
+  return Rule::is_signed(r) ? quant8::kSignedMap : quant8::kUnsignedMap;
+}
+template <class Rule>
+const Quant8Table& role_table(int r) {
+  return Rule::is_signed(r) ? quant8::signed_table() : quant8::unsigned_table();
+}
+
+// One block of n <= kMaxBlock elements: dequantize each state role into an L1 buffer,
+// update (params and masters written in place), take each role's absmax, re-quantize.
+template <class L, class S, class Rule>
+FASTLR_Q8_INLINE void q8_block(int64_t n, const Q8Block& b, const Q8Scalars& s) {
+  using P = typename S::Param;
+  using G = typename S::Grad;
+  P* __restrict p = reinterpret_cast<P*>(b.param);
+  const G* __restrict g = reinterpret_cast<const G*>(b.grad);
+  float* __restrict mp = b.master;
+  alignas(64) float buf0[Rule::uses(0) ? kMaxBlock : 1];
+  alignas(64) float buf1[Rule::uses(1) ? kMaxBlock : 1];
+  alignas(64) float buf2[Rule::uses(2) ? kMaxBlock : 1];
+  float* const bufs[3] = {buf0, buf1, buf2};
+  for (int r = 0; r < 3; ++r)
+    if (Rule::uses(r)) dequant(L{}, b.codes[r], n, role_map<Rule>(r), *b.scale[r], bufs[r]);
+  float* __restrict x0 = buf0;
+  float* __restrict x1 = buf1;
+  float* __restrict x2 = buf2;
+  uint32_t a0 = 0, a1 = 0, a2 = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    float pi = S::has_master ? mp[i] : load(p[i]);
+    float v0 = Rule::uses(0) ? x0[i] : 0.0f;
+    float v1 = Rule::uses(1) ? x1[i] : 0.0f;
+    float v2 = Rule::uses(2) ? x2[i] : 0.0f;
+    Rule::update(pi, load(g[i]), v0, v1, v2, s);
+    put_param<S>(p[i], mp + i, pi, b.key, b.elem0, i);
+    if (Rule::uses(0)) {
+      x0[i] = v0;
+      a0 = std::max(a0, float_bits(v0) & 0x7FFFFFFFu);
+    }
+    if (Rule::uses(1)) {
+      x1[i] = v1;
+      a1 = std::max(a1, float_bits(v1) & 0x7FFFFFFFu);
+    }
+    if (Rule::uses(2)) {
+      x2[i] = v2;
+      a2 = std::max(a2, float_bits(v2) & 0x7FFFFFFFu);
+    }
+  }
+  const uint32_t amax[3] = {a0, a1, a2};
+  for (int r = 0; r < 3; ++r) {
+    if (!Rule::uses(r)) continue;
+    const float sc = block_scale(amax[r]);
+    *b.scale[r] = sc;
+    // x·(1/scale): one division per block instead of one per element
+    quantize(L{}, bufs[r], n, 1.0f / sc, role_table<Rule>(r), b.codes[r]);
+  }
+}
+
 using BlockFn = void (*)(int64_t n, char* const* ptrs, float* const* scales, const Adam8Scalars& s, uint32_t key,
                          int64_t elem0);
+using Q8Fn = void (*)(int64_t n, const Q8Block& b, const Q8Scalars& s);
 
 #define FASTLR_Q8_STAMP(NS, TAG, TARGET)                                                              \
   namespace NS {                                                                                      \
-  template <class P, Quant8Flavour F, WeightDecay WD, bool AMS, bool Q8>                              \
+  template <class S, WeightDecay WD, bool AMS, bool Q8>                                               \
   TARGET void adam8(int64_t n, char* const* ptrs, float* const* scales, const Adam8Scalars& s,        \
                     uint32_t key, int64_t elem0) {                                                    \
-    adam8_block<TAG, P, F, WD, AMS, Q8>(n, ptrs, scales, s, key, elem0);                              \
+    adam8_block<TAG, S, WD, AMS, Q8>(n, ptrs, scales, s, key, elem0);                                 \
+  }                                                                                                   \
+  template <class S, class Rule>                                                                      \
+  TARGET void q8(int64_t n, const Q8Block& b, const Q8Scalars& s) {                                   \
+    q8_block<TAG, S, Rule>(n, b, s);                                                                  \
   }                                                                                                   \
   TARGET void codes(const float* x, int64_t n, const Quant8Table& t, uint8_t* out) {                  \
     quantize(TAG{}, x, n, 1.0f, t, out);                                                              \
@@ -353,115 +569,87 @@ FASTLR_Q8_STAMP(q8_avx2, Avx2, FASTLR_Q8_AVX2)
 FASTLR_Q8_STAMP(q8_avx512, Avx512, FASTLR_Q8_AVX512)
 #endif
 
-template <class P, Quant8Flavour F, WeightDecay WD, bool AMS, bool Q8>
+// ------------------------------------------------------------- dispatch ---
+
+template <class S, WeightDecay WD, bool AMS, bool Q8>
 BlockFn pick_level(CpuLevel level) {
 #if FASTLR_Q8_X86
-  if (level == CpuLevel::avx512) return &q8_avx512::adam8<P, F, WD, AMS, Q8>;
-  if (level == CpuLevel::avx2) return &q8_avx2::adam8<P, F, WD, AMS, Q8>;
+  if (level == CpuLevel::avx512) return &q8_avx512::adam8<S, WD, AMS, Q8>;
+  if (level == CpuLevel::avx2) return &q8_avx2::adam8<S, WD, AMS, Q8>;
 #endif
   (void)level;
-  return &q8_baseline::adam8<P, F, WD, AMS, Q8>;
+  return &q8_baseline::adam8<S, WD, AMS, Q8>;
 }
 
-template <class P, Quant8Flavour F, WeightDecay WD>
+template <class S, WeightDecay WD>
 BlockFn pick_mode(bool ams, bool q8, CpuLevel level) {
-  if (F == Quant8Flavour::fastlr)  // the fastlr flavour always quantizes (small tensors use adam())
-    return ams ? pick_level<P, F, WD, true, true>(level) : pick_level<P, F, WD, false, true>(level);
-  if (ams) return q8 ? pick_level<P, F, WD, true, true>(level) : pick_level<P, F, WD, true, false>(level);
-  return q8 ? pick_level<P, F, WD, false, true>(level) : pick_level<P, F, WD, false, false>(level);
+  if (ams) return q8 ? pick_level<S, WD, true, true>(level) : pick_level<S, WD, true, false>(level);
+  return q8 ? pick_level<S, WD, false, true>(level) : pick_level<S, WD, false, false>(level);
 }
 
-template <class P, Quant8Flavour F>
-BlockFn pick_wd(bool coupled, bool ams, bool q8, CpuLevel level) {
-  return coupled ? pick_mode<P, F, WeightDecay::coupled>(ams, q8, level)
-                 : pick_mode<P, F, WeightDecay::decoupled>(ams, q8, level);
+template <class S>
+BlockFn pick_torchao(bool coupled, bool ams, bool q8, CpuLevel level) {
+  return coupled ? pick_mode<S, WeightDecay::coupled>(ams, q8, level)
+                 : pick_mode<S, WeightDecay::decoupled>(ams, q8, level);
 }
 
-template <class P>
-BlockFn pick_flavour(Quant8Flavour f, bool coupled, bool ams, bool q8, CpuLevel level) {
-  return f == Quant8Flavour::fastlr ? pick_wd<P, Quant8Flavour::fastlr>(coupled, ams, q8, level)
-                                    : pick_wd<P, Quant8Flavour::torchao>(coupled, ams, q8, level);
+template <class S, class Rule>
+Q8Fn pick_q8_level(CpuLevel level) {
+#if FASTLR_Q8_X86
+  if (level == CpuLevel::avx512) return &q8_avx512::q8<S, Rule>;
+  if (level == CpuLevel::avx2) return &q8_avx2::q8<S, Rule>;
+#endif
+  (void)level;
+  return &q8_baseline::q8<S, Rule>;
 }
 
-int param_size(ParamStore p) { return p == ParamStore::f32 ? 4 : 2; }
-
-}  // namespace
-
-void adam8(const Quant8List& list, int64_t* offsets, const Adam8Args& a) {
-  if (list.block < 1 || list.block > kMaxBlock) throw std::invalid_argument("block_size must be in [1, 4096]");
-  // Weight decay 0 runs as decoupled with factor 1 (p·1 and p − 0·p are exact).
-  const bool coupled = a.weight_decay != 0.0 && !a.decoupled_weight_decay;
-  BlockFn fn;
-  const CpuLevel level = cpu_level();
-  switch (a.store) {
-    case ParamStore::bf16: fn = pick_flavour<StoreBf16>(a.flavour, coupled, a.amsgrad, list.q8, level); break;
-    case ParamStore::bf16_sr: fn = pick_flavour<StoreBf16Sr>(a.flavour, coupled, a.amsgrad, list.q8, level); break;
-    case ParamStore::f16: fn = pick_flavour<StoreF16>(a.flavour, coupled, a.amsgrad, list.q8, level); break;
-    default: fn = pick_flavour<StoreF32>(a.flavour, coupled, a.amsgrad, list.q8, level); break;
+// The storages built: float32; bfloat16/float16 rounded to nearest or stochastically;
+// bfloat16/float16 with a float32 master and grads of the params' type or float32.
+template <class Rule>
+Q8Fn pick_storage(const Quant8Precision& p, CpuLevel level) {
+  const bool sr = p.stochastic;
+  if (p.master) {
+    const bool f32_grad = p.grad == DType::float32;
+    if (p.param == DType::bfloat16)
+      return f32_grad ? pick_q8_level<WithMaster<bf16, float>, Rule>(level)
+                      : pick_q8_level<WithMaster<bf16, bf16>, Rule>(level);
+    return f32_grad ? pick_q8_level<WithMaster<f16, float>, Rule>(level)
+                    : pick_q8_level<WithMaster<f16, f16>, Rule>(level);
   }
-  const double bc1 = 1.0 - std::pow(a.beta1, a.step);
-  const double bc2 = 1.0 - std::pow(a.beta2, a.step);
-  Adam8Scalars s;
-  s.grad_mul = static_cast<float>(a.grad_mul);
-  s.weight_decay = static_cast<float>(a.weight_decay);
-  s.one_minus_beta1 = static_cast<float>(1.0 - a.beta1);
-  s.beta2 = static_cast<float>(a.beta2);
-  s.one_minus_beta2 = static_cast<float>(1.0 - a.beta2);
-  s.eps = static_cast<float>(a.eps);
-  s.lr = static_cast<float>(a.lr);
-  s.lerp1 = make_lerp(s.one_minus_beta1);
-  s.lerp2 = make_lerp(s.one_minus_beta2);
-  if (a.flavour == Quant8Flavour::torchao) {
-    // torchao's scalars are float32 tensors: lr·wd and the bias corrections in float32
-    s.lr_wd = static_cast<float>(static_cast<double>(s.lr) * static_cast<float>(a.weight_decay));
-    s.decay_factor = 1.0f;
-    s.bias_correction2_sqrt = std::sqrt(static_cast<float>(bc2));
-    s.step_size = static_cast<float>(a.lr / bc1);
-    s.neg_step_size = 0.0f;
-  } else {  // torch.optim.Adam's, as kernels.cpp
-    s.lr_wd = 0.0f;
-    s.decay_factor = static_cast<float>(coupled || a.weight_decay == 0.0 ? 1.0 : 1.0 - a.lr * a.weight_decay);
-    s.bias_correction2_sqrt = static_cast<float>(std::pow(bc2, 0.5));
-    s.step_size = 0.0f;
-    s.neg_step_size = static_cast<float>(-(a.lr / bc1));
+  switch (p.param) {
+    case DType::bfloat16:
+      return sr ? pick_q8_level<ParamOnly<bf16, Rounding::stochastic>, Rule>(level)
+                : pick_q8_level<ParamOnly<bf16, Rounding::nearest>, Rule>(level);
+    case DType::float16:
+      return sr ? pick_q8_level<ParamOnly<f16, Rounding::stochastic>, Rule>(level)
+                : pick_q8_level<ParamOnly<f16, Rounding::nearest>, Rule>(level);
+    default:
+      return pick_q8_level<ParamOnly<float, Rounding::nearest>, Rule>(level);
   }
-  s.key = lowbias32(static_cast<uint32_t>(a.seed) ^
-                lowbias32(static_cast<uint32_t>(a.seed >> 32) ^ lowbias32(static_cast<uint32_t>(a.step))));
+}
 
+// Runs f(i, j, start, n) for every block j of every tensor i, on the threads in chunks of
+// about kChunkElements elements from a shared counter (the result does not depend on the
+// split: blocks are independent).
+template <class F>
+void for_each_block(const Quant8List& list, int64_t* offsets, F&& f) {
   const int64_t block = list.block;
-  const int psize = param_size(a.store);
-  const int ssize = list.q8 ? 1 : psize;
   offsets[0] = 0;
   for (int64_t i = 0; i < list.size; ++i) offsets[i + 1] = offsets[i] + (list.numel[i] + block - 1) / block;
   const int64_t total_blocks = offsets[list.size];
   if (total_blocks == 0) return;
   int64_t total = 0;
   for (int64_t i = 0; i < list.size; ++i) total += list.numel[i];
-  const Adam8Scalars& sc = s;
-
   auto run_block = [&](int64_t b) {
     const int64_t i = std::upper_bound(offsets, offsets + list.size + 1, b) - offsets - 1;
     const int64_t j = b - offsets[i];
     const int64_t start = j * block;
-    const int64_t n = std::min(block, list.numel[i] - start);
-    char* ptrs[5] = {list.param[i] + start * psize, list.grad[i] + start * psize, nullptr, nullptr, nullptr};
-    float* sp[3] = {nullptr, nullptr, nullptr};
-    for (int r = 0; r < 3; ++r) {
-      if (list.state[r] == nullptr || list.state[r][i] == nullptr) continue;
-      ptrs[2 + r] = list.state[r][i] + start * ssize;
-      if (list.q8) sp[r] = list.scale[r][i] + j;
-    }
-    // random bits keyed by (seed, step, tensor, element): elements past 2^32 in the key
-    const uint32_t key = sc.key ^ lowbias32(static_cast<uint32_t>(i) + 0x632BE5ABu) ^
-                         lowbias32(static_cast<uint32_t>(start >> 32));
-    fn(n, ptrs, sp, sc, key, start);
+    f(i, j, start, std::min(block, list.numel[i] - start));
   };
-
   const int64_t by_grain = std::max<int64_t>(1, total / kMinElementsPerThread);
   const int nt = static_cast<int>(std::min<int64_t>(std::max(get_num_threads(), 1), by_grain));
 #if defined(_OPENMP)
   if (nt > 1) {
-    // chunks of ~kChunkElements elements, handed out from a shared counter
     const int64_t per_chunk = std::max<int64_t>(1, kChunkElements / block);
     const int64_t chunks = (total_blocks + per_chunk - 1) / per_chunk;
     std::atomic<int64_t> next{0};
@@ -479,6 +667,172 @@ void adam8(const Quant8List& list, int64_t* offsets, const Adam8Args& a) {
   for (int64_t b = 0; b < total_blocks; ++b) run_block(b);
 }
 
+void check_list(const Quant8Precision& prec, const Quant8List& list) {
+  if (list.block < 1 || list.block > kMaxBlock) throw std::invalid_argument("block_size must be in [1, 4096]");
+  const std::string why = unsupported_quant8_precision(prec);
+  if (!why.empty()) throw std::invalid_argument(why);
+  if (prec.master && list.master == nullptr) throw std::invalid_argument("masters are required");
+}
+
+// The fastlr-flavour call: one rule over the list.
+template <class Rule>
+void run_q8(const Quant8Precision& prec, const Quant8List& list, int64_t* offsets, const Q8Scalars& s,
+            uint32_t key) {
+  const Q8Fn fn = pick_storage<Rule>(prec, cpu_level());
+  const int psize = dtype_size(prec.param), gsize = dtype_size(prec.grad);
+  for_each_block(list, offsets, [&](int64_t i, int64_t j, int64_t start, int64_t n) {
+    Q8Block b{};
+    b.param = list.param[i] + start * psize;
+    b.grad = list.grad[i] + start * gsize;
+    b.master = prec.master ? reinterpret_cast<float*>(list.master[i]) + start : nullptr;
+    for (int r = 0; r < 3; ++r) {
+      if (!Rule::uses(r)) continue;
+      b.codes[r] = reinterpret_cast<uint8_t*>(list.state[r][i]) + start;
+      b.scale[r] = list.scale[r][i] + j;
+    }
+    b.key = block_key(key, list, i, start);
+    b.elem0 = start;
+    fn(n, b, s);
+  });
+}
+
+void require_states(const Quant8List& list, std::initializer_list<std::pair<int, const char*>> roles) {
+  for (const auto& r : roles)
+    if (list.state[r.first] == nullptr || list.scale[r.first] == nullptr)
+      throw std::invalid_argument(std::string(r.second) + " are required");
+}
+
+Q8Scalars base_scalars(double grad_mul, double weight_decay, bool coupled) {
+  Q8Scalars s{};
+  s.grad_mul = static_cast<float>(grad_mul);
+  s.weight_decay = static_cast<float>(weight_decay);
+  s.coupled = coupled && weight_decay != 0.0;
+  s.decay_factor = 1.0f;
+  s.lerp = make_lerp(0.0f);
+  return s;
+}
+
+}  // namespace
+
+std::string unsupported_quant8_precision(const Quant8Precision& p) {
+  if (p.param != DType::float32 && p.param != DType::bfloat16 && p.param != DType::float16)
+    return "8-bit state kernels take float32, bfloat16 or float16 params";
+  if (p.master && p.param == DType::float32)
+    return "masters are for bfloat16/float16 params";
+  if (p.grad != p.param && !(p.master && p.grad == DType::float32))
+    return "grads must have the params' dtype (or float32 with masters)";
+  return "";
+}
+
+void adam8(const Quant8List& list, int64_t* offsets, const Adam8Args& a) {
+  const bool coupled = a.weight_decay != 0.0 && !a.decoupled_weight_decay;
+  const double bc1 = 1.0 - std::pow(a.beta1, a.step);
+  const double bc2 = 1.0 - std::pow(a.beta2, a.step);
+  const uint32_t key = call_key(a.seed, a.step);
+  const DType param = a.store == ParamStore::f32 ? DType::float32
+                      : a.store == ParamStore::f16 ? DType::float16
+                                                   : DType::bfloat16;
+  if (a.flavour == Quant8Flavour::fastlr) {
+    if (!list.q8) throw std::invalid_argument("the fastlr flavour always quantizes (q8=True)");
+    const Quant8Precision prec{param, a.grad, a.master, a.store == ParamStore::bf16_sr && !a.master};
+    check_list(prec, list);
+    require_states(list, {{0, "exp_avgs"}, {1, "exp_avg_sqs"}});
+    if (a.amsgrad) require_states(list, {{2, "max_exp_avg_sqs"}});
+    // torch.optim.Adam's scalars, as kernels.cpp (weight decay 0 runs as factor 1: exact)
+    Q8Scalars s = base_scalars(a.grad_mul, a.weight_decay, coupled);
+    s.decay_factor = static_cast<float>(coupled || a.weight_decay == 0.0 ? 1.0 : 1.0 - a.lr * a.weight_decay);
+    s.beta2 = static_cast<float>(a.beta2);
+    s.one_minus_beta2 = static_cast<float>(1.0 - a.beta2);
+    s.bias_correction2_sqrt = static_cast<float>(std::pow(bc2, 0.5));
+    s.eps = static_cast<float>(a.eps);
+    s.neg_lr = static_cast<float>(-(a.lr / bc1));
+    s.lerp = make_lerp(static_cast<float>(1.0 - a.beta1));
+    if (a.amsgrad) return run_q8<Adam8Rule<true>>(prec, list, offsets, s, key);
+    return run_q8<Adam8Rule<false>>(prec, list, offsets, s, key);
+  }
+  if (a.master || a.grad != param) throw std::invalid_argument("the torchao flavour takes no masters");
+  if (list.block < 1 || list.block > kMaxBlock) throw std::invalid_argument("block_size must be in [1, 4096]");
+  BlockFn fn;
+  const CpuLevel level = cpu_level();
+  using RN = Rounding;
+  switch (a.store) {
+    case ParamStore::bf16: fn = pick_torchao<ParamOnly<bf16, RN::nearest>>(coupled, a.amsgrad, list.q8, level); break;
+    case ParamStore::bf16_sr:
+      fn = pick_torchao<ParamOnly<bf16, RN::stochastic>>(coupled, a.amsgrad, list.q8, level);
+      break;
+    case ParamStore::f16: fn = pick_torchao<ParamOnly<f16, RN::nearest>>(coupled, a.amsgrad, list.q8, level); break;
+    default: fn = pick_torchao<ParamOnly<float, RN::nearest>>(coupled, a.amsgrad, list.q8, level); break;
+  }
+  // torchao's scalars are float32 tensors: lr·wd and the bias corrections in float32
+  Adam8Scalars s;
+  s.grad_mul = static_cast<float>(a.grad_mul);
+  s.weight_decay = static_cast<float>(a.weight_decay);
+  s.one_minus_beta1 = static_cast<float>(1.0 - a.beta1);
+  s.beta2 = static_cast<float>(a.beta2);
+  s.one_minus_beta2 = static_cast<float>(1.0 - a.beta2);
+  s.eps = static_cast<float>(a.eps);
+  s.lerp1 = make_lerp(s.one_minus_beta1);
+  s.lerp2 = make_lerp(s.one_minus_beta2);
+  s.lr_wd = static_cast<float>(static_cast<double>(static_cast<float>(a.lr)) * static_cast<float>(a.weight_decay));
+  s.bias_correction2_sqrt = std::sqrt(static_cast<float>(bc2));
+  s.step_size = static_cast<float>(a.lr / bc1);
+  const int psize = dtype_size(param);
+  const int ssize = list.q8 ? 1 : psize;
+  for_each_block(list, offsets, [&](int64_t i, int64_t j, int64_t start, int64_t n) {
+    char* ptrs[5] = {list.param[i] + start * psize, list.grad[i] + start * psize, nullptr, nullptr, nullptr};
+    float* sp[3] = {nullptr, nullptr, nullptr};
+    for (int r = 0; r < 3; ++r) {
+      if (list.state[r] == nullptr || list.state[r][i] == nullptr) continue;
+      ptrs[2 + r] = list.state[r][i] + start * ssize;
+      if (list.q8) sp[r] = list.scale[r][i] + j;
+    }
+    fn(n, ptrs, sp, s, block_key(key, list, i, start), start);
+  });
+}
+
+void sgd8(const Quant8Precision& prec, const Quant8List& list, int64_t* offsets, const Sgd8Args& a) {
+  check_list(prec, list);
+  if (a.use_momentum) require_states(list, {{0, "momentum_buffers"}});
+  Q8Scalars s = base_scalars(a.grad_mul, a.weight_decay, true);
+  s.momentum = static_cast<float>(a.momentum);
+  s.one_minus_dampening = static_cast<float>(1.0 - a.dampening);
+  s.neg_lr = static_cast<float>(-a.lr);
+  s.nesterov = a.nesterov;
+  s.first = a.first_step;
+  const uint32_t key = call_key(a.seed, static_cast<double>(a.step));
+  if (a.use_momentum) return run_q8<Sgd8Rule<true>>(prec, list, offsets, s, key);
+  run_q8<Sgd8Rule<false>>(prec, list, offsets, s, key);
+}
+
+void rmsprop8(const Quant8Precision& prec, const Quant8List& list, int64_t* offsets, const Rmsprop8Args& a) {
+  check_list(prec, list);
+  require_states(list, {{0, "square_avgs"}});
+  if (a.centered) require_states(list, {{1, "grad_avgs"}});
+  if (a.use_momentum) require_states(list, {{2, "momentum_buffers"}});
+  Q8Scalars s = base_scalars(a.grad_mul, a.weight_decay, true);
+  s.beta2 = static_cast<float>(a.alpha);
+  s.one_minus_beta2 = static_cast<float>(1.0 - a.alpha);
+  s.lerp = make_lerp(static_cast<float>(1.0 - a.alpha));
+  s.eps = static_cast<float>(a.eps);
+  s.momentum = static_cast<float>(a.momentum);
+  s.neg_lr = static_cast<float>(-a.lr);
+  s.first = a.first_step;
+  const uint32_t key = call_key(a.seed, static_cast<double>(a.step));
+  if (a.centered)
+    return a.use_momentum ? run_q8<Rmsprop8Rule<true, true>>(prec, list, offsets, s, key)
+                          : run_q8<Rmsprop8Rule<true, false>>(prec, list, offsets, s, key);
+  return a.use_momentum ? run_q8<Rmsprop8Rule<false, true>>(prec, list, offsets, s, key)
+                        : run_q8<Rmsprop8Rule<false, false>>(prec, list, offsets, s, key);
+}
+
+void adagrad8(const Quant8Precision& prec, const Quant8List& list, int64_t* offsets, const Adagrad8Args& a) {
+  check_list(prec, list);
+  require_states(list, {{0, "state_sums"}});
+  Q8Scalars s = base_scalars(a.grad_mul, a.weight_decay, true);
+  s.eps = static_cast<float>(a.eps);
+  s.neg_lr = static_cast<float>(-(a.lr / (1.0 + static_cast<double>(a.step - 1) * a.lr_decay)));
+  run_q8<Adagrad8Rule>(prec, list, offsets, s, call_key(a.seed, static_cast<double>(a.step)));
+}
 void quant8_codes(const float* x, int64_t n, bool signed_map, int level, uint8_t* out) {
   const Quant8Table& t = signed_map ? quant8::signed_table() : quant8::unsigned_table();
   if (level < 0) {

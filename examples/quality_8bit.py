@@ -1,7 +1,8 @@
 """Quality of 8-bit AdamW state: a teacher-student MLP (64 -> 256 -> 256 -> 16, every
 weight matrix >= 4096 elements, so its state is 8-bit) trained with float32 AdamW
-(torch.optim), fastlr's AdamW8bit (torchao's semantics), fastlr's 8-bit variant
-(sqrt(v) + zero-code guard, `variant="fastlr"`) and, when installed, torchao's AdamW8bit
+(torch.optim), fastlr's AdamW8bit (torchao's semantics), fastlr's own encoding
+(`fastlr.optim.AdamW(state_dtype="8bit")`: sqrt(v) + zero-code guard), the same with bf16
+params and fp32 master weights (the model runs in bf16) and, when installed, torchao's AdamW8bit
 (run eagerly: the same arithmetic without minutes of compiling). Two gradient regimes:
 the plain regression, and the same with heavy-tailed gradients (a few output units' losses
 scaled by 1e4, many others by 1e-3). Prints final eval losses (and their ratio to float32),
@@ -52,11 +53,23 @@ def torchao_eager(params):
     return step
 
 
+def master_8bit(params):
+    """bf16 params (the model runs in bf16), fp32 master weights and 8-bit state; None when
+    this build has no 8-bit kernel with master weights."""
+    try:
+        opt = fastlr.optim.AdamW(params, lr=LR, weight_decay=WD, state_dtype="8bit", master_weights=True)
+    except (NotImplementedError, TypeError, ValueError):
+        return None
+    return opt.step
+
+
 OPTIMIZERS = {
     "float32 AdamW (torch)": lambda ps: torch.optim.AdamW(ps, lr=LR, weight_decay=WD).step,
     "fastlr AdamW8bit": lambda ps: fastlr.optim.AdamW8bit(ps, lr=LR, weight_decay=WD).step,
-    "fastlr AdamW8bit variant=fastlr": lambda ps: fastlr.optim.AdamW8bit(ps, lr=LR, weight_decay=WD,
-                                                                         variant="fastlr").step,
+    # the fastlr encoding (sqrt(v), zero-code guard), as the drop-in classes' option
+    "fastlr AdamW state_dtype=8bit": lambda ps: fastlr.optim.AdamW(ps, lr=LR, weight_decay=WD,
+                                                                   state_dtype="8bit").step,
+    "bf16 params, fp32 master, 8-bit state": master_8bit,
     "torchao AdamW8bit": torchao_eager,
 }
 
@@ -64,9 +77,13 @@ OPTIMIZERS = {
 def train(name, steps, heavy, seed=0):
     X, Y, Xe, Ye = problem(seed)
     net = model(seed)
+    if name.startswith("bf16 params"):
+        net = net.to(torch.bfloat16)
+        X, Y = X.to(torch.bfloat16), Y.to(torch.bfloat16)
     step = OPTIMIZERS[name](list(net.parameters()))
     if step is None:
         return None
+    evaluator = model(seed)
     weight = torch.ones(D_OUT)
     if heavy:  # per-output loss weights spanning 7 decades: heavy-tailed grads in the last layer
         weight[:2] = 1e4
@@ -80,9 +97,10 @@ def train(name, steps, heavy, seed=0):
         loss.backward()
         step()
         if t % 25 == 0 or t == steps:
-            with torch.no_grad():
-                curve.append((t, (((net(Xe) - Ye) ** 2)).mean().item()))
-    return curve, [p.detach().clone() for p in net.parameters()]
+            with torch.no_grad():  # the weights in float32: measures them, not bf16 arithmetic
+                evaluator.load_state_dict({k: v.float() for k, v in net.state_dict().items()})
+                curve.append((t, (((evaluator(Xe) - Ye) ** 2)).mean().item()))
+    return curve, [p.detach().float().clone() for p in net.parameters()]
 
 
 def main():
@@ -97,17 +115,17 @@ def main():
             t0 = time.perf_counter()
             r = train(name, args.steps, heavy)
             if r is None:
-                print(f"{name}: not installed")
+                print(f"{name}: not available (torchao not installed, or no such kernel in this build)")
                 continue
             results[(heavy, name)] = r
-            print(f"{'heavy-tailed' if heavy else 'plain':12s} {name:34s} final eval MSE {r[0][-1][1]:.5f} "
+            print(f"{'heavy-tailed' if heavy else 'plain':12s} {name:38s} final eval MSE {r[0][-1][1]:.5f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     for heavy in (False, True):
         ref = results[(heavy, "float32 AdamW (torch)")][0][-1][1]
         for name in OPTIMIZERS:
             if (heavy, name) in results:
                 final = results[(heavy, name)][0][-1][1]
-                print(f"{'heavy-tailed' if heavy else 'plain':12s} {name:34s} {final:.5f}  "
+                print(f"{'heavy-tailed' if heavy else 'plain':12s} {name:38s} {final:.5f}  "
                       f"{100 * (final / ref - 1):+.2f} % vs float32")
     ours = train("fastlr AdamW8bit", 100, False)
     theirs = train("torchao AdamW8bit", 100, False)
@@ -123,7 +141,8 @@ def main():
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     styles = {"float32 AdamW (torch)": ("k", "-"), "fastlr AdamW8bit": ("tab:blue", "-"),
-              "fastlr AdamW8bit variant=fastlr": ("tab:green", "--"), "torchao AdamW8bit": ("tab:red", ":")}
+              "fastlr AdamW state_dtype=8bit": ("tab:green", "--"),
+              "bf16 params, fp32 master, 8-bit state": ("tab:purple", "-."), "torchao AdamW8bit": ("tab:red", ":")}
     for ax, heavy in zip(axes, (False, True)):
         for name in OPTIMIZERS:
             if (heavy, name) in results:

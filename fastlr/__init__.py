@@ -8,7 +8,10 @@ from __future__ import annotations
 import numbers
 
 from . import _C
-from ._kernels import adagrad_step, adam8bit_step, adam_step, rmsprop_step, sgd_step
+from ._kernels import (
+    adagrad8bit_step, adagrad_step, adam8bit_step, adam_step, rmsprop8bit_step, rmsprop_step,
+    sgd8bit_step, sgd_step,
+)
 from ._schedulefree_kernels import (
     ScheduleFreeStep, adamw_schedulefree_step, radam_schedulefree_step, schedulefree_eval,
     schedulefree_train, sgd_schedulefree_step,
@@ -26,6 +29,9 @@ __all__ = [
     "adam8bit_step",
     "rmsprop_step",
     "adagrad_step",
+    "sgd8bit_step",
+    "rmsprop8bit_step",
+    "adagrad8bit_step",
     "sgd_schedulefree_step",
     "adamw_schedulefree_step",
     "radam_schedulefree_step",

@@ -27,7 +27,8 @@ import numpy as np
 from . import _C
 from .schedules import Schedule
 
-__all__ = ["sgd_step", "adam_step", "adam8bit_step", "rmsprop_step", "adagrad_step"]
+__all__ = ["sgd_step", "adam_step", "adam8bit_step", "rmsprop_step", "adagrad_step", "sgd8bit_step",
+           "rmsprop8bit_step", "adagrad8bit_step"]
 
 _DTYPE_CODES = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}
 _MAX_STEP = 2**53
@@ -397,7 +398,7 @@ def adam8bit_step(params, grads, exp_avg_codes, exp_avg_scales, exp_avg_sq_codes
                   step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                   decoupled_weight_decay=False, amsgrad=False, max_exp_avg_sq_codes=None,
                   max_exp_avg_sq_scales=None, block_size=256, variant="fastlr",
-                  stochastic_rounding=False, seed=0):
+                  stochastic_rounding=False, seed=0, master_params=None, maximize=False, tensor_ids=None):
     """One Adam/AdamW step with block-wise 8-bit state, in place (one fused pass).
 
     Each state is ``codes`` (uint8, the param's shape) and ``scales`` (float32, one per block
@@ -414,8 +415,12 @@ def adam8bit_step(params, grads, exp_avg_codes, exp_avg_scales, exp_avg_sq_codes
     Args:
         params, grads: float32, bfloat16 or float16 ndarrays (or lists of them).
         step: the 1-based index of this update; lr, beta1: float or Schedule.
-        stochastic_rounding: bfloat16 params are written with stochastic rounding, random
-            bits keyed by (seed, step, tensor, element).
+        stochastic_rounding: bfloat16 params (without master_params) are written with
+            stochastic rounding, random bits keyed by (seed, step, tensor_ids[i], element).
+        master_params: float32 masters of bfloat16/float16 params (``variant="fastlr"``):
+            the step runs on the master (grads of the params' dtype or float32) and each
+            param is written as its master rounded to nearest (not read).
+        maximize: ascend instead of descend.
 
     Returns:
         The learning rate used.
@@ -427,22 +432,19 @@ def adam8bit_step(params, grads, exp_avg_codes, exp_avg_scales, exp_avg_sq_codes
         >>> adam8bit_step(p, g, mc, ms, vc, vs, step=1, lr=1e-3)
         0.001
     """
-    call = _Call(params, grads)
-    if call.n and call.dtype.name == "float64":
-        raise TypeError("params[0] has dtype float64; adam8bit_step supports float32, bfloat16 and float16")
+    call = _Call(params, grads, master_params, stochastic_rounding, seed, tensor_ids)
+    _refuse_float64(call, "adam8bit_step")
     step = _step(step, required=True)
     lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
     beta1, b1_enc = _schedule_or_value(beta1, "beta1", _beta)
     beta2 = _beta(beta2, "beta2")
     eps = _non_negative(eps, "eps")
     weight_decay = _non_negative(weight_decay, "weight_decay")
-    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or not 1 <= block_size <= 4096:
-        raise ValueError(f"block_size must be an integer in [1, 4096], got {block_size!r}")
-    block_size = int(block_size)
+    block_size = _block_size(block_size)
     if variant not in _VARIANTS:
         raise ValueError(f"variant must be 'fastlr' or 'torchao', got {variant!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    if call.masters is not None and variant != "fastlr":
+        raise ValueError("master_params need variant='fastlr'")
     mc, ms = _quant8_state(call, exp_avg_codes, exp_avg_scales, "exp_avg", block_size)
     vc, vs = _quant8_state(call, exp_avg_sq_codes, exp_avg_sq_scales, "exp_avg_sq", block_size)
     xc = xs = None
@@ -455,14 +457,184 @@ def adam8bit_step(params, grads, exp_avg_codes, exp_avg_scales, exp_avg_sq_codes
                                           "decaying the param")
     call.finish()
     store = {"float32": 0, "bfloat16": 1, "float16": 3}[call.dtype.name]
-    if store == 1 and stochastic_rounding:
+    if store == 1 and call.stochastic_rounding:
         store = 2
     a = call.addresses
     used_lr, _ = _C.adam8(store, block_size, True, _VARIANTS[variant], call.numel, a(call.params),
                           a(call.grads), a(mc), a(ms), a(vc), a(vs), a(xc), a(xs), float(step), lr, lr_enc,
                           beta1, b1_enc, beta2, eps, weight_decay, bool(decoupled_weight_decay),
-                          bool(amsgrad), int(seed))
+                          bool(amsgrad), call.seed, masters=a(call.masters), grad_dtype=call.grad_code,
+                          maximize=bool(maximize), tensor_ids=call.tensor_ids)
     return used_lr
+
+
+def _refuse_float64(call, name):
+    if call.n and call.dtype.name == "float64":
+        raise TypeError(f"params[0] has dtype float64; {name} supports float32, bfloat16 and float16")
+
+
+def _block_size(block_size):
+    if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, numbers.Integral) \
+            or not 1 <= block_size <= 4096:
+        raise ValueError(f"block_size must be an integer in [1, 4096], got {block_size!r}")
+    return int(block_size)
+
+
+def _q8_pair(call, state):
+    """The (codes, scales) address pair of a validated 8-bit state, or None."""
+    return None if state is None else (call.addresses(state[0]), call.addresses(state[1]))
+
+
+def _q8_keywords(call, block_size):
+    return {"block_size": block_size, "grad_dtype": call.grad_code, "masters": call.addresses(call.masters),
+            "stochastic_rounding": call.stochastic_rounding, "seed": call.seed, "tensor_ids": call.tensor_ids}
+
+
+def _required_q8_state(call, codes, scales, name, block_size, why):
+    if codes is None or scales is None:
+        raise ValueError(f"{name}_codes and {name}_scales are required {why}")
+    return _quant8_state(call, codes, scales, name, block_size)
+
+
+_Q8_DOC = """
+    Each 8-bit state is ``codes`` (uint8, the param's shape) and ``scales`` (float32, one
+    per block of ``block_size`` elements, the last block may be partial), as
+    adam8bit_step's: signed states (momentum buffers, grad_avg) hold their value on the
+    signed map, non-negative ones (square_avg, sum) their square root on the unsigned map
+    (``fastlr._quant8.quantize(x, block_size, signed, encoding="sqrt")``). Per block:
+    dequantize, torch.optim's update in float32, re-quantize (scale = block absmax,
+    nearest code). Zeros (codes 0, scales 0) are an all-zero state."""
+
+
+def sgd8bit_step(params, grads, momentum_buffer_codes=None, momentum_buffer_scales=None, *, lr, momentum=0.0,
+                 dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False, step=None, block_size=256,
+                 master_params=None, stochastic_rounding=False, seed=0, tensor_ids=None):
+    """One step of torch.optim.SGD with a block-wise 8-bit momentum buffer, in place (one
+    fused pass). Arithmetic and ``step`` as sgd_step's (``step == 1`` starts the buffer
+    from the gradient).
+    {q8}
+
+    Args:
+        params, grads: float32, bfloat16 or float16 ndarrays (or lists of them).
+        momentum_buffer_codes, momentum_buffer_scales: required when momentum is not 0.
+        lr, momentum: float or Schedule (at ``step - 1``).
+        master_params, stochastic_rounding, seed, tensor_ids: see the module docstring.
+
+    Returns:
+        The learning rate used.
+
+    Example:
+        >>> p, g = np.ones(512, np.float32), np.full(512, 0.5, np.float32)
+        >>> bc, bs = np.zeros(512, np.uint8), np.zeros(2, np.float32)
+        >>> sgd8bit_step(p, g, bc, bs, lr=0.1, momentum=0.9, step=1)
+        0.1
+    """
+    call = _Call(params, grads, master_params, stochastic_rounding, seed, tensor_ids)
+    _refuse_float64(call, "sgd8bit_step")
+    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
+    momentum, mom_enc = _schedule_or_value(momentum, "momentum", _non_negative)
+    dampening = _real(dampening, "dampening")
+    weight_decay = _non_negative(weight_decay, "weight_decay")
+    step = _step(step, required=lr_enc is not None or mom_enc is not None or call.stochastic_rounding)
+    block_size = _block_size(block_size)
+    uses_momentum = mom_enc is not None or momentum != 0.0
+    if nesterov and (not uses_momentum or dampening != 0):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+    buf = None
+    if uses_momentum:
+        buf = _required_q8_state(call, momentum_buffer_codes, momentum_buffer_scales, "momentum_buffer",
+                                 block_size, "when momentum != 0")
+    call.finish()
+    used_lr, _ = _C.sgd8(call.code, call.numel, call.addresses(call.params), call.addresses(call.grads),
+                         _q8_pair(call, buf), lr, lr_enc, 0 if step is None else step - 1, momentum, mom_enc,
+                         dampening, bool(nesterov), weight_decay, bool(maximize), step == 1,
+                         **_q8_keywords(call, block_size))
+    return used_lr
+
+
+def rmsprop8bit_step(params, grads, square_avg_codes, square_avg_scales, *, lr, alpha=0.99, eps=1e-8,
+                     weight_decay=0.0, momentum=0.0, momentum_buffer_codes=None, momentum_buffer_scales=None,
+                     centered=False, grad_avg_codes=None, grad_avg_scales=None, maximize=False, step=None,
+                     block_size=256, master_params=None, stochastic_rounding=False, seed=0, tensor_ids=None):
+    """One step of torch.optim.RMSprop with block-wise 8-bit state, in place (one fused
+    pass). Arithmetic and ``step`` as rmsprop_step's, with two differences that 8-bit
+    state needs (centered only): ``square_avg − grad_avg²`` is clamped at 0 before its
+    square root (both are quantized on their own, so it can come out negative), and an
+    element whose sqrt(square_avg) dequantizes to 0 restarts its grad_avg from 0 too.
+    {q8}
+
+    Args:
+        square_avg_codes/scales: sqrt(square_avg) on the unsigned map.
+        grad_avg_codes/scales (centered), momentum_buffer_codes/scales (momentum > 0):
+            values on the signed map.
+        lr, momentum: float or Schedule (at ``step - 1``).
+        master_params, stochastic_rounding, seed, tensor_ids: see the module docstring.
+
+    Returns:
+        The learning rate used.
+    """
+    call = _Call(params, grads, master_params, stochastic_rounding, seed, tensor_ids)
+    _refuse_float64(call, "rmsprop8bit_step")
+    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
+    alpha = _non_negative(alpha, "alpha")
+    eps = _non_negative(eps, "eps")
+    weight_decay = _non_negative(weight_decay, "weight_decay")
+    momentum, mom_enc = _schedule_or_value(momentum, "momentum", _non_negative)
+    step = _step(step, required=lr_enc is not None or mom_enc is not None or call.stochastic_rounding)
+    block_size = _block_size(block_size)
+    uses_momentum = mom_enc is not None or momentum > 0
+    sq = _required_q8_state(call, square_avg_codes, square_avg_scales, "square_avg", block_size,
+                            "when calling rmsprop8bit_step")
+    ga = buf = None
+    if centered:
+        ga = _required_q8_state(call, grad_avg_codes, grad_avg_scales, "grad_avg", block_size, "when centered=True")
+    if uses_momentum:
+        buf = _required_q8_state(call, momentum_buffer_codes, momentum_buffer_scales, "momentum_buffer",
+                                 block_size, "when momentum > 0")
+    call.finish()
+    used_lr, _ = _C.rmsprop8(call.code, call.numel, call.addresses(call.params), call.addresses(call.grads),
+                             _q8_pair(call, sq), _q8_pair(call, ga), _q8_pair(call, buf), lr, lr_enc,
+                             0 if step is None else step - 1, alpha, eps, weight_decay, momentum, mom_enc,
+                             bool(centered), uses_momentum, bool(maximize), step == 1,
+                             **_q8_keywords(call, block_size))
+    return used_lr
+
+
+def adagrad8bit_step(params, grads, state_sum_codes, state_sum_scales, *, step, lr, lr_decay=0.0,
+                     weight_decay=0.0, eps=1e-10, maximize=False, block_size=256, master_params=None,
+                     stochastic_rounding=False, seed=0, tensor_ids=None):
+    """One step of torch.optim.Adagrad with a block-wise 8-bit ``sum``, in place (one fused
+    pass). Arithmetic as adagrad_step's.
+    {q8}
+
+    Args:
+        state_sum_codes/scales: sqrt(sum) on the unsigned map; torch's
+            ``initial_accumulator_value`` v is
+            ``fastlr._quant8.quantize(np.full(shape, v, np.float32), block_size, False, "sqrt")``.
+        step: 1-based index of this update. lr: float or Schedule (at ``step - 1``).
+        master_params, stochastic_rounding, seed, tensor_ids: see the module docstring.
+
+    Returns:
+        The learning rate used (before ``lr_decay``).
+    """
+    call = _Call(params, grads, master_params, stochastic_rounding, seed, tensor_ids)
+    _refuse_float64(call, "adagrad8bit_step")
+    step = _step(step, required=True)
+    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
+    lr_decay = _non_negative(lr_decay, "lr_decay")
+    weight_decay = _non_negative(weight_decay, "weight_decay")
+    eps = _non_negative(eps, "eps")
+    block_size = _block_size(block_size)
+    sums = _required_q8_state(call, state_sum_codes, state_sum_scales, "state_sum", block_size,
+                              "when calling adagrad8bit_step")
+    call.finish()
+    return _C.adagrad8(call.code, call.numel, call.addresses(call.params), call.addresses(call.grads),
+                       _q8_pair(call, sums), float(step), lr, lr_enc, lr_decay, weight_decay, eps,
+                       bool(maximize), **_q8_keywords(call, block_size))
+
+
+for _f in (sgd8bit_step, rmsprop8bit_step, adagrad8bit_step):
+    _f.__doc__ = _f.__doc__.replace("{q8}", _Q8_DOC.strip("\n"))
 
 
 def _beta(x, name):

@@ -27,7 +27,7 @@ import numbers
 
 import numpy as np
 
-from . import _C, _kernels
+from . import _C, _kernels, _quant8
 from .schedules import Schedule
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
@@ -88,10 +88,12 @@ def _state_dtype_name(x, where):
     torch dtype (state_dicts move between the faces)."""
     if x is None:
         return None
+    if isinstance(x, str) and x == "8bit":
+        return x
     name = x if isinstance(x, str) else str(x).replace("torch.", "") if type(x).__module__.startswith(
         "torch") else getattr(np.dtype(x) if _is_dtype_like(x) else None, "name", None)
     if name not in ("float32", "bfloat16"):
-        raise TypeError(f"{where}state_dtype must be None, float32 or bfloat16, got {x!r}")
+        raise TypeError(f"{where}state_dtype must be None, float32, bfloat16 or \"8bit\", got {x!r}")
     return name
 
 
@@ -131,12 +133,40 @@ def _check_precision(group, where):
             raise ValueError(f"{where}sr_t must be an int in [0, 2**53], got {t!r}")
 
 
-def _check_precision_params(group, params, where):
+def _check_precision_params(group, params, where, eight_bit_roles=()):
     if group.get("state_dtype") is not None:
         for i, p in enumerate(params):
             if p.dtype.name == "float64":
                 raise TypeError(f"{where}: state_dtype={group['state_dtype']} with the float64 "
                                 f"params[{i}]: the state of a float64 param stays float64")
+    if group.get("state_dtype") == "8bit":
+        if not eight_bit_roles:
+            raise NotImplementedError(f"{where}: state_dtype=\"8bit\" is implemented for SGD, Adam, AdamW, "
+                                      "RMSprop and Adagrad (this optimizer has no 8-bit kernel)")
+        for i, p in enumerate(params):
+            if (group.get("stochastic_rounding") and p.dtype.name == "float16" and not group.get("master_weights")
+                    and "exp_avg" in eight_bit_roles):
+                raise NotImplementedError(f"{where}: state_dtype=\"8bit\" with stochastic_rounding=True on the "
+                                          f"float16 params[{i}] of Adam: its 8-bit kernel rounds float16 to "
+                                          "nearest (use bfloat16 params, or master_weights=True)")
+
+
+# state_dtype="8bit" (fastlr.optim's layout, fastlr._quant8's encoding): tensors of at least
+# 4096 elements keep <role>_codes (uint8, the param's shape) and <role>_scale (float32 per
+# block of 256); signed roles as they are, the others as their square root
+_BLOCK = 256
+_SIGNED = {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False, "momentum_buffer": True,
+           "grad_avg": True, "square_avg": False, "sum": False}
+
+
+def _quantized(group, p):
+    return group.get("state_dtype") == "8bit" and p.size >= _quant8.MIN_QUANT8_NUMEL
+
+
+def _new_8bit(p, fill=0.0):
+    if fill:  # Adagrad's initial_accumulator_value
+        return _quant8.quantize(np.full(p.shape, fill, np.float32), _BLOCK, False, "sqrt")
+    return np.zeros(p.shape, np.uint8), np.zeros(_quant8.num_blocks(p.size, _BLOCK), np.float32)
 
 
 def _np_dtype(name):
@@ -213,7 +243,7 @@ class _Optimizer:
         for k, v in self.defaults.items():
             group.setdefault(k, v)
         group = self._checked_group(group, len(self.param_groups))
-        _check_precision_params(group, params, f"param_groups[{len(self.param_groups)}]")
+        _check_precision_params(group, params, f"param_groups[{len(self.param_groups)}]", self._eight_bit_roles)
         group["params"] = params
         self.param_groups.append(group)
         for i in range(first, first + len(params)):
@@ -306,13 +336,15 @@ class _Optimizer:
             if not idx:
                 continue
             buckets = {}
-            for i in idx:
-                key = (params[i].dtype.name, checked[i].dtype.name, self._bucket_key(i, group))
+            for i in idx:  # fastlr.optim's buckets, in its order (8-bit tensors apart)
+                key = (params[i].dtype.name, checked[i].dtype.name, self._bucket_key(i, group),
+                       _quantized(group, params[i]))
                 buckets.setdefault(key, []).append(i)
-            for (_, _, key), members in buckets.items():
+            for (_, _, key, q8), members in buckets.items():
                 self._precision = self._precision_kw(group, members)
-                self._update(group, key, [params[i] for i in members], [checked[i] for i in members],
-                             [self.state[i] for i in members])
+                update = self._update_8bit if q8 else self._update
+                update(group, key, [params[i] for i in members], [checked[i] for i in members],
+                       [self.state[i] for i in members])
             if group.get("stochastic_rounding") and self._momentum_key == "momentum" and not self._has_step:
                 group["sr_t"] = group.get("sr_t", 0) + 1
             if "schedule_t" in group:
@@ -372,6 +404,8 @@ class _Optimizer:
         if key == "master_param":
             return np.dtype(np.float32)
         name = group.get("state_dtype")
+        if name == "8bit":  # (tensors below 4096 elements)
+            return np.dtype(np.float32)
         if name is None:
             master = bool(group.get("master_weights")) and p.dtype.name in ("bfloat16", "float16")
             return np.dtype(np.float32) if master else p.dtype
@@ -432,7 +466,8 @@ class _Optimizer:
             group = dict(self.defaults)
             group.update((key, _plain(v)) for key, v in saved.items() if key != "params")
             group = self._checked_group(group, k)
-            _check_precision_params(group, ours["params"], f"state_dict['param_groups'][{k}]")
+            _check_precision_params(group, ours["params"], f"state_dict['param_groups'][{k}]",
+                                    self._eight_bit_roles)
             group["params"] = ours["params"]
             new_groups.append(group)
         params = self._params
@@ -443,14 +478,16 @@ class _Optimizer:
             i = id_map[pid]
             if not isinstance(entry, dict):
                 raise TypeError(f"state_dict['state'][{pid!r}] must be a dict")
+            eight_bit = tuple(r + x for r in self._eight_bit_roles for x in ("_codes", "_scale"))
             for key in entry:
-                if key not in self._state_keys + ("master_param",):
+                if key not in self._state_keys + ("master_param",) + eight_bit:
                     raise ValueError(f"state_dict['state'][{pid!r}] has an unexpected key {key!r} "
-                                     f"(expected some of {list(self._state_keys)})")
+                                     f"(expected some of {list(self._state_keys + eight_bit)})")
             group = next(g for g in new_groups if any(p is params[i] for p in g["params"]))
-            new_state[i] = {key: self._load_value(v, params[i], f"state[{pid!r}][{key!r}]", key,
-                                                  self._storage(group, params[i], key))
+            new_state[i] = {key: (self._load_8bit_value if key in eight_bit else self._load_value)(
+                                v, params[i], f"state[{pid!r}][{key!r}]", key, self._storage(group, params[i], key))
                             for key, v in entry.items() if v is not None}
+            self._convert_8bit(new_state[i], group, params[i], f"state[{pid!r}]")
             if "master_param" in new_state[i] and not (group.get("master_weights")
                                                        and params[i].dtype.name in ("bfloat16", "float16")):
                 del new_state[i]["master_param"]  # without master weights the param is it
@@ -460,6 +497,57 @@ class _Optimizer:
                 self._check_state(new_state[i], group, f"state[{i}]")
         self.param_groups = new_groups
         self.state = new_state
+
+    _eight_bit_roles = ()  # state_dtype="8bit" is implemented (the roles it quantizes)
+
+    @staticmethod
+    def _ensure_8bit(states, params, roles, fill=0.0):
+        """Creates missing 8-bit roles (codes and scales of the value ``fill``); returns, per
+        role, the kernels' (codes list, scales list)."""
+        for s, p in zip(states, params):
+            for role in roles:
+                if role + "_codes" not in s:
+                    s[role + "_codes"], s[role + "_scale"] = _new_8bit(p, fill if role == "sum" else 0.0)
+        return {role: ([s[role + "_codes"] for s in states], [s[role + "_scale"] for s in states])
+                for role in roles}
+
+    def _q8_call(self, params, grads):
+        prec = self._precision
+        return _kernels._Call(params, grads, prec["master_params"], prec["stochastic_rounding"], prec["seed"],
+                              prec["tensor_ids"])
+
+    @staticmethod
+    def _load_8bit_value(v, p, where, key, dtype):
+        """A saved <role>_codes / <role>_scale: uint8 codes of p's shape, float32 block scales."""
+        if hasattr(v, "detach"):
+            v = v.detach().cpu().numpy()
+        if not isinstance(v, np.ndarray):
+            raise ValueError(f"{where} must be an array, got {type(v).__name__}")
+        codes = key.endswith("_codes")
+        shape, dtype = (p.shape, np.uint8) if codes else ((_quant8.num_blocks(p.size, _BLOCK),), np.float32)
+        if v.dtype != dtype or v.shape != shape:
+            raise ValueError(f"{where} has dtype {v.dtype} and shape {v.shape}; expected {np.dtype(dtype)} "
+                             + ("codes of the param's shape " if codes else f"scales (one per block of {_BLOCK}) ")
+                             + f"{shape}")
+        return np.array(v, order="C", copy=True)
+
+    def _convert_8bit(self, state, group, p, where):
+        """Loaded state -> this group's storage: float state of an 8-bit tensor quantized,
+        codes and scales of a float-state tensor dequantized."""
+        q8 = _quantized(group, p)
+        for role in self._eight_bit_roles:
+            c, s = role + "_codes", role + "_scale"
+            if (c in state) != (s in state):
+                raise ValueError(f"{where} has {c if c in state else s!r} but not "
+                                 f"{s if c in state else c!r} (8-bit state is codes and scales)")
+            signed = _SIGNED[role]
+            encoding = "linear" if signed else "sqrt"
+            if q8 and role in state:
+                values = state.pop(role).astype(np.float32)
+                state[c], state[s] = _quant8.quantize(values, _BLOCK, signed, encoding)
+            elif not q8 and c in state:
+                values = _quant8.dequantize(state.pop(c), state.pop(s), _BLOCK, signed, encoding)
+                state[role] = values.astype(self._storage(group, p, role))
 
     @staticmethod
     def _load_value(v, p, where, key, dtype):
@@ -490,7 +578,7 @@ class _Optimizer:
 
     def _require(self, state, keys, where):
         for key in keys:
-            if key not in state:
+            if key not in state and not (key + "_codes" in state and key + "_scale" in state):
                 raise ValueError(f"{where} is missing '{key}'")
 
     def __repr__(self):
@@ -537,7 +625,25 @@ class SGD(_Optimizer):
         pass
 
     def _bucket_key(self, i, group):
-        return self._uses_momentum(group) and "momentum_buffer" not in self.state[i]
+        s = self.state[i]
+        return self._uses_momentum(group) and "momentum_buffer" not in s and "momentum_buffer_codes" not in s
+
+    _eight_bit_roles = ("momentum_buffer",)
+
+    def _update_8bit(self, group, first, params, grads, states):
+        """_C.sgd8 as fastlr.optim calls it: the rounding key takes the group's count of
+        updates (sr_t), the first-step flag the buffer's."""
+        lr, momentum = self._hyper(group)
+        call = self._q8_call(params, grads)
+        buf = None
+        if self._uses_momentum(group):
+            codes, scales = self._ensure_8bit(states, params, ("momentum_buffer",))["momentum_buffer"]
+            buf = _kernels._quant8_state(call, codes, scales, "momentum_buffer", _BLOCK)
+        call.finish()
+        _C.sgd8(call.code, call.numel, call.addresses(call.params), call.addresses(call.grads),
+                _kernels._q8_pair(call, buf), lr, None, group.get("sr_t", 0), momentum, None,
+                float(group["dampening"]), bool(group["nesterov"]), float(group["weight_decay"]),
+                bool(group["maximize"]), bool(first), **_kernels._q8_keywords(call, _BLOCK))
 
     def _check_state(self, state, group, where):
         pass
@@ -604,13 +710,15 @@ class Adam(_Optimizer):
     def _init_state(self, i, group):
         pass
 
-    def _bucket_key(self, i, group):
-        return self.state[i].get("step", 0)
-
     def _check_state(self, state, group, where):
         if state:
             self._require(state, ["step", "exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else []),
                           where)
+
+    _eight_bit_roles = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    def _bucket_key(self, i, group):
+        return self.state[i].get("step", 0)
 
     def _update(self, group, step, params, grads, states):
         lr, beta1 = self._hyper(group)
@@ -625,6 +733,24 @@ class Adam(_Optimizer):
                            decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"],
                            max_exp_avg_sqs=[s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else None,
                            maximize=group["maximize"], **self._precision)
+        for s in states:
+            s["step"] = step + 1
+
+    def _update_8bit(self, group, step, params, grads, states):
+        """One fused 8-bit call (fastlr.adam8bit_step, fastlr's encoding): the same bucket,
+        in the same order, as fastlr.optim's, so the stochastic rounding draws the same bits."""
+        lr, beta1 = self._hyper(group)
+        roles = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
+        for s in states:
+            s.setdefault("step", 0)
+        kw = {}
+        for role, (codes, scales) in self._ensure_8bit(states, params, roles).items():
+            kw[role + "_codes"], kw[role + "_scales"] = codes, scales
+        _kernels.adam8bit_step(params, grads, step=step + 1, lr=lr, beta1=beta1, beta2=group["betas"][1],
+                               eps=group["eps"], weight_decay=group["weight_decay"],
+                               decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"],
+                               maximize=group["maximize"], block_size=_BLOCK, variant="fastlr", **kw,
+                               **self._precision)
         for s in states:
             s["step"] = step + 1
 
@@ -675,6 +801,27 @@ class RMSprop(_Optimizer):
 
     def _bucket_key(self, i, group):
         return self.state[i].get("step", 0)  # the rounding key takes the step
+
+    _eight_bit_roles = ("square_avg", "grad_avg", "momentum_buffer")
+
+    def _update_8bit(self, group, step, params, grads, states):
+        """_C.rmsprop8 as fastlr.optim calls it (zero state read, not restarted)."""
+        lr, momentum = self._hyper(group)
+        mom = self._uses_momentum(group)
+        roles = ("square_avg",) + (("grad_avg",) if group["centered"] else ()) + (("momentum_buffer",) if mom else ())
+        for s in states:
+            s.setdefault("step", 0)
+        call = self._q8_call(params, grads)
+        pairs = {role: _kernels._q8_pair(call, _kernels._quant8_state(call, codes, scales, role, _BLOCK))
+                 for role, (codes, scales) in self._ensure_8bit(states, params, roles).items()}
+        call.finish()
+        _C.rmsprop8(call.code, call.numel, call.addresses(call.params), call.addresses(call.grads),
+                    pairs["square_avg"], pairs.get("grad_avg"), pairs.get("momentum_buffer"), lr, None, step,
+                    float(group["alpha"]), float(group["eps"]), float(group["weight_decay"]), momentum, None,
+                    bool(group["centered"]), mom, bool(group["maximize"]), False,
+                    **_kernels._q8_keywords(call, _BLOCK))
+        for s in states:
+            s["step"] += 1
 
     def _check_state(self, state, group, where):
         if state:
@@ -728,9 +875,24 @@ class Adagrad(_Optimizer):
         _real(g["eps"], f"{where}['eps']", lo=0.0, what="epsilon value")
         _flag(g["maximize"], f"{where}['maximize']")
 
+    _eight_bit_roles = ("sum",)
+
     def _init_state(self, i, group):
         p = self._params[i]
+        if _quantized(group, p):
+            codes, scale = _new_8bit(p, group["initial_accumulator_value"])
+            self.state[i] = {"step": 0, "sum_codes": codes, "sum_scale": scale}
+            return
         self.state[i] = {"step": 0, "sum": self._zeros(group, p, group["initial_accumulator_value"])}
+
+    def _update_8bit(self, group, step, params, grads, states):
+        lr, _ = self._hyper(group)
+        codes, scales = self._ensure_8bit(states, params, ("sum",), group["initial_accumulator_value"])["sum"]
+        _kernels.adagrad8bit_step(params, grads, codes, scales, step=step + 1, lr=lr, lr_decay=group["lr_decay"],
+                                  weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
+                                  block_size=_BLOCK, **self._precision)
+        for s in states:
+            s["step"] = step + 1
 
     def _bucket_key(self, i, group):
         return self.state[i]["step"]

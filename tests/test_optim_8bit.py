@@ -193,7 +193,7 @@ def test_readme_blocks_run():
     text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
     section = text.split("### 8-bit optimizer state", 1)[1].split("\n### ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) == 2
+    assert len(blocks) >= 4  # AdamW8bit, adam8bit_step, state_dtype="8bit", the other optimizers' kernels
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
 

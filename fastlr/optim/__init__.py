@@ -5,7 +5,8 @@ the torch class of the same name (a state_dict saved by one loads into the other
 update of a whole param group is one fastlr kernel call, and ``lr`` (and ``momentum`` /
 ``betas[0]``) may be a fastlr Schedule evaluated from the group's step count. Every class
 also takes ``master_weights``, ``state_dtype``, ``stochastic_rounding`` and ``seed`` (fp32
-master weights, bf16 state, stochastic rounding, fused in the same pass), and
+master weights, bf16 or block-wise 8-bit state, stochastic rounding, fused in the same
+pass), and
 ``to_torch_state_dict`` turns such an optimizer's state_dict into one torch.optim loads.
 
 >>> import torch, fastlr

@@ -266,7 +266,7 @@ class FastlrOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
-            _precision.check_group(type(self).__name__, group)
+            _precision.check_group(type(self).__name__, group, self._kind)
         except Exception:
             self.param_groups.pop()  # a refused group is not left behind
             raise

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 
 import torch
 
+from . import _quant8_state
+
 # Hyper-parameters every torch version has saved: without them a step cannot run.
 _GROUP_KEYS = {
     "sgd": ("lr", "momentum", "dampening", "weight_decay", "nesterov"),
@@ -76,6 +78,10 @@ def check_state_dict(opt, state_dict):
             owner[pid] = (g, i, p, saved)
 
     allowed = _STATE_KEYS[kind] + ("master_param",)  # the fp32 copy of master_weights=True
+    # state_dtype="8bit": a role may be stored as uint8 codes and float32 block scales
+    eight_bit = tuple(f"{r}{s}" for r in _STATE_KEYS[kind] if r in _quant8_state.ROLES
+                      for s in ("_codes", "_scale"))
+    allowed += eight_bit
     spans = []  # (device, start, end, where) of every state tensor
     for pid, pstate in state.items():
         if pid not in owner:
@@ -92,14 +98,20 @@ def check_state_dict(opt, state_dict):
         required = [r for r in opt._roles(saved) if not (kind == "sgd" and r == "momentum_buffer")]
         if opt._has_step:
             required.append("step")
+        for key in eight_bit:
+            pair = key[: key.rindex("_")] + ("_scale" if key.endswith("_codes") else "_codes")
+            if key in pstate and pair not in pstate:
+                raise ValueError(f"{where} has {key!r} but no {pair!r} (8-bit state is codes and scales)")
         for key in required:
-            if key not in pstate:
+            if key not in pstate and not (key + "_codes" in pstate and key + "_scale" in pstate):
                 raise ValueError(f"{where} has no {key!r} (needed by the group's options)")
         for key, value in pstate.items():
             if key == "step":
                 _check_step(value, f"{where}['step']")
             elif value is None and kind == "sgd":
                 continue  # torch's "no buffer yet"
+            elif key in eight_bit:
+                _quant8_state.check_saved(where, key, value, p)
             else:
                 _check_like_param(value, p, f"{where}[{key!r}]")
                 if key == "master_param" and value.dtype != torch.float32:

@@ -18,6 +18,8 @@ import operator
 
 import torch
 
+from . import _quant8_state
+from ._quant8_state import EIGHT_BIT  # block-wise 8-bit state (issue #13), fastlr's encoding
 from ._base import _Bucket, _local_grad
 
 _data_ptr = torch.Tensor.data_ptr
@@ -55,10 +57,11 @@ def check_values(where, master_weights, state_dtype, stochastic_rounding, seed):
     if not isinstance(master_weights, bool):
         raise TypeError(f"{where}master_weights must be a bool, got {type(master_weights).__name__}")
     if state_dtype is not None and not (
-        isinstance(state_dtype, torch.dtype) and state_dtype in _STATE_DTYPES
+        (isinstance(state_dtype, torch.dtype) and state_dtype in _STATE_DTYPES)
+        or (isinstance(state_dtype, str) and state_dtype == EIGHT_BIT)
     ):
         raise TypeError(
-            f"{where}state_dtype must be None, torch.float32 or torch.bfloat16, "
+            f"{where}state_dtype must be None, torch.float32, torch.bfloat16 or \"8bit\", "
             f"got {state_dtype!r}"
         )
     if not isinstance(stochastic_rounding, bool):
@@ -71,7 +74,7 @@ def check_values(where, master_weights, state_dtype, stochastic_rounding, seed):
         raise ValueError(f"{where}seed must be in [0, 2**64), got {seed}")
 
 
-def check_group(name, group):
+def check_group(name, group, kind=None):
     """Validates a group's options against its params (before the group is added)."""
     where = f"fastlr.optim.{name}: "
     check_values(
@@ -101,6 +104,8 @@ def check_group(name, group):
                 f"{where}params[{i}] is on {p.device}: master_weights, state_dtype and "
                 "stochastic_rounding are implemented for CPU params"
             )
+    if sdt == EIGHT_BIT:
+        _quant8_state.check_group(where, kind, group)
 
 
 def active(group):
@@ -116,8 +121,11 @@ def uses_master(group, p):
 
 def state_dtype(group, p):
     """Storage dtype of p's per-element state: the option, else torch's layout (the dtype of
-    the tensor being updated: float32 when p has a master copy)."""
+    the tensor being updated: float32 when p has a master copy). With state_dtype="8bit":
+    "8bit" for tensors of at least 4096 elements, float32 for smaller ones."""
     sdt = group.get("state_dtype")
+    if sdt == EIGHT_BIT:
+        return _quant8_state.storage(p)
     if sdt is not None:
         return sdt
     return torch.float32 if uses_master(group, p) else p.dtype
@@ -169,22 +177,27 @@ def step_group(opt, group, gs, grad_scale):
         if len(st) == 0 and (roles or opt._has_step or uses_master(group, p)):
             opt._init_state(group, p, st)
         sdt = state_dtype(group, p)
+        q8 = sdt == EIGHT_BIT
         tensors = []
         first = False
         for role in roles:
-            t = st.get(role)
-            if t is None and opt._kind == "sgd":
-                first = True
-                t = None
-            elif t is None:
-                raise KeyError(role)
+            if q8:
+                t = _quant8_state.role_tensors(name, j, st, role, pl, opt._kind)
+                if t is None:  # SGD's first momentum step
+                    first = True
             else:
-                t = getattr(t, "_local_tensor", t)
-                if t.shape != pl.shape or t.dtype != sdt:
-                    raise RuntimeError(
-                        f"fastlr.optim.{name}: state['{role}'] of params[{j}] has shape "
-                        f"{tuple(t.shape)} and dtype {t.dtype}; expected {tuple(pl.shape)}, {sdt}"
-                    )
+                t = st.get(role)
+                if t is None and opt._kind == "sgd":
+                    first = True
+                elif t is None:
+                    raise KeyError(role)
+                else:
+                    t = getattr(t, "_local_tensor", t)
+                    if t.shape != pl.shape or t.dtype != sdt:
+                        raise RuntimeError(
+                            f"fastlr.optim.{name}: state['{role}'] of params[{j}] has shape "
+                            f"{tuple(t.shape)} and dtype {t.dtype}; expected {tuple(pl.shape)}, {sdt}"
+                        )
             tensors.append(t)
         m = None
         if uses_master(group, p):
@@ -196,17 +209,17 @@ def step_group(opt, group, gs, grad_scale):
                         f"fastlr.optim.{name}: state['master_param'] of params[{j}] has shape "
                         f"{tuple(m.shape)} and dtype {m.dtype}; expected {tuple(pl.shape)}, float32"
                     )
-        prepared.append((p, pl, gl, j, st, tensors, m, first))
+        prepared.append((p, pl, gl, j, st, tensors, m, first, q8))
     sgd_t = group.get("sr_t", 0)
     buckets = {}
-    for entry in prepared:
+    for k, entry in enumerate(prepared):
         pl, gl, st = entry[1], entry[2], entry[4]
         step = float(st["step"]) + 1.0 if opt._has_step else None
-        buckets.setdefault((pl.dtype, gl.dtype, step, entry[7]), []).append(entry)
-    plan = None
-    for key, entries in buckets.items():
-        plan = _run_bucket(opt, group, roles, key, entries, gs, sr, seed, first_id, sgd_t)
-    _remember(opt, group, roles, plan if len(buckets) == 1 else None, prepared)
+        buckets.setdefault((pl.dtype, gl.dtype, step, entry[7], entry[8]), []).append(k)
+    calls = [_run_bucket(opt, group, roles, key, [prepared[k] for k in members], members, gs, sr, seed,
+                         first_id, sgd_t)
+             for key, members in buckets.items()]
+    _remember(opt, group, roles, calls, prepared)
     if opt._kind == "sgd" and sr:
         group["sr_t"] = sgd_t + 1
     if opt._has_step:
@@ -217,13 +230,32 @@ def step_group(opt, group, gs, grad_scale):
         torch.autograd.graph.increment_version(bump)
 
 
-def _run_bucket(opt, group, roles, key, entries, gs, sr, seed, first_id, sgd_t):
+class _Call:
+    """One fused kernel call of a group's step, as the cached plan repeats it: the members
+    (positions in the step's list of updated params), their addresses and the options."""
+
+    __slots__ = ("b", "members", "p_addr", "checks", "addrs", "precision", "g_dtype", "q8", "scales")
+
+    def run(self, opt, group, g_addr, step, gs):
+        precision = self.precision
+        if opt._kind in ("sgd", "rmsprop"):  # the rounding key takes the completed updates
+            precision = dict(precision, t=group.get("sr_t", 0) if opt._kind == "sgd" else int(step) - 1)
+        if self.q8:
+            _quant8_state.call(opt, group, self.b, self.p_addr, g_addr, self.addrs, self.scales, step, gs,
+                               precision)
+        else:
+            opt._call(group, self.b, (self.p_addr, g_addr, *self.addrs), step, gs, **precision)
+
+
+def _run_bucket(opt, group, roles, key, entries, members, gs, sr, seed, first_id, sgd_t):
     """One fused kernel call: the params (and masters) of one dtype and step count, their
     grads, and the state in its storage dtype. Tensors the kernel cannot walk flat go
-    through contiguous temporaries of the same dtype, copied back after the call."""
-    p_dtype, g_dtype, step, first = key
+    through contiguous temporaries of the same dtype, copied back after the call.
+    Returns the call for the cached plan, or None when it cannot be repeated as is."""
+    p_dtype, g_dtype, step, first, q8 = key
     b = _Bucket(_CODES[p_dtype], first)
     p_addr, g_addr, m_addr, ids, r_addr = [], [], [], [], [[] for _ in roles]
+    s_addr = [[] for _ in roles]
     copy_back, keep = [], []
 
     def flat(t):
@@ -235,7 +267,7 @@ def _run_bucket(opt, group, roles, key, entries, gs, sr, seed, first_id, sgd_t):
 
     master = uses_master(group, entries[0][0])
     sdt = state_dtype(group, entries[0][0])
-    for p, pl, gl, j, st, tensors, m, _ in entries:
+    for p, pl, gl, j, st, tensors, m, _, _ in entries:
         if master and m is None:  # created on the first update from the param
             m = pl.detach().to(torch.float32, copy=True).contiguous()
             st["master_param"] = m if pl is p else _like_dtensor(p, m)
@@ -250,45 +282,57 @@ def _run_bucket(opt, group, roles, key, entries, gs, sr, seed, first_id, sgd_t):
         if master:
             m_addr.append(flat(m).data_ptr())
         for r, (role, t) in enumerate(zip(roles, tensors)):
+            if q8:
+                if t is None:  # SGD's first momentum step: the kernel starts the buffer
+                    t = _quant8_state.new_role(st, role, pl)
+                r_addr[r].append(flat(t[0]).data_ptr())
+                s_addr[r].append(t[1].data_ptr())
+                continue
             if t is None:  # SGD's first momentum buffer: the kernel writes the grad into it
                 t = torch.zeros(pl.shape, dtype=sdt)
                 st[role] = t if pl is p else _like_dtensor(p, t)
             r_addr[r].append(flat(t).data_ptr())
     precision = dict(
-        grad_dtype=_CODES[g_dtype], state_dtype=_CODES[sdt], masters=m_addr if master else None,
-        stochastic_rounding=sr, seed=seed, tensor_ids=ids,
+        grad_dtype=_CODES[g_dtype], state_dtype=_CODES[torch.float32 if q8 else sdt],
+        masters=m_addr if master else None, stochastic_rounding=sr, seed=seed, tensor_ids=ids,
     )
-    if opt._kind in ("sgd", "rmsprop"):  # the rounding key takes the completed updates
-        precision["t"] = sgd_t if opt._kind == "sgd" else int(step) - 1
-    opt._call(group, b, (p_addr, g_addr, *r_addr), step, gs, **precision)
+    call = _Call()
+    call.b, call.members, call.p_addr, call.addrs, call.scales = b, members, p_addr, r_addr, s_addr
+    call.precision, call.g_dtype, call.q8 = precision, g_dtype, q8
+    call.checks = [(operator.itemgetter(role + "_codes" if q8 else role), addrs)
+                   for role, addrs in zip(roles, r_addr)]
+    if q8:
+        call.checks += [(operator.itemgetter(role + "_scale"), addrs) for role, addrs in zip(roles, s_addr)]
+    if master:
+        call.checks.append((operator.itemgetter("master_param"), m_addr))
+    call.run(opt, group, g_addr, step, gs)
     for dst, src in copy_back:
         dst.copy_(src)
-    if copy_back or keep or any(e[1] is not e[0] for e in entries):
-        return None  # temporaries or DTensor shards: not worth caching
-    return b, p_addr, r_addr, m_addr, precision, g_dtype
+    if copy_back or keep or first or any(e[1] is not e[0] for e in entries):
+        return None  # temporaries, SGD's first step or DTensor shards: not worth caching
+    return call
 
 
 # ------------------------------------------------------------ cached steps ---
 class _Plan:
     """What the last step of a group looked like, while nothing changed: one kernel call
-    over contiguous, local tensors of one dtype, one grad dtype and one step count."""
+    per bucket (dtype, storage) over contiguous, local tensors of one step count."""
 
     __slots__ = ("group", "params_list", "mask", "version", "roles", "options", "gidx", "params",
-                 "p_addrs", "states", "addr_checks", "steps", "step_buf", "g_nbytes", "g_dtype", "call", "bump")
+                 "p_addrs", "calls", "steps", "step_buf", "bump")
 
 
 def _options(group):
     return tuple(group.get(k) for k in OPTIONS)
 
 
-def _remember(opt, group, roles, bucket, prepared):
+def _remember(opt, group, roles, calls, prepared):
     key = ("precision", id(group))
     opt._fastlr_plans.pop(key, None)
-    if bucket is None:
+    if any(c is None for c in calls):
         return
-    b, p_addr, r_addr, m_addr, precision, g_dtype = bucket
-    if b.first:
-        return  # SGD's first momentum step: the next one is not
+    if opt._has_step and len({float(e[4]["step"]) for e in prepared}) != 1:
+        return  # buckets of different step counts: the general path
     plan = _Plan()
     plan.group = group
     plan.params_list = group["params"]
@@ -298,21 +342,19 @@ def _remember(opt, group, roles, bucket, prepared):
     plan.options = _options(group)
     plan.gidx = [e[3] for e in prepared]
     plan.params = [e[0] for e in prepared]
-    plan.p_addrs = p_addr
-    plan.states = [e[4] for e in prepared]
-    plan.addr_checks = [(operator.itemgetter(role), addrs) for role, addrs in zip(roles, r_addr)]
-    if precision["masters"] is not None:
-        plan.addr_checks.append((operator.itemgetter("master_param"), m_addr))
+    plan.p_addrs = [e[0].data_ptr() for e in prepared]
+    states = [e[4] for e in prepared]
+    grads = [e[2] for e in prepared]
+    # per call: its states (for the address checks), grad sizes and grad indices
+    plan.calls = [(c, [states[k] for k in c.members], [grads[k].nbytes for k in c.members],
+                   [plan.gidx[k] for k in c.members]) for c in calls]
     plan.steps = plan.step_buf = None
     if opt._has_step:
         # torch's 0-dim step tensors, as views into one buffer: one add_ advances them all
-        plan.step_buf = torch.tensor([float(e[4]["step"]) for e in prepared], dtype=prepared[0][4]["step"].dtype)
+        plan.step_buf = torch.tensor([float(s["step"]) for s in states], dtype=states[0]["step"].dtype)
         plan.steps = list(plan.step_buf.unbind())
-        for e, view in zip(prepared, plan.steps):
-            e[4]["step"] = view
-    plan.g_nbytes = [e[2].nbytes for e in prepared]
-    plan.g_dtype = g_dtype
-    plan.call = (b, (p_addr, None, *r_addr), precision)
+        for s, view in zip(states, plan.steps):
+            s["step"] = view
     plan.bump = [p for p in plan.params if not p.is_inference()]
     opt._fastlr_plans[key] = plan
 
@@ -332,20 +374,24 @@ def _cached_step(opt, group, roles, gs):
         or list(map(_data_ptr, plan.params)) != plan.p_addrs
     ):
         return False
-    states = plan.states
+    grads_of = []
     try:
-        for getter, addrs in plan.addr_checks:
-            if list(map(_data_ptr, map(getter, states))) != addrs:
+        for call, states, g_nbytes, gidx in plan.calls:
+            for getter, addrs in call.checks:
+                if list(map(_data_ptr, map(getter, states))) != addrs:
+                    return False
+            grads = [grads_all[j] for j in gidx]
+            if any(g.layout != torch.strided for g in grads):
                 return False
-        if plan.steps is not None and not all(map(operator.is_, map(_step_of, states), plan.steps)):
+            if (list(map(_nbytes, grads)) != g_nbytes or set(map(_dtype, grads)) != {call.g_dtype}
+                    or not all(map(_is_contiguous, grads))):
+                return False
+            grads_of.append(grads)
+        if plan.steps is not None and not all(
+                map(operator.is_, map(_step_of, (s for _, sts, _, _ in plan.calls for s in sts)),
+                    (plan.steps[k] for c, _, _, _ in plan.calls for k in c.members))):
             return False
     except KeyError:
-        return False
-    grads = [grads_all[j] for j in plan.gidx]
-    if any(g.layout != torch.strided for g in grads):
-        return False
-    if (list(map(_nbytes, grads)) != plan.g_nbytes or set(map(_dtype, grads)) != {plan.g_dtype}
-            or not all(map(_is_contiguous, grads))):
         return False
     step = None
     if plan.steps is not None:
@@ -353,12 +399,9 @@ def _cached_step(opt, group, roles, gs):
         if values.count(values[0]) != len(values):
             return False
         step = values[0] + 1.0
-    b, addrs, precision = plan.call
-    addrs = (addrs[0], list(map(_data_ptr, grads)), *addrs[2:])
-    if opt._kind in ("sgd", "rmsprop"):
-        precision = dict(precision, t=group.get("sr_t", 0) if opt._kind == "sgd" else int(step) - 1)
-    opt._call(group, b, addrs, step, gs, **precision)
-    if opt._kind == "sgd" and precision["stochastic_rounding"]:
+    for (call, _, _, _), grads in zip(plan.calls, grads_of):
+        call.run(opt, group, list(map(_data_ptr, grads)), step, gs)
+    if opt._kind == "sgd" and group.get("stochastic_rounding"):
         group["sr_t"] = group.get("sr_t", 0) + 1
     if plan.steps is not None:
         plan.step_buf.add_(1.0)
@@ -404,7 +447,7 @@ def keep_options(opt, state_dict):
         if isinstance(saved.get("state_dtype"), str):
             saved = {**saved, "state_dtype": _torch_state_dtype(saved["state_dtype"])}
             changed = True
-        check_group(f"{name}[{g}]", {**saved, "params": current["params"]})
+        check_group(f"{name}[{g}]", {**saved, "params": current["params"]}, opt._kind)
         groups.append(saved)
     if changed:
         state_dict = {**state_dict, "param_groups": groups}
@@ -423,12 +466,22 @@ def convert_loaded_state(opt, state_dict):
         if not saved or p not in opt.state:
             continue
         st = opt.state[p]
+        converted = ()
+        if group.get("state_dtype") == EIGHT_BIT or any(k.endswith("_codes") for k in saved):
+            # 8-bit storage here or in the saved dict: converted role by role
+            roles = opt._roles(group)
+            _quant8_state.convert_loaded(st, saved, p, roles, group.get("state_dtype") == EIGHT_BIT,
+                                         state_dtype(group, p) if active(group) else p.dtype)
+            converted = {r + suffix for r in roles for suffix in ("", "_codes", "_scale")}
         if not active(group):
             st.pop("master_param", None)  # loaded without master weights: the param is it
             continue
+        step = st.get("step")
+        if torch.is_tensor(step) and step.dtype != torch.float32:  # (an int step of the NumPy face)
+            st["step"] = torch.tensor(float(step), dtype=torch.float32)
         sdt = state_dtype(group, p)
         for key, v in saved.items():
-            if key == "step" or not torch.is_tensor(v):
+            if key == "step" or not torch.is_tensor(v) or key in converted:
                 continue
             if key == "master_param":
                 if uses_master(group, p):
@@ -444,8 +497,9 @@ def convert_loaded_state(opt, state_dict):
 def to_torch_state_dict(state_dict, params=None):
     """Turns a fastlr.optim state_dict saved with ``master_weights`` / ``state_dtype`` /
     ``stochastic_rounding`` into one that ``torch.optim.X.load_state_dict`` loads and
-    continues from: 16-bit state tensors become float32, ``master_param`` and fastlr's group
-    keys are dropped. Pass ``params`` (the params the torch optimizer will update, in the
+    continues from: 16-bit state tensors become float32, 8-bit ones (``<role>_codes`` and
+    ``<role>_scale``) float32 ``<role>``, ``master_param`` and fastlr's group keys are
+    dropped. Pass ``params`` (the params the torch optimizer will update, in the
     optimizer's order: e.g. the float32 copies of the classic recipe, or the bf16 model
     itself) to copy each master into its param, rounded to the param's dtype.
 
@@ -474,6 +528,8 @@ def to_torch_state_dict(state_dict, params=None):
     position = {pid: i for i, pid in enumerate(ids)}
     state = {}
     for pid, s in state_dict["state"].items():
+        if any(key.endswith("_codes") for key in s):  # state_dtype="8bit"
+            s = _quant8_state.dequantized(s)
         out = {}
         for key, v in s.items():
             if key == "master_param":

@@ -6,7 +6,7 @@ from torch import Tensor
 from torch.optim.adagrad import adagrad as _torch_adagrad
 
 from .. import _C
-from . import _precision
+from . import _precision, _quant8_state
 from ._base import FastlrOptimizer, _scalar, _Schedule
 
 __all__ = ["Adagrad"]
@@ -109,6 +109,9 @@ class Adagrad(FastlrOptimizer):
         # torch reads the default here, not the group's value
         init = self.defaults["initial_accumulator_value"]
         init_value = complex(init, init) if torch.is_complex(p) else init
+        if _precision.state_dtype(group, p) == _precision.EIGHT_BIT:
+            _quant8_state.init_state(state, p, ("sum",), float(init))
+            return
         state["sum"] = torch.full_like(p, init_value, dtype=_precision.state_dtype(group, p),
                                       memory_format=torch.preserve_format)
 

@@ -8,7 +8,7 @@ from torch import Tensor
 from torch.optim.optimizer import _to_scalar
 
 from .. import _C
-from . import _precision
+from . import _precision, _quant8_state
 from ._base import FastlrOptimizer, _scalar, _Schedule
 
 __all__ = ["Adam", "AdamW"]
@@ -30,6 +30,9 @@ class Adam(FastlrOptimizer):
     (``torch.float32`` / ``torch.bfloat16``) stores the per-element state,
     ``stochastic_rounding=True`` rounds 16-bit stores stochastically with random bits keyed
     by ``seed``, the step, the tensor and the element (README, "Low precision").
+    ``state_dtype="8bit"`` stores the moments of tensors of at least 4096 elements as
+    block-wise 8-bit codes and scales (``exp_avg_codes`` / ``exp_avg_scale``, ...), with
+    fastlr's encoding (√v quantized; README, "8-bit optimizer state").
 
     >>> opt = Adam(model.parameters(), lr=Warmup(Cosine(3e-4, 10_000), 500))  # doctest: +SKIP
     """
@@ -147,6 +150,9 @@ class Adam(FastlrOptimizer):
     def _init_state(self, group, p, state):
         state["step"] = self._new_step(p)
         dtype = _precision.state_dtype(group, p)
+        if dtype == _precision.EIGHT_BIT:
+            _quant8_state.init_state(state, p, self._roles(group))
+            return
         state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         if group["amsgrad"]:

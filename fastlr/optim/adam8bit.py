@@ -271,8 +271,14 @@ class _Adam8bitBase(torch.optim.Optimizer):
 def state_dict_to_float32(state_dict):
     """A state_dict of Adam8bit / AdamW8bit (or of an 8-bit fastlr optimizer) with every
     8-bit state dequantized to float32 ``exp_avg`` / ``exp_avg_sq`` / ``max_exp_avg_sq``:
-    ``torch.optim.Adam/AdamW`` (and fastlr's 32-bit optimizers) load it and continue."""
+    ``torch.optim.Adam/AdamW`` (and fastlr's 32-bit optimizers) load it and continue.
+    A state_dict of ``fastlr.optim.Adam/AdamW(state_dtype="8bit")`` goes through
+    ``fastlr.optim.to_torch_state_dict`` (fastlr's encoding; the options are dropped)."""
     groups = state_dict["param_groups"]
+    if any(g.get("state_dtype") == "8bit" for g in groups):
+        from ._precision import to_torch_state_dict
+
+        return to_torch_state_dict(state_dict)
     block = next((g["block_size"] for g in groups if "block_size" in g), 256)
     encoding = next((g["exp_avg_sq_encoding"] for g in groups if "exp_avg_sq_encoding" in g), "linear")
     out_state = {}

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from .. import _C
-from . import _precision
+from . import _precision, _quant8_state
 from ._base import FastlrOptimizer, _scalar, _Schedule
 
 __all__ = ["RMSprop"]
@@ -104,6 +104,9 @@ class RMSprop(FastlrOptimizer):
     def _init_state(self, group, p, state):
         state["step"] = self._new_step(p)
         dtype = _precision.state_dtype(group, p)
+        if dtype == _precision.EIGHT_BIT:
+            _quant8_state.init_state(state, p, self._roles(group))
+            return
         state["square_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         if self._use_momentum(group):
             state["momentum_buffer"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)

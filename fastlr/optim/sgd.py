@@ -24,7 +24,9 @@ class SGD(FastlrOptimizer):
 
     Low precision (keyword-only, defaults keep torch's behaviour): ``master_weights=True``
     keeps a float32 ``state["master_param"]`` for bf16/f16 params, ``state_dtype``
-    (``torch.float32`` / ``torch.bfloat16``) stores the per-element state,
+    (``torch.float32`` / ``torch.bfloat16`` / ``"8bit"``: block-wise 8-bit
+    ``momentum_buffer_codes`` / ``momentum_buffer_scale`` for tensors of at least 4096
+    elements) stores the per-element state,
     ``stochastic_rounding=True`` rounds 16-bit stores stochastically with random bits keyed
     by ``seed``, the step, the tensor and the element (README, "Low precision").
 

@@ -1,0 +1,216 @@
+"""``state_dtype="8bit"`` of fastlr.optim (issue #13): block-wise 8-bit state inside the
+precision machinery of ``_precision.py`` (same bucketing, cached plans, one fused call
+per bucket); this module holds what is specific to the 8-bit storage.
+
+Each per-element state ``<role>`` of a tensor with at least 4096 elements is stored as
+``<role>_codes`` (uint8, the param's shape) and ``<role>_scale`` (float32, one per block
+of 256 elements, the last block may be partial): element i is ``map[code]·scale[i//256]``
+(fastlr._quant8), with fastlr's encoding: signed roles (``exp_avg``) as they are, unsigned
+ones (``exp_avg_sq``, ``max_exp_avg_sq``, ``square_avg``, ``sum``) as their square root, and an element whose √v
+dequantizes to 0 restarts its exp_avg too (``fastlr.adam8bit_step(variant="fastlr")``).
+Signed roles are ``exp_avg``, ``momentum_buffer`` and ``grad_avg``. Smaller tensors keep
+float32 state under torch's keys.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import _C, _quant8
+
+EIGHT_BIT = "8bit"
+BLOCK = 256
+# role -> (signed map, encoding)
+ROLES = {
+    "exp_avg": (True, "linear"),
+    "exp_avg_sq": (False, "sqrt"),
+    "max_exp_avg_sq": (False, "sqrt"),
+    "momentum_buffer": (True, "linear"),
+    "grad_avg": (True, "linear"),
+    "square_avg": (False, "sqrt"),
+    "sum": (False, "sqrt"),
+}
+_KINDS = ("adam", "sgd", "rmsprop", "adagrad")  # optimizers with an 8-bit kernel
+_SQRT = 1  # _C.adam8's flavour: fastlr's encoding, torch.optim.Adam's arithmetic
+
+
+def quantized(p):
+    """Whether p's state is 8-bit (else float32): tensors of at least 4096 elements."""
+    return p.numel() >= _quant8.MIN_QUANT8_NUMEL
+
+
+def storage(p):
+    return EIGHT_BIT if quantized(p) else torch.float32
+
+
+def num_blocks(p):
+    return _quant8.num_blocks(p.numel(), BLOCK)
+
+
+# ------------------------------------------------------------------ options ---
+def check_group(where, kind, group):
+    """state_dtype="8bit": the combinations the kernels implement (the caller has checked
+    the dtypes, devices and float64 params)."""
+    if kind not in _KINDS:
+        raise NotImplementedError(
+            f"{where}state_dtype=\"8bit\" is implemented for SGD, Adam, AdamW, RMSprop and Adagrad "
+            "(this optimizer has no 8-bit kernel); use state_dtype=torch.bfloat16 or None"
+        )
+    for i, p in enumerate(group["params"]):
+        if (kind == "adam" and group.get("stochastic_rounding") and p.dtype == torch.float16
+                and not group.get("master_weights")):
+            raise NotImplementedError(
+                f"{where}state_dtype=\"8bit\" with stochastic_rounding=True on the float16 "
+                f"params[{i}] of Adam: its 8-bit kernel rounds float16 params to nearest only "
+                "(use bfloat16 params, or master_weights=True)"
+            )
+        if type(p) is not torch.Tensor and hasattr(p, "_local_tensor"):
+            raise NotImplementedError(
+                f"{where}state_dtype=\"8bit\" with the DTensor params[{i}] (FSDP2): 8-bit blocks "
+                "of sharded params are not implemented"
+            )
+
+
+# -------------------------------------------------------------------- state ---
+def init_state(state, p, roles, fill=0.0):
+    """8-bit state of the value ``fill`` (0: codes 0, scales 0) for each role."""
+    for role in roles:
+        new_role(state, role, p, fill)
+
+
+def new_role(state, role, p, fill=0.0):
+    if fill == 0:
+        codes = torch.zeros(p.shape, dtype=torch.uint8)
+        scale = torch.zeros(num_blocks(p), dtype=torch.float32)
+    else:  # Adagrad's initial_accumulator_value
+        signed, encoding = ROLES[role]
+        c, s = _quant8.quantize(np.full(p.numel(), fill, np.float32), BLOCK, signed, encoding)
+        codes, scale = torch.from_numpy(c).reshape(p.shape), torch.from_numpy(s)
+    state[role + "_codes"], state[role + "_scale"] = codes, scale
+    return codes, scale
+
+
+def role_tensors(name, j, state, role, p, kind):
+    """(codes, scale) of one role of p, checked; None for SGD's not yet started buffer."""
+    codes, scale = state.get(role + "_codes"), state.get(role + "_scale")
+    if codes is None and scale is None and kind == "sgd":
+        return None
+    nb = num_blocks(p)
+    if (codes is None or scale is None or codes.dtype != torch.uint8 or codes.shape != p.shape
+            or scale.dtype != torch.float32 or scale.shape != (nb,) or not scale.is_contiguous()
+            or codes.device.type != "cpu" or scale.device.type != "cpu"):
+        raise RuntimeError(
+            f"fastlr.optim.{name}: state['{role}_codes'] / state['{role}_scale'] of params[{j}] must be "
+            f"uint8 codes of shape {tuple(p.shape)} and {nb} contiguous float32 scales (state_dtype=\"8bit\")"
+        )
+    return codes, scale
+
+
+def call(opt, group, b, p_addr, g_addr, addrs, scales, step, gs, precision):
+    """One fused 8-bit kernel call over a bucket (params of one dtype and step count); the
+    group's roles in opt._roles order, each as codes and scales address lists."""
+    from ._base import _scalar
+
+    kind = opt._kind
+    pairs = dict(zip(opt._roles(group), zip(addrs, scales)))
+    common = dict(grad_dtype=precision["grad_dtype"], masters=precision["masters"],
+                  stochastic_rounding=precision["stochastic_rounding"], seed=precision["seed"],
+                  tensor_ids=precision["tensor_ids"])
+    lr, maximize = _scalar(group["lr"]), bool(group["maximize"])
+    if kind == "adam":
+        store = {0: 0, 2: 1, 3: 3}[b.code]
+        if store == 1 and precision["stochastic_rounding"] and precision["masters"] is None:
+            store = 2
+        beta1, beta2 = group["betas"]
+        amsgrad = bool(group["amsgrad"])
+        x = pairs.get("max_exp_avg_sq", (None, None))
+        _C.adam8(store, BLOCK, True, _SQRT, b.numel, p_addr, g_addr, *pairs["exp_avg"], *pairs["exp_avg_sq"], *x,
+                 step, lr, None, _scalar(beta1), None, _scalar(beta2), _scalar(group["eps"]),
+                 _scalar(group["weight_decay"]), bool(group["decoupled_weight_decay"]), amsgrad, precision["seed"],
+                 gs, masters=common["masters"], grad_dtype=common["grad_dtype"], maximize=maximize,
+                 tensor_ids=common["tensor_ids"])
+    elif kind == "sgd":
+        _C.sgd8(b.code, b.numel, p_addr, g_addr, pairs.get("momentum_buffer"), lr, None, precision.get("t", 0),
+                _scalar(group["momentum"]), None, _scalar(group["dampening"]), bool(group["nesterov"]),
+                _scalar(group["weight_decay"]), maximize, b.first, gs, block_size=BLOCK, **common)
+    elif kind == "rmsprop":
+        _C.rmsprop8(b.code, b.numel, p_addr, g_addr, pairs["square_avg"], pairs.get("grad_avg"),
+                    pairs.get("momentum_buffer"), lr, None, precision.get("t", 0), _scalar(group["alpha"]),
+                    _scalar(group["eps"]), _scalar(group["weight_decay"]), _scalar(group["momentum"]), None,
+                    bool(group["centered"]), "momentum_buffer" in pairs, maximize, False, gs, block_size=BLOCK,
+                    **common)
+    elif kind == "adagrad":
+        _C.adagrad8(b.code, b.numel, p_addr, g_addr, pairs["sum"], step, lr, None, _scalar(group["lr_decay"]),
+                    _scalar(group["weight_decay"]), _scalar(group["eps"]), maximize, gs, block_size=BLOCK,
+                    **common)
+    else:
+        raise NotImplementedError(kind)
+
+
+# -------------------------------------------------------------- state dicts ---
+def check_saved(where, key, value, p):
+    """A saved ``<role>_codes`` / ``<role>_scale`` tensor: ValueError unless it fits p."""
+    if not torch.is_tensor(value):
+        raise ValueError(f"{where}[{key!r}] must be a tensor, got {type(value).__name__}")
+    if key.endswith("_codes"):
+        if value.dtype != torch.uint8 or tuple(value.shape) != tuple(p.shape):
+            raise ValueError(f"{where}[{key!r}] has dtype {value.dtype} and shape {tuple(value.shape)}; "
+                             f"expected uint8 codes of the param's shape {tuple(p.shape)}")
+    else:
+        nb = num_blocks(p)
+        if value.dtype != torch.float32 or tuple(value.shape) != (nb,):
+            raise ValueError(f"{where}[{key!r}] has dtype {value.dtype} and shape {tuple(value.shape)}; "
+                             f"expected float32 scales of shape ({nb},) (one per block of {BLOCK})")
+
+
+def saved_values(saved, role):
+    """float32 NumPy values of one role of a saved per-param state (8-bit or float), or None."""
+    codes = saved.get(role + "_codes")
+    if codes is not None:
+        signed, encoding = ROLES[role]
+        return _quant8.dequantize(codes.cpu().numpy(), saved[role + "_scale"].cpu().numpy(), BLOCK, signed,
+                                  encoding).reshape(-1)
+    t = saved.get(role)
+    if t is None:
+        return None
+    return t.detach().float().cpu().contiguous().numpy().reshape(-1).copy()
+
+
+def convert_loaded(state, saved, p, roles, eight_bit, float_dtype):
+    """After torch's load_state_dict: p's state re-read from the saved tensors in this
+    group's storage (8-bit codes taken over, float state quantized, or dequantized when the
+    group keeps float state of ``float_dtype``)."""
+    q8 = eight_bit and quantized(p)
+    for role in roles:
+        if role + "_codes" in saved and q8:
+            state[role + "_codes"] = saved[role + "_codes"].to(torch.uint8).cpu().contiguous().clone()
+            state[role + "_scale"] = saved[role + "_scale"].to(torch.float32).cpu().contiguous().clone()
+            state.pop(role, None)
+            continue
+        values = saved_values(saved, role)
+        state.pop(role + "_codes", None)
+        state.pop(role + "_scale", None)
+        if values is None:
+            if q8:
+                state.pop(role, None)  # (SGD's None buffer: the first step creates its codes)
+            continue
+        if q8:
+            signed, encoding = ROLES[role]
+            codes, scales = _quant8.quantize(values, BLOCK, signed, encoding)
+            state[role + "_codes"] = torch.from_numpy(codes).reshape(p.shape)
+            state[role + "_scale"] = torch.from_numpy(scales)
+            state.pop(role, None)
+        else:
+            state[role] = torch.from_numpy(np.ascontiguousarray(values)).reshape(p.shape).to(
+                device=p.device, dtype=float_dtype)
+
+
+def dequantized(saved):
+    """A per-param state with every ``<role>_codes`` / ``<role>_scale`` pair as float32
+    ``<role>`` (other entries shared)."""
+    roles = [r for r in ROLES if r + "_codes" in saved]
+    out = {k: v for k, v in saved.items()
+           if k not in roles and not (k.endswith(("_codes", "_scale")) and k[: k.rindex("_")] in roles)}
+    for role in roles:
+        out[role] = torch.from_numpy(saved_values(saved, role)).reshape(saved[role + "_codes"].shape)
+    return out
