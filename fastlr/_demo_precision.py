@@ -15,7 +15,11 @@ every run:
   rounded to nearest / stochastically;
 - ``bf16 params``, ``bf16 params SR``: bf16 params and state, no master copy, rounded
   to nearest (torch.optim's behaviour) / stochastically;
-- ``torchao SR`` (``--peers``): torchao's ``_AdamW(bf16_stochastic_round=True)``.
+- ``8-bit state``: float32 params, ``state_dtype="8bit"`` (block-wise 8-bit moments,
+  fastlr's encoding; like torchao's and bitsandbytes', tensors below 4096 elements keep
+  float32 state: here the 64 x 64 hidden layer, 4,096 of the 5,313 params, is 8-bit);
+- ``torchao SR`` (``--peers``): torchao's ``_AdamW(bf16_stochastic_round=True)``;
+- ``torchao 8-bit`` (``--peers``): torchao's ``AdamW8bit`` (the same tensors 8-bit).
 
 The eval loss is the MSE on 1,024 held-out inputs of the model's weights in float32 (so
 that it measures the weights, not bf16 arithmetic in the forward pass). Also recorded:
@@ -51,12 +55,16 @@ RUNS = [
     ("bf16 state SR", "float32", dict(state_dtype="bfloat16", stochastic_rounding=True)),
     ("bf16 params", "bfloat16", {}),
     ("bf16 params SR", "bfloat16", dict(stochastic_rounding=True)),
+    ("8-bit state", "float32", dict(state_dtype="8bit")),
     ("torchao SR", "bfloat16", "torchao"),
+    ("torchao 8-bit", "float32", "torchao8bit"),
 ]
+PEER_BACKENDS = ("torchao", "torchao8bit")
 STYLE = {"fp32": ("k", "-"), "torch recipe": ("tab:gray", ":"), "master": ("tab:green", "--"),
          "bf16 state": ("tab:red", "-"), "bf16 state SR": ("tab:blue", "-"),
          "bf16 params": ("tab:orange", "-"), "bf16 params SR": ("tab:purple", "-"),
-         "torchao SR": ("tab:brown", "-.")}
+         "8-bit state": ("tab:olive", "--"), "torchao SR": ("tab:brown", "-."),
+         "torchao 8-bit": ("tab:cyan", ":")}
 
 
 def add_arguments(parser) -> None:
@@ -64,7 +72,8 @@ def add_arguments(parser) -> None:
                         help=f"optimizer steps per run (default {DEFAULT_STEPS}; --long: {LONG_STEPS})")
     parser.add_argument("--long", action="store_true", help=f"the long run: {LONG_STEPS} steps")
     parser.add_argument("--peers", action="store_true",
-                        help="add torchao's bf16 stochastic-rounding AdamW (compiles for ~20 s first)")
+                        help="add torchao's bf16 stochastic-rounding AdamW and its AdamW8bit (each compiles for "
+                             "~20 s first)")
     parser.add_argument("--out", default="fastlr-demo", metavar="DIR",
                         help="folder for precision.png (default: ./fastlr-demo)")
     parser.add_argument("--seed", type=int, default=0, help="data, init and batch seed (default 0)")
@@ -114,12 +123,15 @@ def _optimizer(torch, backend, params, steps):
                     p.copy_(m)
 
         return step, lambda: [opt.state[m] for m in masters]
-    if backend == "torchao":
+    if backend in PEER_BACKENDS:
         try:
-            from torchao.optim import _AdamW
+            from torchao.optim import AdamW8bit, _AdamW
         except Exception as exc:  # noqa: BLE001 - missing or broken install
             return f"torchao is not importable ({type(exc).__name__}); pip install torch==2.13.0 \".[peers]\" in the fastlr checkout"
-        opt = _AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, bf16_stochastic_round=True)
+        if backend == "torchao":
+            opt = _AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, bf16_stochastic_round=True)
+        else:
+            opt = AdamW8bit(params, lr=LR, weight_decay=WEIGHT_DECAY)
         t = [0]
 
         def step():
@@ -128,12 +140,28 @@ def _optimizer(torch, backend, params, steps):
             opt.step()
 
         return step, lambda: [opt.state[p] for p in params]
-    kw = {k: (getattr(torch, v) if k == "state_dtype" else v) for k, v in backend.items()}
+    kw = {k: (getattr(torch, v) if k == "state_dtype" and v != "8bit" else v) for k, v in backend.items()}
     try:
         opt = fo.AdamW(params, lr=sched, weight_decay=WEIGHT_DECAY, **kw)
-    except TypeError as exc:
+    except (TypeError, ValueError, NotImplementedError) as exc:
         return f"this fastlr.optim.AdamW does not take {sorted(kw)} ({exc})"
     return opt.step, lambda: [opt.state[p] for p in params]
+
+
+def _exp_avg_sq(state):
+    """A param's exp_avg_sq as a float tensor (8-bit states dequantized), or None."""
+    import torch
+
+    from . import _quant8
+    from .optim._quant8_state import BLOCK
+
+    if "exp_avg_sq_codes" in state:  # fastlr's 8-bit layout, sqrt(v) on the unsigned map
+        codes, scales = state["exp_avg_sq_codes"], state["exp_avg_sq_scale"]
+        return torch.from_numpy(_quant8.dequantize(codes.numpy(), scales.numpy(), BLOCK, False, "sqrt"))
+    v = state.get("exp_avg_sq")
+    if v is not None and type(v) is not torch.Tensor:  # torchao's 8-bit tensor subclass
+        v = v.dequantize()
+    return v
 
 
 def train(torch, name, dtype_name, backend, steps, seed=0, log_every=None):
@@ -159,7 +187,8 @@ def train(torch, name, dtype_name, backend, steps, seed=0, log_every=None):
             pred = torch.func.functional_call(evaluator, weights, (Xe,))
             out["steps"].append(t)
             out["eval_loss"].append(torch.nn.functional.mse_loss(pred, Ye).item())
-            vs = [s["exp_avg_sq"] for s in states() if "exp_avg_sq" in s]
+            vs = [_exp_avg_sq(s) for s in states()]
+            vs = [v for v in vs if v is not None]
             total = sum(v.numel() for v in vs)
             out["mean_v"].append(sum(v.double().sum().item() for v in vs) / total if total else float("nan"))
 
@@ -201,6 +230,11 @@ def verdicts(results):
     if isinstance(results.get("bf16 state SR"), dict):
         out.append(("bf16 state with stochastic rounding within 2 % of fp32's final loss",
                     abs(rel("bf16 state SR")) <= 0.02, f"{rel('bf16 state SR'):+.1%}"))
+    if isinstance(results.get("8-bit state"), dict):
+        peer = (f" (torchao's AdamW8bit: {rel('torchao 8-bit'):+.1%})"
+                if isinstance(results.get("torchao 8-bit"), dict) else "")
+        out.append(("8-bit state (fastlr's encoding) within 2 % of fp32's final loss",
+                    abs(rel("8-bit state")) <= 0.02, f"{rel('8-bit state'):+.1%}{peer}"))
     if isinstance(results.get("bf16 state"), dict):
         v_ratio = results["bf16 state"]["mean_v"][-1] / fp32["mean_v"][-1]
         out.append(("bf16 state rounded to nearest: v cannot decay (mean v above fp32's) and the loss is worse",
@@ -245,7 +279,7 @@ def run_all(torch, steps, seed=0, peers=False):
     torch.set_num_threads(1)  # a tiny model: more threads only add wake-ups
     try:
         for name, dtype_name, backend in RUNS:
-            if backend == "torchao" and not peers:
+            if backend in PEER_BACKENDS and not peers:
                 continue
             results[name] = train(torch, name, dtype_name, backend, steps, seed=seed)
     finally:
