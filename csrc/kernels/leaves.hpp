@@ -240,10 +240,10 @@ FASTLR_INLINE void adam_element(int64_t i, uint64_t key, uint32_t idx0, P* p, co
   if (AMSGRAD) store_rounded<R>(vmax[i], vmi, rb.slot(first_state_slot<St> + 2));
 }
 
-// All-bfloat16 leaves (params, grads and state, no master) run on pairs of elements held
-// in one 32-bit word (little-endian: element 2j in the low half): each half becomes a
-// float with one shift or one mask, and the two rounded results go back into one word
-// with a shift and a mask. The per-element loop instead widens each bfloat16 (vpmovzxwd,
+// All-bfloat16 leaves (params, grads and state; a float32 master is read and written as
+// two floats) run on pairs of elements held in one 32-bit word (little-endian: element
+// 2j in the low half): each half becomes a float with one shift or one mask, and the
+// two rounded results go back into one word with a shift and a mask. The per-element loop instead widens each bfloat16 (vpmovzxwd,
 // plus vextracti128 at AVX2, and a shift) and narrows it (vpand + vpackusdw + vpermq at
 // AVX2), twice the instructions of the arithmetic in those 14-byte leaves, which were
 // bound by them. Same operations on each element: the same bits.
@@ -251,7 +251,7 @@ FASTLR_INLINE void adam_element(int64_t i, uint64_t key, uint32_t idx0, P* p, co
 template <class St>
 constexpr bool bf16_pairs = std::is_same<typename St::Param, bf16>::value &&
                             std::is_same<typename St::Grad, bf16>::value &&
-                            std::is_same<typename St::State, bf16>::value && !St::has_master;
+                            std::is_same<typename St::State, bf16>::value;
 #else
 template <class St>
 constexpr bool bf16_pairs = false;
@@ -268,18 +268,27 @@ template <class St, WeightDecay WD, bool AMSGRAD>
 FASTLR_INLINE void adam_pairs(int64_t pairs, uint64_t key, uint32_t idx0, bf16x2* __restrict p,
                               const bf16x2* __restrict g, bf16x2* __restrict m,
                               bf16x2* __restrict v, bf16x2* __restrict vmax,
-                              const AdamScalars<float> s) {
+                              typename St::Master* __restrict master, const AdamScalars<float> s) {
   constexpr Rounding R = St::rounding;
   constexpr int kSlots = rounding_slots<St>(2 + AMSGRAD), kState = first_state_slot<St>;
   for (int64_t j = 0; j < pairs; ++j) {
     const uint32_t idx = idx0 + 2 * static_cast<uint32_t>(j);
     const RandomBits<R, kSlots> r0(key, idx), r1(key, idx + 1);
-    const uint32_t wp = p[j], wg = g[j], wm = m[j], wv = v[j], wvm = AMSGRAD ? vmax[j] : 0u;
-    float p0 = bf16_low(wp), m0 = bf16_low(wm), v0 = bf16_low(wv), vm0 = bf16_low(wvm);
-    float p1 = bf16_high(wp), m1 = bf16_high(wm), v1 = bf16_high(wv), vm1 = bf16_high(wvm);
+    const uint32_t wg = g[j], wm = m[j], wv = v[j], wvm = AMSGRAD ? vmax[j] : 0u;
+    const uint32_t wp = St::has_master ? 0u : p[j];  // a param with a master is not read
+    float p0 = bf16_low(wp), p1 = bf16_high(wp);
+    if constexpr (St::has_master) p0 = master[2 * j], p1 = master[2 * j + 1];
+    float m0 = bf16_low(wm), v0 = bf16_low(wv), vm0 = bf16_low(wvm);
+    float m1 = bf16_high(wm), v1 = bf16_high(wv), vm1 = bf16_high(wvm);
     adam_update<WD, AMSGRAD, R == Rounding::stochastic>(p0, bf16_low(wg), m0, v0, vm0, s);
     adam_update<WD, AMSGRAD, R == Rounding::stochastic>(p1, bf16_high(wg), m1, v1, vm1, s);
-    p[j] = bf16_pair(bf16_word_rounded<R>(p0, r0.slot(0)), bf16_word_rounded<R>(p1, r1.slot(0)));
+    if constexpr (St::has_master) {  // the master, and the param as it rounded to nearest
+      master[2 * j] = p0;
+      master[2 * j + 1] = p1;
+      p[j] = bf16_pair(bf16_word(p0), bf16_word(p1));
+    } else {
+      p[j] = bf16_pair(bf16_word_rounded<R>(p0, r0.slot(0)), bf16_word_rounded<R>(p1, r1.slot(0)));
+    }
     m[j] = bf16_pair(bf16_word_rounded<R>(m0, r0.slot(kState)),
                      bf16_word_rounded<R>(m1, r1.slot(kState)));
     v[j] = bf16_pair(bf16_word_rounded<R>(v0, r0.slot(kState + 1)),
@@ -302,7 +311,8 @@ FASTLR_INLINE void adam_range(int64_t lo, int64_t hi, uint64_t key, uint32_t idx
     auto at = [lo](auto* x) { return reinterpret_cast<bf16x2*>(x + lo); };
     adam_pairs<St, WD, AMSGRAD>(pairs, key, idx0 + static_cast<uint32_t>(lo), at(p),
                                 reinterpret_cast<const bf16x2*>(g + lo), at(m), at(v),
-                                AMSGRAD ? at(vmax) : nullptr, s);
+                                AMSGRAD ? at(vmax) : nullptr,
+                                St::has_master ? master + lo : nullptr, s);
     if (hi - lo > 2 * pairs)  // an odd element left
       adam_element<St, WD, AMSGRAD>(hi - 1, key, idx0, p, g, m, v, vmax, master, s);
   } else {
