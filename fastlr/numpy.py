@@ -143,12 +143,6 @@ def _check_precision_params(group, params, where, eight_bit_roles=()):
         if not eight_bit_roles:
             raise NotImplementedError(f"{where}: state_dtype=\"8bit\" is implemented for SGD, Adam, AdamW, "
                                       "RMSprop and Adagrad (this optimizer has no 8-bit kernel)")
-        for i, p in enumerate(params):
-            if (group.get("stochastic_rounding") and p.dtype.name == "float16" and not group.get("master_weights")
-                    and "exp_avg" in eight_bit_roles):
-                raise NotImplementedError(f"{where}: state_dtype=\"8bit\" with stochastic_rounding=True on the "
-                                          f"float16 params[{i}] of Adam: its 8-bit kernel rounds float16 to "
-                                          "nearest (use bfloat16 params, or master_weights=True)")
 
 
 # state_dtype="8bit" (fastlr.optim's layout, fastlr._quant8's encoding): tensors of at least

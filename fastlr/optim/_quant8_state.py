@@ -57,13 +57,6 @@ def check_group(where, kind, group):
             "(this optimizer has no 8-bit kernel); use state_dtype=torch.bfloat16 or None"
         )
     for i, p in enumerate(group["params"]):
-        if (kind == "adam" and group.get("stochastic_rounding") and p.dtype == torch.float16
-                and not group.get("master_weights")):
-            raise NotImplementedError(
-                f"{where}state_dtype=\"8bit\" with stochastic_rounding=True on the float16 "
-                f"params[{i}] of Adam: its 8-bit kernel rounds float16 params to nearest only "
-                "(use bfloat16 params, or master_weights=True)"
-            )
         if type(p) is not torch.Tensor and hasattr(p, "_local_tensor"):
             raise NotImplementedError(
                 f"{where}state_dtype=\"8bit\" with the DTensor params[{i}] (FSDP2): 8-bit blocks "
@@ -119,8 +112,8 @@ def call(opt, group, b, p_addr, g_addr, addrs, scales, step, gs, precision):
     lr, maximize = _scalar(group["lr"]), bool(group["maximize"])
     if kind == "adam":
         store = {0: 0, 2: 1, 3: 3}[b.code]
-        if store == 1 and precision["stochastic_rounding"] and precision["masters"] is None:
-            store = 2
+        if store in (1, 3) and precision["stochastic_rounding"] and precision["masters"] is None:
+            store += 1  # bfloat16 / float16 params rounded stochastically
         beta1, beta2 = group["betas"]
         amsgrad = bool(group["amsgrad"])
         x = pairs.get("max_exp_avg_sq", (None, None))
