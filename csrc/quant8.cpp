@@ -114,12 +114,18 @@ FASTLR_Q8_AVX2 __attribute__((noinline)) void quantize(Avx2, const float* x, int
 // floats come out in order. Same table values, so bit-identical to the gather path.
 struct MapPlanes {
   alignas(64) uint8_t byte[4][256];
+  alignas(64) uint8_t order[64];  // the codes' pre-permutation, built once, not per block
   explicit MapPlanes(const float* map) {
     for (int c = 0; c < 256; ++c) {
       uint32_t u;
       std::memcpy(&u, map + c, 4);
       for (int k = 0; k < 4; ++k) byte[k][c] = static_cast<uint8_t>(u >> (8 * k));
     }
+    // byte p = 16j + 4r + q of the permuted codes is code 16r + 4j + q (a 4x4 transpose of
+    // 4-byte groups): unpacking lane j then yields floats 16r + 4j .. 16r + 4j + 3
+    for (int j = 0; j < 4; ++j)
+      for (int r = 0; r < 4; ++r)
+        for (int q = 0; q < 4; ++q) order[16 * j + 4 * r + q] = static_cast<uint8_t>(16 * r + 4 * j + q);
   }
 };
 const MapPlanes& planes_of(const float* map) {
@@ -142,13 +148,7 @@ FASTLR_Q8_VBMI __attribute__((noinline)) int64_t dequant_vbmi(const uint8_t* c, 
   __m512i q[4][4];
   for (int k = 0; k < 4; ++k)
     for (int h = 0; h < 4; ++h) q[k][h] = _mm512_load_si512(t.byte[k] + 64 * h);
-  // byte p = 16j + 4r + q of the permuted codes is code 16r + 4j + q (a 4x4 transpose of
-  // 4-byte groups): unpacking lane j then yields floats 16r + 4j .. 16r + 4j + 3
-  alignas(64) uint8_t perm_bytes[64];
-  for (int j = 0; j < 4; ++j)
-    for (int r = 0; r < 4; ++r)
-      for (int q = 0; q < 4; ++q) perm_bytes[16 * j + 4 * r + q] = static_cast<uint8_t>(16 * r + 4 * j + q);
-  const __m512i perm = _mm512_load_si512(perm_bytes);
+  const __m512i perm = _mm512_load_si512(t.order);
   const __m512 vs = _mm512_set1_ps(s);
   int64_t i = 0;
   for (; i + 64 <= n; i += 64) {
