@@ -33,9 +33,19 @@ __all__ = ["sgd_step", "adam_step", "adam8bit_step", "rmsprop_step", "adagrad_st
 _DTYPE_CODES = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}
 _MAX_STEP = 2**53
 _SIXTEEN_BIT = ("bfloat16", "float16")
+_VECTORIZED_SPANS = 48  # from this many updated arrays on, the overlap check runs in NumPy
 
 
 # ------------------------------------------------------------- validation ---
+_NAMES = {}
+
+
+def _name(dtype):
+    """dtype.name, cached: NumPy builds it in Python on every access (a few µs a call)."""
+    name = _NAMES.get(dtype)
+    if name is None:
+        name = _NAMES[dtype] = dtype.name
+    return name
 
 
 def _as_list(x, name, *, n=None):
@@ -46,9 +56,10 @@ def _as_list(x, name, *, n=None):
     else:
         raise TypeError(f"{name} must be a numpy.ndarray or a list of them, got {type(x).__name__}")
     for i, a in enumerate(arrays):
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{name}[{i}] must be a numpy.ndarray, got {type(a).__name__}")
-        if type(a) is not np.ndarray:  # a subclass (matrix, memmap, ...) may override size/shape:
+        if type(a) is not np.ndarray:
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"{name}[{i}] must be a numpy.ndarray, got {type(a).__name__}")
+            # a subclass (matrix, memmap, ...) may override size/shape:
             arrays[i] = a.view(np.ndarray)  # the same memory, seen as a plain array
     if n is not None and len(arrays) != n:
         raise ValueError(f"{name} has {len(arrays)} arrays but params has {n}")
@@ -61,13 +72,16 @@ def _check_arrays(name, arrays, params, dtype, *, updated):
             raise TypeError(f"{name}[{i}] has dtype {a.dtype}, expected {dtype} (dtypes must not be mixed)")
         if a.shape != params[i].shape:
             raise ValueError(f"{name}[{i}] has shape {a.shape}, but params[{i}] has shape {params[i].shape}")
-        if not a.flags.c_contiguous:
+        flags = a.flags  # (a new object at each access)
+        if not flags.c_contiguous:
             raise ValueError(f"{name}[{i}] must be C-contiguous (updates happen in place; pass np.ascontiguousarray)")
-        if updated and not a.flags.writeable:
+        if updated and not flags.writeable:
             raise ValueError(f"{name}[{i}] is read-only")
 
 
 def _real(x, name):
+    if type(x) is float and x == x:  # the common case, without the ABC check (x == x: not NaN)
+        return x
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
     try:
@@ -95,6 +109,8 @@ def _schedule_or_value(x, name, check):
 
 
 def _step(step, name="step", *, required):
+    if type(step) is int and 1 <= step <= _MAX_STEP:  # the common case, without the ABC checks
+        return step
     if step is None:
         if required:
             raise ValueError(f"{name} is required (the 1-based index of this update)")
@@ -112,6 +128,8 @@ def _step(step, name="step", *, required):
 
 
 def _seed(seed):
+    if type(seed) is int and 0 <= seed < 2**64:  # the common case, without the ABC check
+        return seed
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
     seed = int(seed)
@@ -151,7 +169,7 @@ class _Call:
             self.dtype = np.dtype(np.float32)
         else:
             self.dtype = self.params[0].dtype
-            if self.dtype.name not in _DTYPE_CODES:
+            if _name(self.dtype) not in _DTYPE_CODES:
                 raise TypeError(
                     f"params[0] has dtype {self.dtype}; supported: float32, float64, float16, bfloat16"
                 )
@@ -159,7 +177,7 @@ class _Call:
                 raise TypeError(f"params[0] has non-native byte order ({self.dtype.str}); "
                                 "convert with a.astype(a.dtype.newbyteorder('='))")
         _check_arrays("params", self.params, self.params, self.dtype, updated=True)
-        self.code = _DTYPE_CODES[self.dtype.name]
+        self.code = _DTYPE_CODES[_name(self.dtype)]
         self.numel = [a.size for a in self.params]
         self._addrs = {}  # id(list) -> its data addresses, read once
         self._updated = [self.params]
@@ -167,7 +185,7 @@ class _Call:
         grad_dtype = self.dtype
         if master_params is not None:
             self.masters = _as_list(master_params, "master_params", n=self.n)
-            if self.n and self.dtype.name not in _SIXTEEN_BIT:
+            if self.n and _name(self.dtype) not in _SIXTEEN_BIT:
                 raise TypeError(f"master_params are for bfloat16/float16 params; params[0] has "
                                 f"dtype {self.dtype}")
             _check_arrays("master_params", self.masters, self.params, np.dtype(np.float32),
@@ -176,7 +194,7 @@ class _Call:
             if self.n and self.grads[0].dtype == np.float32:
                 grad_dtype = np.dtype(np.float32)  # float32 grads: allowed with masters
         _check_arrays(grads_name, self.grads, self.params, grad_dtype, updated=False)
-        self.grad_code = _DTYPE_CODES[grad_dtype.name]
+        self.grad_code = _DTYPE_CODES[_name(grad_dtype)]
         self.state_dtype = None  # set by the first state list
         if not isinstance(stochastic_rounding, (bool, np.bool_)):
             raise TypeError(f"stochastic_rounding must be a bool, got {type(stochastic_rounding).__name__}")
@@ -188,7 +206,7 @@ class _Call:
         """The precision keywords of the _C kernels."""
         return {
             "grad_dtype": self.grad_code,
-            "state_dtype": None if self.state_dtype is None else _DTYPE_CODES[self.state_dtype.name],
+            "state_dtype": None if self.state_dtype is None else _DTYPE_CODES[_name(self.state_dtype)],
             "masters": self.addresses(self.masters),
             "stochastic_rounding": self.stochastic_rounding,
             "seed": self.seed,
@@ -203,9 +221,9 @@ class _Call:
         if self.state_dtype is None and arrays:
             dtype = arrays[0].dtype
             allowed = ["float32", "bfloat16"]
-            if self.masters is None and self.dtype.name not in allowed:
-                allowed.insert(0, self.dtype.name)
-            if dtype.name not in allowed or not dtype.isnative:
+            if self.masters is None and _name(self.dtype) not in allowed:
+                allowed.insert(0, _name(self.dtype))
+            if _name(dtype) not in allowed or not dtype.isnative:
                 raise TypeError(f"{name}[0] has dtype {dtype}; state arrays are "
                                 f"{' or '.join(allowed)}" + (" with master_params" if self.masters else ""))
             self.state_dtype = dtype
@@ -223,14 +241,28 @@ class _Call:
         updated array other than exactly (each element's grad is read before its param or
         state is written, so a grad that *is* one of them is fine; a shifted view would read
         values already updated). Call after every state is added."""
+        if sum(map(len, self._updated)) >= _VECTORIZED_SPANS:
+            bad = self._overlaps_vectorized()
+        else:
+            bad = self._overlaps()
+        if bad == -1:
+            raise ValueError("the same array memory is passed twice among the updated arrays "
+                             "(or two of them overlap)")
+        if bad is not None:
+            raise ValueError(f"grads[{bad}] shares memory with an updated array other than "
+                             f"params[{bad}] (a grad may be the very memory of its own param, "
+                             "which is read before it is written)")
+
+    def _overlaps(self):
+        """finish()'s check: -1 when updated arrays overlap, else the first grad that
+        overlaps one other than its param exactly, else None."""
         spans = sorted(
             (p, p + a.nbytes)
             for arrays in self._updated for a, p in zip(arrays, self.addresses(arrays)) if a.size
         )
         for (_, end), (start, _) in zip(spans, spans[1:]):
             if start < end:
-                raise ValueError("the same array memory is passed twice among the updated arrays "
-                                 "(or two of them overlap)")
+                return -1
         starts = [start for start, _ in spans]
         exact = set(spans)
         p_addrs = self.addresses(self.params)
@@ -238,9 +270,28 @@ class _Call:
             span = (a, a + g.nbytes)
             if g.size and (_overlaps_inexactly(spans, starts, span)
                            or (span in exact and a != p_addrs[i])):
-                raise ValueError(f"grads[{i}] shares memory with an updated array other than "
-                                 f"params[{i}] (a grad may be the very memory of its own param, "
-                                 "which is read before it is written)")
+                return i
+        return None
+
+    def _overlaps_vectorized(self):
+        """_overlaps() in NumPy: the same answer, faster for hundreds of arrays."""
+        addrs = np.array([a for arrays in self._updated for a in self.addresses(arrays)], np.int64)
+        sizes = np.array([a.nbytes for arrays in self._updated for a in arrays], np.int64)
+        order = np.argsort(addrs, kind="stable")
+        order = order[sizes[order] > 0]  # (empty arrays hold no memory)
+        starts, ends = addrs[order], addrs[order] + sizes[order]
+        if (starts[1:] < ends[:-1]).any():
+            return -1
+        if not starts.size:
+            return None
+        g_start = np.array(self.addresses(self.grads), np.int64)
+        g_end = g_start + np.array([g.nbytes for g in self.grads], np.int64)
+        j = np.searchsorted(starts, g_end) - 1  # as _overlaps_inexactly
+        jc = np.maximum(j, 0)
+        hit = (j >= 0) & (ends[jc] > g_start) & (g_end > g_start)
+        exact = (starts[jc] == g_start) & (ends[jc] == g_end)
+        bad = np.flatnonzero(hit & (~exact | (g_start != np.array(self.addresses(self.params), np.int64))))
+        return int(bad[0]) if bad.size else None
 
     def refuse_grads_that_are_params(self, why):
         """For updates where torch writes the param before it reads the grad."""
@@ -368,6 +419,7 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1=0.9, beta
 
 
 _VARIANTS = {"torchao": 0, "fastlr": 1}
+_UINT8, _FLOAT32 = np.dtype(np.uint8), np.dtype(np.float32)
 
 
 def _quant8_state(call, codes, scales, name, block_size):
@@ -375,20 +427,21 @@ def _quant8_state(call, codes, scales, name, block_size):
     codes = _as_list(codes, f"{name}_codes", n=call.n)
     scales = _as_list(scales, f"{name}_scales", n=call.n)
     for i, (c, s, p) in enumerate(zip(codes, scales, call.params)):
-        if c.dtype != np.uint8:
+        if c.dtype != _UINT8:
             raise TypeError(f"{name}_codes[{i}] has dtype {c.dtype}, expected uint8")
         if c.shape != p.shape:
             raise ValueError(f"{name}_codes[{i}] has shape {c.shape}, but params[{i}] has shape {p.shape}")
         nb = -(-p.size // block_size)
-        if s.dtype != np.float32:
+        if s.dtype != _FLOAT32:
             raise TypeError(f"{name}_scales[{i}] has dtype {s.dtype}, expected float32")
         if s.shape != (nb,):
             raise ValueError(f"{name}_scales[{i}] has shape {s.shape}, expected ({nb},): one scale per "
                              f"block of {block_size} elements of params[{i}]")
         for a, what in ((c, "codes"), (s, "scales")):
-            if not a.flags.c_contiguous:
+            flags = a.flags
+            if not flags.c_contiguous:
                 raise ValueError(f"{name}_{what}[{i}] must be C-contiguous")
-            if not a.flags.writeable:
+            if not flags.writeable:
                 raise ValueError(f"{name}_{what}[{i}] is read-only")
     call._updated += [codes, scales]
     return codes, scales
@@ -457,7 +510,7 @@ def adam8bit_step(params, grads, exp_avg_codes, exp_avg_scales, exp_avg_sq_codes
         call.refuse_grads_that_are_params("with decoupled weight decay the grad is read after "
                                           "decaying the param")
     call.finish()
-    store = {"float32": 0, "bfloat16": 1, "float16": 3}[call.dtype.name]
+    store = {"float32": 0, "bfloat16": 1, "float16": 3}[_name(call.dtype)]
     if store in (1, 3) and call.stochastic_rounding and call.masters is None:
         store += 1  # bfloat16 / float16 with stochastic rounding
         if store == 4 and variant != "fastlr":
@@ -472,7 +525,7 @@ def adam8bit_step(params, grads, exp_avg_codes, exp_avg_scales, exp_avg_sq_codes
 
 
 def _refuse_float64(call, name):
-    if call.n and call.dtype.name == "float64":
+    if call.n and _name(call.dtype) == "float64":
         raise TypeError(f"params[0] has dtype float64; {name} supports float32, bfloat16 and float16")
 
 

@@ -174,6 +174,26 @@ def test_rejected_before_any_change(kernel, mutate, exc, match):
     assert_rejected(kernel, mutate(make_call(kernel)), exc, match)
 
 
+_SHARED_MEMORY_CASES = [c for c in _cases() if c.id.split("-", 1)[1] in (
+    "state-aliases-param", "same-state-twice", "overlapping-views", "grad-overlaps-param", "grad-is-a-state")]
+
+
+@pytest.mark.parametrize("kernel,mutate,exc,match", _SHARED_MEMORY_CASES)
+def test_shared_memory_refused_by_the_vectorized_check(kernel, mutate, exc, match, monkeypatch):
+    """Calls of many arrays check for shared memory in NumPy: the same refusals."""
+    monkeypatch.setattr(fastlr._kernels, "_VECTORIZED_SPANS", 0)
+    assert_rejected(kernel, mutate(make_call(kernel)), exc, match)
+
+
+@pytest.mark.parametrize("vectorized", [False, True])
+def test_grads_that_are_their_params_pass_both_checks(vectorized, monkeypatch):
+    """Many arrays, each grad its own param's memory, one empty: accepted by both checks."""
+    monkeypatch.setattr(fastlr._kernels, "_VECTORIZED_SPANS", 0 if vectorized else 10**9)
+    ps = [np.ones(n, np.float32) for n in [3, 0, 5] * 20]
+    fastlr.sgd_step(ps, ps, lr=0.1)
+    assert all((p == 0.9).all() for p in ps)
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_read_only_grads_are_fine(kernel):
     call = make_call(kernel)

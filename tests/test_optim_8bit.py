@@ -220,3 +220,63 @@ def test_variant_fastlr_matches_numpy_kernel():
     for p, r in zip(ps, ref):
         np.testing.assert_array_equal(p.detach().numpy(), r)
     assert "exp_avg_codes" in opt.state[ps[0]] and "exp_avg" in opt.state[ps[2]]
+
+
+@pytest.mark.parametrize("variant", ["torchao", "fastlr"])
+def test_cached_steps_notice_changes(variant):
+    """Steps after the first reuse the group's call layout (one plan per group); replaced
+    state, a missing grad, a swapped param, amsgrad or the lr changed take the general path
+    and its checks: the trajectory equals one that always takes the general path."""
+    a, b = _params(), _params()
+    oa = AdamW8bit(a, lr=1e-2, variant=variant)
+    ob = AdamW8bit(b, lr=1e-2, variant=variant)
+
+    def both(step, skip=()):
+        for i, (x, y, g) in enumerate(zip(a, b, _grads(step))):
+            x.grad = None if i in skip else g
+            y.grad = None if i in skip else g.clone()
+        oa.step()
+        ob._fastlr_plans.clear()  # ob always takes the general path
+        ob.step()
+
+    for step in range(1, 4):
+        both(step)
+    assert oa._fastlr_plans  # a plan is cached
+    for o, ps in ((oa, a), (ob, b)):
+        o.state[ps[0]]["exp_avg_scale"] = o.state[ps[0]]["exp_avg_scale"].clone()  # replaced
+        o.state[ps[2]]["exp_avg"] = o.state[ps[2]]["exp_avg"].clone()  # (32-bit state)
+    both(4)
+    for o, ps in ((oa, a), (ob, b)):
+        ps[3].data = ps[3].data.clone()  # the param's memory moved
+        o.param_groups[0]["lr"] = 5e-3
+    both(5)
+    both(6, skip=(1,))  # a param without a grad: its step count lags behind
+    both(7)
+    for o in (oa, ob):
+        o.param_groups[0]["amsgrad"] = True  # new roles: created by the general path's check
+    with pytest.raises(RuntimeError, match="max_exp_avg_sq"):
+        both(8)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+        assert oa.state[x].keys() == ob.state[y].keys()
+        for key in oa.state[x]:
+            assert torch.equal(oa.state[x][key], ob.state[y][key]), key
+    assert [float(oa.state[p]["step"]) for p in a] == [7.0, 6.0, 7.0, 7.0]
+
+
+def test_bad_state_raises_before_anything_is_modified():
+    """A state that does not fit its param is refused before any param or step count of
+    the group is written, on the first step and on cached ones."""
+    ps = _params()
+    opt = AdamW8bit(ps, lr=1e-2)
+    for step in (1, 2, 3):
+        for p, g in zip(ps, _grads(step)):
+            p.grad = g
+        opt.step()
+    before = [p.detach().clone() for p in ps]
+    steps = [float(opt.state[p]["step"]) for p in ps]
+    opt.state[ps[3]]["exp_avg_sq_scale"] = torch.zeros(3)
+    with pytest.raises(RuntimeError, match=r"exp_avg_sq_codes.*params\[3\]"):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(ps, before))
+    assert [float(opt.state[p]["step"]) for p in ps] == steps

@@ -13,6 +13,7 @@ float32, and stores every 16-bit destination rounded to nearest or stochasticall
 """
 from __future__ import annotations
 
+import itertools
 import numbers
 import operator
 
@@ -27,6 +28,9 @@ _is_contiguous = torch.Tensor.is_contiguous
 _nbytes = operator.attrgetter("nbytes")
 _dtype = operator.attrgetter("dtype")
 _step_of = operator.itemgetter("step")
+_grad_of = operator.attrgetter("grad")
+_is_not = operator.is_not
+_NONE = itertools.repeat(None)
 
 OPTIONS = ("master_weights", "state_dtype", "stochastic_rounding", "seed")
 _LOW = (torch.bfloat16, torch.float16)
@@ -135,7 +139,7 @@ def state_dtype(group, p):
 def step_group(opt, group, gs, grad_scale):
     """One update of a group with precision options (CPU params)."""
     roles = opt._roles(group)
-    if _cached_step(opt, group, roles, gs):
+    if _cached_step(opt, group, (roles, _options(group)), gs):
         return
     name = type(opt).__name__
     first_id = _first_tensor_id(opt, group)
@@ -219,7 +223,7 @@ def step_group(opt, group, gs, grad_scale):
     calls = [_run_bucket(opt, group, roles, key, [prepared[k] for k in members], members, gs, sr, seed,
                          first_id, sgd_t)
              for key, members in buckets.items()]
-    _remember(opt, group, roles, calls, prepared)
+    _remember(opt, group, (roles, _options(group)), calls, prepared)
     if opt._kind == "sgd" and sr:
         group["sr_t"] = sgd_t + 1
     if opt._has_step:
@@ -314,21 +318,27 @@ def _run_bucket(opt, group, roles, key, entries, members, gs, sr, seed, first_id
 
 
 # ------------------------------------------------------------ cached steps ---
+# Also the cached step of fastlr.optim.Adam8bit / AdamW8bit (adam8bit.py): an optimizer
+# with ``_fastlr_plans``, a versioned ``state`` (_base._State), ``_kind`` and ``_has_step``,
+# whose calls have ``run``, ``members``, ``checks`` and ``g_dtype`` as _Call's.
 class _Plan:
     """What the last step of a group looked like, while nothing changed: one kernel call
     per bucket (dtype, storage) over contiguous, local tensors of one step count."""
 
-    __slots__ = ("group", "params_list", "mask", "version", "roles", "options", "gidx", "params",
-                 "p_addrs", "calls", "steps", "step_buf", "bump")
+    __slots__ = ("group", "params_list", "mask", "version", "key", "gidx", "params", "p_addrs", "calls",
+                 "checks", "states", "steps", "step_buf", "bump", "nbytes", "g_dtypes", "sr_t")
 
 
 def _options(group):
     return tuple(group.get(k) for k in OPTIONS)
 
 
-def _remember(opt, group, roles, calls, prepared):
-    key = ("precision", id(group))
-    opt._fastlr_plans.pop(key, None)
+def _remember(opt, group, key, calls, prepared):
+    """Caches the step just taken (``calls`` over ``prepared``'s (p, pl, gl, j, st, ...)
+    entries) as the plan of the group's next steps; ``key`` is what else the calls depend
+    on (the roles and options): a step with another key takes the general path."""
+    plan_key = ("precision", id(group))
+    opt._fastlr_plans.pop(plan_key, None)
     if any(c is None for c in calls):
         return
     if opt._has_step and len({float(e[4]["step"]) for e in prepared}) != 1:
@@ -338,70 +348,75 @@ def _remember(opt, group, roles, calls, prepared):
     plan.params_list = group["params"]
     plan.mask = [p.grad is not None for p in group["params"]]
     plan.version = opt.state.version
-    plan.roles = roles
-    plan.options = _options(group)
-    plan.gidx = [e[3] for e in prepared]
+    plan.key = key
     plan.params = [e[0] for e in prepared]
     plan.p_addrs = [e[0].data_ptr() for e in prepared]
     states = [e[4] for e in prepared]
     grads = [e[2] for e in prepared]
-    # per call: its states (for the address checks), grad sizes and grad indices
-    plan.calls = [(c, [states[k] for k in c.members], [grads[k].nbytes for k in c.members],
-                   [plan.gidx[k] for k in c.members]) for c in calls]
+    # the calls' members in call order, so each step checks and reads them with flat maps
+    order = [k for c in calls for k in c.members]
+    plan.gidx = [prepared[k][3] for k in order]
+    plan.states = [states[k] for k in order]
+    plan.nbytes = [grads[k].nbytes for k in order]
+    plan.g_dtypes = [c.g_dtype for c in calls for _ in c.members]
+    plan.calls = []
+    start = 0
+    for c in calls:
+        plan.calls.append((c, start, start + len(c.members)))
+        start += len(c.members)
+    # state tensors by address: (getter, the call's states, their addresses)
+    plan.checks = [(getter, plan.states[lo:hi], addrs) for c, lo, hi in plan.calls for getter, addrs in c.checks]
     plan.steps = plan.step_buf = None
     if opt._has_step:
         # torch's 0-dim step tensors, as views into one buffer: one add_ advances them all
         plan.step_buf = torch.tensor([float(s["step"]) for s in states], dtype=states[0]["step"].dtype)
-        plan.steps = list(plan.step_buf.unbind())
-        for s, view in zip(states, plan.steps):
+        views = list(plan.step_buf.unbind())
+        for s, view in zip(states, views):
             s["step"] = view
+        plan.steps = [views[k] for k in order]
     plan.bump = [p for p in plan.params if not p.is_inference()]
-    opt._fastlr_plans[key] = plan
+    plan.sr_t = opt._kind == "sgd" and bool(group.get("stochastic_rounding"))
+    opt._fastlr_plans[plan_key] = plan
 
 
-def _cached_step(opt, group, roles, gs):
+def _cached_step(opt, group, key, gs):
     """The step through the plan of the last one when every cached fact still holds (the
     checks of fastlr.optim's own plans); False to take the general path."""
     plan = opt._fastlr_plans.get(("precision", id(group)))
     if plan is None:
         return False
     params = group["params"]
-    grads_all = [p.grad for p in params]
+    grads_all = list(map(_grad_of, params))
     if (
         plan.group is not group or plan.params_list is not params
-        or [g is not None for g in grads_all] != plan.mask
-        or plan.version != opt.state.version or plan.roles != roles or plan.options != _options(group)
+        or list(map(_is_not, grads_all, _NONE)) != plan.mask
+        or plan.version != opt.state.version or plan.key != key
         or list(map(_data_ptr, plan.params)) != plan.p_addrs
     ):
         return False
-    grads_of = []
+    grads = [grads_all[j] for j in plan.gidx]
+    states = plan.states
     try:
-        for call, states, g_nbytes, gidx in plan.calls:
-            for getter, addrs in call.checks:
-                if list(map(_data_ptr, map(getter, states))) != addrs:
-                    return False
-            grads = [grads_all[j] for j in gidx]
-            if any(g.layout != torch.strided for g in grads):
+        g_addrs = list(map(_data_ptr, grads))  # (a sparse grad has none)
+        for getter, call_states, addrs in plan.checks:
+            if list(map(_data_ptr, map(getter, call_states))) != addrs:
                 return False
-            if (list(map(_nbytes, grads)) != g_nbytes or set(map(_dtype, grads)) != {call.g_dtype}
-                    or not all(map(_is_contiguous, grads))):
-                return False
-            grads_of.append(grads)
-        if plan.steps is not None and not all(
-                map(operator.is_, map(_step_of, (s for _, sts, _, _ in plan.calls for s in sts)),
-                    (plan.steps[k] for c, _, _, _ in plan.calls for k in c.members))):
-            return False
-    except KeyError:
+    except (RuntimeError, KeyError):
+        return False
+    if (list(map(_nbytes, grads)) != plan.nbytes or list(map(_dtype, grads)) != plan.g_dtypes
+            or not all(map(_is_contiguous, grads))):
         return False
     step = None
     if plan.steps is not None:
+        if not all(map(operator.is_, map(_step_of, states), plan.steps)):
+            return False
         values = plan.step_buf.tolist()
         if values.count(values[0]) != len(values):
             return False
         step = values[0] + 1.0
-    for (call, _, _, _), grads in zip(plan.calls, grads_of):
-        call.run(opt, group, list(map(_data_ptr, grads)), step, gs)
-    if opt._kind == "sgd" and group.get("stochastic_rounding"):
+    for call, lo, hi in plan.calls:
+        call.run(opt, group, g_addrs[lo:hi], step, gs)
+    if plan.sr_t:
         group["sr_t"] = group.get("sr_t", 0) + 1
     if plan.steps is not None:
         plan.step_buf.add_(1.0)

@@ -3,6 +3,7 @@ same quantization: block-wise absmax, the bitsandbytes dynamic maps, nearest cod
 one fused C++ pass per step instead of one compiled function per param."""
 from __future__ import annotations
 
+import operator
 from itertools import chain
 
 import numpy as np
@@ -10,6 +11,8 @@ import torch
 from torch import Tensor
 
 from .. import _C, _quant8
+from . import _precision
+from ._base import _State, _profile_hook_step
 
 __all__ = ["Adam8bit", "AdamW8bit", "state_dict_to_float32"]
 
@@ -20,14 +23,35 @@ _FLAVOUR = {"linear": 0, "sqrt": 1}
 _DTYPE_CODE = {0: 0, 1: 2, 2: 2, 3: 3}  # param store -> _C.adam's dtype code  # torchao's arithmetic / fastlr's (see quant8_kernels.hpp)
 
 
-def _np(t):
-    """A NumPy view of a contiguous CPU float32/uint8 tensor."""
-    return t.detach().numpy()
+class _Call:
+    """One fused kernel call of a group's step, as the cached plan repeats it
+    (_precision._cached_step): the members (positions in the step's list of updated
+    params), their numels and addresses; lr, betas, eps and weight decay are read from the
+    group at each call."""
+
+    __slots__ = ("members", "checks", "g_dtype", "store", "q8", "numel", "p_addr", "state_addrs")
+
+    def run(self, opt, group, g_addr, step, gs):
+        lr = group["lr"]
+        lr = float(lr) if isinstance(lr, Tensor) else lr
+        beta1, beta2 = group["betas"]
+        a = self.state_addrs  # codes and scales (or 32-bit state and None) per role of _ROLES
+        if not self.q8 and opt._encoding == "sqrt":  # 32-bit state: torch.optim.Adam's kernel
+            _C.adam(_DTYPE_CODE[self.store], self.numel, self.p_addr, g_addr, a[0], a[2], a[4], step, lr, None,
+                    beta1, None, beta2, group["eps"], group["weight_decay"], opt._decoupled, group["amsgrad"],
+                    False, stochastic_rounding=self.store == 2, seed=opt.seed)
+            return
+        _C.adam8(self.store, opt.block_size, self.q8, _FLAVOUR[opt._encoding], self.numel, self.p_addr, g_addr,
+                 *a, step, lr, None, beta1, None, beta2, group["eps"], group["weight_decay"], opt._decoupled,
+                 group["amsgrad"], opt.seed)
 
 
 class _Adam8bitBase(torch.optim.Optimizer):
     _decoupled = False
     _encoding = "linear"
+    # for _precision's cached step (one plan per group, as fastlr.optim's precision groups)
+    _kind = "adam8bit"
+    _has_step = True
 
     def __init__(self, params, lr, betas, eps, weight_decay, amsgrad, *, block_size,
                  bf16_stochastic_round, compile_backend=None, seed=0, variant="torchao"):
@@ -57,7 +81,9 @@ class _Adam8bitBase(torch.optim.Optimizer):
         self._encoding = "linear" if variant == "torchao" else "sqrt"
         defaults = dict(lr=lr, betas=tuple(float(b) for b in betas), eps=eps, weight_decay=weight_decay,
                         amsgrad=bool(amsgrad))
+        self._fastlr_plans = {}
         super().__init__(params, defaults)
+        self.state = _State(self.state)  # counts its mutations: cached plans see replaced state
         self.block_size = block_size
         self.bf16_stochastic_round = bool(bf16_stochastic_round)
         self.compile_backend = compile_backend  # accepted for torchao compatibility; nothing is compiled
@@ -65,6 +91,9 @@ class _Adam8bitBase(torch.optim.Optimizer):
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        if not isinstance(self.state, _State):
+            self.state = _State(self.state)
+        self._fastlr_plans = {}
         for group in self.param_groups:
             group.setdefault("amsgrad", False)
 
@@ -87,7 +116,7 @@ class _Adam8bitBase(torch.optim.Optimizer):
                 state[role] = torch.zeros_like(p, memory_format=torch.contiguous_format)
 
     # ------------------------------------------------------------------- step ---
-    @torch.no_grad()
+    @_profile_hook_step
     def step(self, closure=None):
         """One fused 8-bit step per param group (per dtype, per quantized/32-bit state
         and per step count)."""
@@ -95,13 +124,22 @@ class _Adam8bitBase(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            self._step_group(group)
+        prev = torch.is_grad_enabled()  # torch.no_grad(), without its Python object
+        torch._C._set_grad_enabled(False)
+        try:
+            for group in self.param_groups:
+                self._step_group(group)
+        finally:
+            torch._C._set_grad_enabled(prev)
         return loss
 
     def _step_group(self, group):
-        calls = {}
-        copy_back = []
+        # what the calls depend on besides the params, grads and state
+        key = (group["amsgrad"], self.block_size, self._encoding, self.bf16_stochastic_round, self.seed)
+        if _precision._cached_step(self, group, key, 1.0):
+            return
+        name = type(self).__name__
+        entries = []
         for j, p in enumerate(group["params"]):
             g = p.grad
             if g is None:
@@ -109,57 +147,79 @@ class _Adam8bitBase(torch.optim.Optimizer):
             if g.is_sparse:
                 raise RuntimeError("Sparse gradient is not supported")
             if p.device.type != "cpu":
-                raise RuntimeError(f"fastlr.optim.{type(self).__name__}: params[{j}] is on {p.device}; "
+                raise RuntimeError(f"fastlr.optim.{name}: params[{j}] is on {p.device}; "
                                    "the 8-bit kernels run on CPU tensors")
             store = _STORE.get(p.dtype)
             if store is None:
-                raise TypeError(f"fastlr.optim.{type(self).__name__}: params[{j}] has dtype {p.dtype}; "
+                raise TypeError(f"fastlr.optim.{name}: params[{j}] has dtype {p.dtype}; "
                                 "8-bit optimizers support float32, bfloat16 and float16 params")
             if g.shape != p.shape or g.dtype != p.dtype:
-                raise RuntimeError(f"fastlr.optim.{type(self).__name__}: the grad of params[{j}] has shape "
+                raise RuntimeError(f"fastlr.optim.{name}: the grad of params[{j}] has shape "
                                    f"{tuple(g.shape)} and dtype {g.dtype}, but the param has shape "
                                    f"{tuple(p.shape)} and dtype {p.dtype}")
             if store == 1 and self.bf16_stochastic_round:
                 store = 2
+            entries.append((p, g, j, store))
+        # every state checked before anything is written
+        prepared = []
+        for p, g, j, store in entries:
             state = self.state[p]
             if len(state) == 0:
                 self._init_state(group, p, state)
             q8 = "exp_avg_codes" in state
             self._check_state(j, p, state, group["amsgrad"], q8)
-            state["step"] += 1
+            prepared.append((p, p, g, j, state, store, q8))
+        buckets = {}
+        for k, (_, _, _, _, state, store, q8) in enumerate(prepared):
+            buckets.setdefault((store, q8, float(state["step"]) + 1.0), []).append(k)
+        roles = _ROLES if group["amsgrad"] else _ROLES[:2]
+        calls = [self._run_bucket(group, roles, store, q8, step, members, prepared)
+                 for (store, q8, step), members in buckets.items()]
+        if prepared:
+            torch._foreach_add_([e[4]["step"] for e in prepared], 1.0)
+            # the kernel wrote through raw pointers: tell autograd, as torch's in-place updates do
+            bump = [e[0] for e in prepared if not e[0].is_inference()]
+            if bump:
+                torch.autograd.graph.increment_version(bump)
+        _precision._remember(self, group, key, calls, prepared)
+
+    def _run_bucket(self, group, roles, store, q8, step, members, prepared):
+        """One fused call over the params of one dtype, storage and step count; returns it
+        for the cached plan, or None when temporaries made it a one-off."""
+        copy_back = []
+        p_addr, g_addr = [], []
+        for k in members:
+            p, g = prepared[k][0], prepared[k][2]
             pm = p if p.is_contiguous() else p.contiguous()
             if pm is not p:
                 copy_back.append((p, pm))
             gm = g if g.is_contiguous() else g.contiguous()
-            key = (store, q8, float(state["step"]))
-            calls.setdefault(key, []).append((pm, gm, state))
-        lr = group["lr"]
-        lr = float(lr) if isinstance(lr, Tensor) else lr
-        beta1, beta2 = group["betas"]
-        for (store, q8, step), members in calls.items():
-            roles = _ROLES if group["amsgrad"] else _ROLES[:2]
-            args = []
-            for role in _ROLES:
-                if role not in roles:
-                    args += [None, None]
-                elif q8:
-                    args += [[s[role + "_codes"].data_ptr() for _, _, s in members],
-                             [s[role + "_scale"].data_ptr() for _, _, s in members]]
-                else:
-                    args += [[s[role].data_ptr() for _, _, s in members], None]
-            if not q8 and self._encoding == "sqrt":  # 32-bit state: torch.optim.Adam's kernel
-                _C.adam(_DTYPE_CODE[store], [p.numel() for p, _, _ in members],
-                        [p.data_ptr() for p, _, _ in members], [g.data_ptr() for _, g, _ in members],
-                        args[0], args[2], args[4], step, lr, None, beta1, None, beta2, group["eps"],
-                        group["weight_decay"], self._decoupled, group["amsgrad"], False,
-                        stochastic_rounding=store == 2, seed=self.seed)
+            if gm is not g:
+                copy_back.append((None, gm))  # kept alive until the call returns
+            p_addr.append(pm.data_ptr())
+            g_addr.append(gm.data_ptr())
+        states = [prepared[k][4] for k in members]
+        call = _Call()
+        call.members, call.store, call.q8 = members, store, q8
+        call.numel = [prepared[k][0].numel() for k in members]
+        call.g_dtype = prepared[members[0]][0].dtype
+        call.p_addr, call.state_addrs, call.checks = p_addr, [], []
+        for role in _ROLES:
+            if role not in roles:
+                call.state_addrs += [None, None]
                 continue
-            _C.adam8(store, self.block_size, q8, _FLAVOUR[self._encoding],
-                     [p.numel() for p, _, _ in members], [p.data_ptr() for p, _, _ in members],
-                     [g.data_ptr() for _, g, _ in members], *args, step, lr, None, beta1, None, beta2,
-                     group["eps"], group["weight_decay"], self._decoupled, group["amsgrad"], self.seed)
+            keys = (role + "_codes", role + "_scale") if q8 else (role,)
+            for key in keys:
+                addrs = [s[key].data_ptr() for s in states]
+                call.state_addrs.append(addrs)
+                call.checks.append((operator.itemgetter(key), addrs))
+            if not q8:
+                call.state_addrs.append(None)
+        call.run(self, group, g_addr, step, 1.0)
         for p, pm in copy_back:
-            p.copy_(pm)
+            if p is not None:
+                p.copy_(pm)
+        return None if copy_back else call
 
     def _check_state(self, j, p, state, amsgrad, q8):
         roles = _ROLES if amsgrad else _ROLES[:2]
