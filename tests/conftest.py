@@ -40,6 +40,14 @@ def cpu_level(request):
 
 
 @pytest.fixture
+def restore_cpu_level():
+    """For tests that switch CPU levels themselves: the level is restored after the test."""
+    before = _C.cpu_level()
+    yield
+    _C.set_cpu_level(before)
+
+
+@pytest.fixture
 def num_threads():
     """A setter for fastlr's thread count that restores the original count after the test."""
     before = _C.get_num_threads()

@@ -5,25 +5,11 @@ import numpy as np
 import pytest
 
 import fastlr
+from conftest import supported_cpu_levels
 from fastlr import _C, _quant8
 
-LEVELS = [lv for lv in ("baseline", "avx2", "avx512")
-          if ["baseline", "avx2", "avx512"].index(lv) <= ["baseline", "avx2", "avx512"].index(_C.detected_cpu_level())]
+LEVELS = list(supported_cpu_levels())
 LEVEL_ID = {"baseline": 0, "avx2": 1, "avx512": 2}
-
-
-@pytest.fixture
-def cpu_level():
-    old = _C.cpu_level()
-    yield _C.set_cpu_level
-    _C.set_cpu_level(old)
-
-
-@pytest.fixture
-def threads():
-    old = fastlr.get_num_threads()
-    yield fastlr.set_num_threads
-    fastlr.set_num_threads(old)
 
 
 # ------------------------------------------------------------------ maps ---
@@ -241,7 +227,7 @@ def _run(level, nthreads, variant="fastlr", dtype=np.float32, sr=False, steps=4)
 
 
 @pytest.mark.parametrize("variant", ["fastlr", "torchao"])
-def test_threads_and_cpu_levels_bit_identical(variant, cpu_level, threads):
+def test_threads_and_cpu_levels_bit_identical(variant, restore_cpu_level, num_threads):
     base_p, base_s = _run(LEVELS[0], 1, variant)
     for level in LEVELS:
         for nt in (1, 2, 3):
@@ -253,7 +239,7 @@ def test_threads_and_cpu_levels_bit_identical(variant, cpu_level, threads):
                     np.testing.assert_array_equal(s[k], t[k])
 
 
-def test_bf16_stochastic_rounding_reproducible_and_unbiased(cpu_level, threads):
+def test_bf16_stochastic_rounding_reproducible_and_unbiased(restore_cpu_level, num_threads):
     bf16 = pytest.importorskip("ml_dtypes").bfloat16
     a, _ = _run(LEVELS[0], 1, dtype=bf16, sr=True)
     for level in LEVELS:

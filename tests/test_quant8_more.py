@@ -8,27 +8,13 @@ import numpy as np
 import pytest
 
 import fastlr
+from conftest import supported_cpu_levels
 from fastlr import _C, _quant8
 
 torch = pytest.importorskip("torch")
 
-LEVELS = [lv for lv in ("baseline", "avx2", "avx512")
-          if ["baseline", "avx2", "avx512"].index(lv) <= ["baseline", "avx2", "avx512"].index(_C.detected_cpu_level())]
+LEVELS = list(supported_cpu_levels())
 f32 = np.float32
-
-
-@pytest.fixture
-def cpu_level():
-    old = _C.cpu_level()
-    yield _C.set_cpu_level
-    _C.set_cpu_level(old)
-
-
-@pytest.fixture
-def threads():
-    old = fastlr.get_num_threads()
-    yield fastlr.set_num_threads
-    fastlr.set_num_threads(old)
 
 
 def _bf16():
@@ -345,7 +331,7 @@ LEVEL_PARAMS = [(c, "f32") for c in LEVEL_CASES] + [
 
 
 @pytest.mark.parametrize("case,mode", LEVEL_PARAMS, ids=lambda x: x if isinstance(x, str) else _case_id(x))
-def test_threads_and_cpu_levels_bit_identical(case, mode, cpu_level, threads):
+def test_threads_and_cpu_levels_bit_identical(case, mode, restore_cpu_level, num_threads):
     opt, cfg = case
     base = _run(opt, cfg, LEVELS[0], 1, mode)
     for level in LEVELS:

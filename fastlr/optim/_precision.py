@@ -489,7 +489,8 @@ def convert_loaded_state(opt, state_dict):
         if group.get("state_dtype") == EIGHT_BIT or any(k.endswith("_codes") for k in saved):
             # 8-bit storage here or in the saved dict: converted role by role
             roles = opt._roles(group)
-            _quant8_state.convert_loaded(st, saved, p, roles, group.get("state_dtype") == EIGHT_BIT,
+            q8 = group.get("state_dtype") == EIGHT_BIT and _quant8_state.quantized(p)
+            _quant8_state.convert_loaded(st, saved, p, roles, (_quant8_state.BLOCK, "sqrt") if q8 else None,
                                          state_dtype(group, p) if active(group) else p.dtype, source[pid])
             converted = {r + suffix for r in roles for suffix in ("", "_codes", "_scale")}
         if not active(group):

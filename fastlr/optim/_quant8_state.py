@@ -88,15 +88,24 @@ def role_tensors(name, j, state, role, p, kind):
     codes, scale = state.get(role + "_codes"), state.get(role + "_scale")
     if codes is None and scale is None and kind == "sgd":
         return None
-    nb = num_blocks(p)
+    check_role(name, j, role, codes, scale, p)
+    return codes, scale
+
+
+def check_role(name, j, role, codes, scale, p, block=BLOCK, contiguous_codes=False):
+    """RuntimeError unless (codes, scale) can be p's 8-bit state of this block size: uint8
+    codes of p's shape (contiguous when the kernel reads them in place), one contiguous
+    float32 scale per block, on the CPU."""
+    nb = _quant8.num_blocks(p.numel(), block)
     if (codes is None or scale is None or codes.dtype != torch.uint8 or codes.shape != p.shape
+            or (contiguous_codes and not codes.is_contiguous())
             or scale.dtype != torch.float32 or scale.shape != (nb,) or not scale.is_contiguous()
             or codes.device.type != "cpu" or scale.device.type != "cpu"):
         raise RuntimeError(
             f"fastlr.optim.{name}: state['{role}_codes'] / state['{role}_scale'] of params[{j}] must be "
-            f"uint8 codes of shape {tuple(p.shape)} and {nb} contiguous float32 scales (state_dtype=\"8bit\")"
+            f"uint8 codes of shape {tuple(p.shape)}{' (contiguous)' if contiguous_codes else ''} and {nb} "
+            f"contiguous float32 scales (one per block of {block}) on the CPU"
         )
-    return codes, scale
 
 
 def call(opt, group, b, p_addr, g_addr, addrs, scales, step, gs, precision):
@@ -151,11 +160,6 @@ def source_of(group):
     return int(group.get("block_size", BLOCK)), group.get("exp_avg_sq_encoding", "sqrt")
 
 
-def _encoding(role, source):
-    signed, encoding = ROLES[role]
-    return signed, (encoding if signed else source[1])
-
-
 def check_saved(where, key, value, p, block=BLOCK):
     """A saved ``<role>_codes`` / ``<role>_scale`` tensor: ValueError unless it fits p."""
     if not torch.is_tensor(value):
@@ -171,40 +175,62 @@ def check_saved(where, key, value, p, block=BLOCK):
                              f"expected float32 scales of shape ({nb},) (one per block of {block})")
 
 
-def saved_values(saved, role, source=(BLOCK, "sqrt")):
-    """float32 NumPy values of one role of a saved per-param state (8-bit or float), or None."""
-    codes = saved.get(role + "_codes")
+def saved_values(saved, role, source=(BLOCK, "sqrt"), numel=None):
+    """float32 NumPy values of one role of a saved per-param state, or None when absent:
+    8-bit codes and scales of the source's (block size, encoding of the unsigned roles), a
+    torchao ``OptimState8bit`` (its own block size, linear), or a float tensor. ``numel``:
+    the param's, checked (ValueError) when given."""
+    codes, scale, t = saved.get(role + "_codes"), saved.get(role + "_scale"), saved.get(role)
+    block, unsigned_encoding = source
+    if codes is None and t is not None and hasattr(t, "codes") and hasattr(t, "scale"):
+        codes, scale = t.codes, t.scale  # torchao's OptimState8bit
+        block, unsigned_encoding = t.codes.numel() // max(t.scale.numel(), 1), "linear"
     if codes is not None:
-        signed, encoding = _encoding(role, source)
-        return _quant8.dequantize(codes.cpu().numpy(), saved[role + "_scale"].cpu().numpy(), source[0], signed,
-                                  encoding).reshape(-1)
-    t = saved.get(role)
+        if numel is not None:
+            if scale is None or codes.numel() != numel:
+                raise ValueError(f"state '{role}_codes' does not match a param of {numel} elements")
+            if scale.numel() != _quant8.num_blocks(numel, block):
+                raise ValueError(f"state '{role}_scale' has {scale.numel()} blocks, expected "
+                                 f"{_quant8.num_blocks(numel, block)} (block_size={block})")
+        signed = ROLES[role][0]
+        return _quant8.dequantize(codes.cpu().numpy(), scale.float().cpu().numpy(), block, signed,
+                                  "linear" if signed else unsigned_encoding).reshape(-1)
     if t is None:
         return None
+    if numel is not None and t.numel() != numel:
+        raise ValueError(f"state '{role}' has {t.numel()} elements, the param {numel}")
     return t.detach().float().cpu().contiguous().numpy().reshape(-1).copy()
 
 
-def convert_loaded(state, saved, p, roles, eight_bit, float_dtype, source=(BLOCK, "sqrt")):
-    """After torch's load_state_dict: p's state re-read from the saved tensors in this
-    group's storage (8-bit codes of this encoding taken over, others and float state
-    quantized, or dequantized when the group keeps float state of ``float_dtype``)."""
-    q8 = eight_bit and quantized(p)
+def convert_loaded(state, saved, p, roles, target, float_dtype, source=(BLOCK, "sqrt"), absent_zeros=False):
+    """p's state re-read from a saved per-param state in this optimizer's storage: ``target``
+    (block size, encoding of the unsigned roles) for 8-bit state, None for float state of
+    ``float_dtype``. Saved codes of the target's layout are taken over, other 8-bit state
+    and float state converted. An absent role is left out (SGD's None buffer: the first
+    step creates it), or zeros with ``absent_zeros``."""
+    n = p.numel()
     for role in roles:
-        if role + "_codes" in saved and q8 and _encoding(role, source) == ROLES[role] and source[0] == BLOCK:
-            state[role + "_codes"] = saved[role + "_codes"].to(torch.uint8).cpu().contiguous().clone()
-            state[role + "_scale"] = saved[role + "_scale"].to(torch.float32).cpu().contiguous().clone()
+        signed = ROLES[role][0]
+        codes, scale = saved.get(role + "_codes"), saved.get(role + "_scale")
+        if (target is not None and codes is not None and scale is not None and source[0] == target[0]
+                and (signed or source[1] == target[1]) and codes.numel() == n
+                and scale.numel() == _quant8.num_blocks(n, target[0])):
+            state[role + "_codes"] = codes.to(torch.uint8).cpu().reshape(p.shape).clone(
+                memory_format=torch.contiguous_format)
+            state[role + "_scale"] = scale.to(torch.float32).cpu().reshape(-1).clone(
+                memory_format=torch.contiguous_format)
             state.pop(role, None)
             continue
-        values = saved_values(saved, role, source)
+        values = saved_values(saved, role, source, n)
         state.pop(role + "_codes", None)
         state.pop(role + "_scale", None)
+        if values is None and absent_zeros:
+            values = np.zeros(n, np.float32)
         if values is None:
-            if q8:
-                state.pop(role, None)  # (SGD's None buffer: the first step creates its codes)
-            continue
-        if q8:
-            signed, encoding = ROLES[role]
-            codes, scales = _quant8.quantize(values, BLOCK, signed, encoding)
+            if target is not None:
+                state.pop(role, None)
+        elif target is not None:
+            codes, scales = _quant8.quantize(values, target[0], signed, "linear" if signed else target[1])
             state[role + "_codes"] = torch.from_numpy(codes).reshape(p.shape)
             state[role + "_scale"] = torch.from_numpy(scales)
             state.pop(role, None)
@@ -215,10 +241,13 @@ def convert_loaded(state, saved, p, roles, eight_bit, float_dtype, source=(BLOCK
 
 def dequantized(saved, source=(BLOCK, "sqrt")):
     """A per-param state with every ``<role>_codes`` / ``<role>_scale`` pair as float32
-    ``<role>`` (other entries shared)."""
-    roles = [r for r in ROLES if r + "_codes" in saved]
-    out = {k: v for k, v in saved.items()
-           if k not in roles and not (k.endswith(("_codes", "_scale")) and k[: k.rindex("_")] in roles)}
-    for role in roles:
-        out[role] = torch.from_numpy(saved_values(saved, role, source)).reshape(saved[role + "_codes"].shape)
+    ``<role>`` in the codes' place (other entries shared)."""
+    out = {}
+    for key, v in saved.items():
+        role = key[: -len("_codes")]
+        if key.endswith("_codes") and role in ROLES:
+            out[role] = torch.from_numpy(saved_values(saved, role, source)).reshape(v.shape)
+        elif not (key.endswith("_scale") and role + "_codes" in saved) and not (
+                key in ROLES and key + "_codes" in saved):
+            out[key] = v
     return out

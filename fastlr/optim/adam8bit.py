@@ -6,19 +6,17 @@ from __future__ import annotations
 import operator
 from itertools import chain
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from .. import _C, _quant8
-from . import _precision
+from . import _precision, _quant8_state
 from ._base import _State, _profile_hook_step
 
 __all__ = ["Adam8bit", "AdamW8bit", "state_dict_to_float32"]
 
 _STORE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 3}
 _ROLES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-_SIGNED = {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False}
 _FLAVOUR = {"linear": 0, "sqrt": 1}
 _DTYPE_CODE = {0: 0, 1: 2, 2: 2, 3: 3}  # param store -> _C.adam's dtype code  # torchao's arithmetic / fastlr's (see quant8_kernels.hpp)
 
@@ -226,14 +224,8 @@ class _Adam8bitBase(torch.optim.Optimizer):
         name = type(self).__name__
         for role in roles:
             if q8:
-                c, s = state.get(role + "_codes"), state.get(role + "_scale")
-                nb = _quant8.num_blocks(p.numel(), self.block_size)
-                if (c is None or s is None or c.dtype != torch.uint8 or c.numel() != p.numel()
-                        or not c.is_contiguous() or s.dtype != torch.float32 or s.numel() != nb
-                        or not s.is_contiguous() or c.device.type != "cpu" or s.device.type != "cpu"):
-                    raise RuntimeError(f"fastlr.optim.{name}: state['{role}_codes'/'{role}_scale'] of "
-                                       f"params[{j}] must be uint8 codes of {p.numel()} elements and "
-                                       f"{nb} float32 scales (block_size={self.block_size})")
+                _quant8_state.check_role(name, j, role, state.get(role + "_codes"), state.get(role + "_scale"), p,
+                                         self.block_size, contiguous_codes=True)
             else:
                 t = state.get(role)
                 if t is None or t.shape != p.shape or t.dtype != p.dtype or not t.is_contiguous():
@@ -280,51 +272,10 @@ class _Adam8bitBase(torch.optim.Optimizer):
         src_encoding = next((g.get("exp_avg_sq_encoding") for g in state_dict["param_groups"]
                              if "exp_avg_sq_encoding" in g), "linear")
         out = {"step": torch.as_tensor(saved.get("step", 0.0), dtype=torch.float32).clone().reshape(())}
-        roles = _ROLES if amsgrad else _ROLES[:2]
-        for role in roles:
-            codes, scale = saved.get(role + "_codes"), saved.get(role + "_scale")
-            if (codes is not None and scale is not None and self._quantized(p)
-                    and (saved_block or self.block_size) == self.block_size
-                    and (src_encoding == self._encoding or _SIGNED[role])
-                    and codes.numel() == p.numel()
-                    and scale.numel() == _quant8.num_blocks(p.numel(), self.block_size)):
-                # our own layout: taken over exactly
-                out[role + "_codes"] = codes.to(torch.uint8).cpu().reshape(p.shape).clone()
-                out[role + "_scale"] = scale.to(torch.float32).cpu().reshape(-1).clone()
-                continue
-            values = self._saved_values(p, saved, role, saved_block, src_encoding)
-            if self._quantized(p):
-                codes, scales = _quant8.quantize(values, self.block_size, _SIGNED[role], self._encoding)
-                out[role + "_codes"] = torch.from_numpy(codes).reshape(p.shape)
-                out[role + "_scale"] = torch.from_numpy(scales)
-            else:
-                out[role] = torch.from_numpy(values).reshape(p.shape).to(p.dtype)
+        _quant8_state.convert_loaded(out, saved, p, _ROLES if amsgrad else _ROLES[:2],
+                                     (self.block_size, self._encoding) if self._quantized(p) else None, p.dtype,
+                                     (saved_block or self.block_size, src_encoding), absent_zeros=True)
         return out
-
-    def _saved_values(self, p, saved, role, saved_block, src_encoding):
-        """float32 NumPy values of one role of a saved state (zeros when absent)."""
-        block = saved_block or self.block_size
-        codes, scale = saved.get(role + "_codes"), saved.get(role + "_scale")
-        t = saved.get(role)
-        if codes is None and t is not None and hasattr(t, "codes") and hasattr(t, "scale"):
-            codes, scale = t.codes, t.scale  # torchao's OptimState8bit
-            block = t.codes.numel() // max(t.scale.numel(), 1)
-            src_encoding = "linear"
-        if codes is not None:
-            if scale is None or codes.numel() != p.numel():
-                raise ValueError(f"state '{role}_codes' does not match a param of {p.numel()} elements")
-            signed = _SIGNED[role]
-            enc = src_encoding if not signed else "linear"
-            if scale.numel() != _quant8.num_blocks(p.numel(), block):
-                raise ValueError(f"state '{role}_scale' has {scale.numel()} blocks, expected "
-                                 f"{_quant8.num_blocks(p.numel(), block)} (block_size={block})")
-            values = _quant8.dequantize(codes.cpu().numpy(), scale.float().cpu().numpy(), block, signed, enc)
-            return values.reshape(-1)
-        if t is not None:
-            if t.numel() != p.numel():
-                raise ValueError(f"state '{role}' has {t.numel()} elements, the param {p.numel()}")
-            return t.detach().float().cpu().contiguous().numpy().reshape(-1).copy()
-        return np.zeros(p.numel(), np.float32)
 
     def state_dict(self):
         sd = super().state_dict()
@@ -347,21 +298,7 @@ def state_dict_to_float32(state_dict):
         return to_torch_state_dict(state_dict)
     block = next((g["block_size"] for g in groups if "block_size" in g), 256)
     encoding = next((g["exp_avg_sq_encoding"] for g in groups if "exp_avg_sq_encoding" in g), "linear")
-    out_state = {}
-    for k, s in state_dict["state"].items():
-        new = {}
-        for key, v in s.items():
-            if key.endswith("_codes"):
-                role = key[: -len("_codes")]
-                signed = _SIGNED[role]
-                values = _quant8.dequantize(v.cpu().numpy(), s[role + "_scale"].float().cpu().numpy(), block,
-                                            signed, "linear" if signed else encoding)
-                new[role] = torch.from_numpy(values).reshape(v.shape)
-            elif key.endswith("_scale"):
-                continue
-            else:
-                new[key] = v
-        out_state[k] = new
+    out_state = {k: _quant8_state.dequantized(s, (block, encoding)) for k, s in state_dict["state"].items()}
     out_groups = []
     for g in groups:
         g = dict(g)
