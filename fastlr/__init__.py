@@ -9,8 +9,8 @@ import numbers
 
 from . import _C
 from ._kernels import (
-    adagrad8bit_step, adagrad_step, adam8bit_step, adam_step, rmsprop8bit_step, rmsprop_step,
-    sgd8bit_step, sgd_step,
+    adagrad8bit_step, adagrad_step, adam8bit_step, adam_step, dequantize8bit, quantize8bit, rmsprop8bit_step,
+    rmsprop_step, sgd8bit_step, sgd_step,
 )
 from ._schedulefree_kernels import (
     ScheduleFreeStep, adamw_schedulefree_step, radam_schedulefree_step, schedulefree_eval,
@@ -32,6 +32,8 @@ __all__ = [
     "sgd8bit_step",
     "rmsprop8bit_step",
     "adagrad8bit_step",
+    "quantize8bit",
+    "dequantize8bit",
     "sgd_schedulefree_step",
     "adamw_schedulefree_step",
     "radam_schedulefree_step",

@@ -24,11 +24,11 @@ import numbers
 
 import numpy as np
 
-from . import _C
+from . import _C, _quant8
 from .schedules import Schedule
 
 __all__ = ["sgd_step", "adam_step", "adam8bit_step", "rmsprop_step", "adagrad_step", "sgd8bit_step",
-           "rmsprop8bit_step", "adagrad8bit_step"]
+           "rmsprop8bit_step", "adagrad8bit_step", "quantize8bit", "dequantize8bit"]
 
 _DTYPE_CODES = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}
 _MAX_STEP = 2**53
@@ -557,7 +557,7 @@ _Q8_DOC = """
     per block of ``block_size`` elements, the last block may be partial), as
     adam8bit_step's: signed states (momentum buffers, grad_avg) hold their value on the
     signed map, non-negative ones (square_avg, sum) their square root on the unsigned map
-    (``fastlr._quant8.quantize(x, block_size, signed, encoding="sqrt")``). Per block:
+    (``fastlr.quantize8bit(x, signed=..., block_size=block_size)``). Per block:
     dequantize, torch.optim's update in float32, re-quantize (scale = block absmax,
     nearest code). Zeros (codes 0, scales 0) are an all-zero state."""
 
@@ -666,7 +666,7 @@ def adagrad8bit_step(params, grads, state_sum_codes, state_sum_scales, *, step, 
     Args:
         state_sum_codes/scales: sqrt(sum) on the unsigned map; torch's
             ``initial_accumulator_value`` v is
-            ``fastlr._quant8.quantize(np.full(shape, v, np.float32), block_size, False, "sqrt")``.
+            ``fastlr.quantize8bit(np.full(shape, v, np.float32), signed=False, block_size=block_size)``.
         step: 1-based index of this update. lr: float or Schedule (at ``step - 1``).
         master_params, stochastic_rounding, seed, tensor_ids: see the module docstring.
 
@@ -775,3 +775,63 @@ def adagrad_step(params, grads, state_sums, *, step, lr, lr_decay=0.0, weight_de
     return _C.adagrad(call.code, call.numel, call.addresses(call.params), call.addresses(call.grads),
                       call.addresses(sums), float(step), lr, lr_enc, lr_decay, weight_decay, eps,
                       bool(maximize), **call.precision())
+
+
+# ---------------------------------------------------------- 8-bit state ---
+
+
+def _q8_options(signed, block_size, encoding):
+    if not isinstance(signed, (bool, np.bool_)):
+        raise TypeError(f"signed must be a bool, got {type(signed).__name__}")
+    if encoding not in _quant8.ENCODINGS:
+        raise ValueError(f"encoding must be 'sqrt' or 'linear', got {encoding!r}")
+    return bool(signed), _block_size(block_size)
+
+
+def quantize8bit(values, *, signed, block_size=256, encoding="sqrt"):
+    """An 8-bit state holding ``values``, as the 8-bit kernels store it: ``(codes, scales)``.
+
+    ``codes`` (uint8, the values' shape) index the signed dynamic map (``signed=True``:
+    momentum buffers, ``exp_avg``, ``grad_avg``) or the unsigned one (``exp_avg_sq``,
+    ``square_avg``, Adagrad's ``sum``); ``scales`` (float32) hold one absmax per block of
+    ``block_size`` elements (the last block may be partial). With ``encoding="sqrt"``
+    (fastlr's, the kernels' default) an unsigned state stores √value; ``"linear"`` stores
+    the value (``adam8bit_step(variant="torchao")``'s exp_avg_sq). Nearest code, as the
+    kernels re-quantize.
+
+    Example: torch.optim.Adagrad's ``initial_accumulator_value=0.1`` for a param of 5000
+    elements:
+
+        >>> codes, scales = quantize8bit(np.full(5000, 0.1, np.float32), signed=False)
+        >>> codes.shape, scales.shape
+        ((5000,), (20,))
+    """
+    signed, block_size = _q8_options(signed, block_size, encoding)
+    x = np.asarray(values)
+    if x.dtype.kind not in "fiu" and _name(x.dtype) != "bfloat16":
+        raise TypeError(f"values must be real numbers, got an array of dtype {x.dtype}")
+    x = x.astype(np.float32)
+    if not signed and (x < 0).any():
+        raise ValueError("values of an unsigned state must be >= 0")
+    return _quant8.quantize(x, block_size, signed, encoding)
+
+
+def dequantize8bit(codes, scales, *, signed, block_size=256, encoding="sqrt"):
+    """The float32 values of an 8-bit state ``(codes, scales)`` (quantize8bit's inverse up
+    to the rounding to the nearest code), in the codes' shape.
+
+        >>> codes, scales = quantize8bit(np.full(5000, 0.1, np.float32), signed=False)
+        >>> float(dequantize8bit(codes, scales, signed=False)[0])  # doctest: +ELLIPSIS
+        0.1...
+    """
+    signed, block_size = _q8_options(signed, block_size, encoding)
+    if not isinstance(codes, np.ndarray) or codes.dtype != _UINT8:
+        raise TypeError(f"codes must be a uint8 numpy.ndarray, got {getattr(codes, 'dtype', type(codes).__name__)}")
+    if not isinstance(scales, np.ndarray) or scales.dtype != _FLOAT32:
+        raise TypeError(f"scales must be a float32 numpy.ndarray, got "
+                        f"{getattr(scales, 'dtype', type(scales).__name__)}")
+    nb = -(-codes.size // block_size)
+    if scales.shape != (nb,):
+        raise ValueError(f"scales has shape {scales.shape}, expected ({nb},): one scale per block of "
+                         f"{block_size} codes")
+    return _quant8.dequantize(codes, scales, block_size, signed, encoding)

@@ -400,13 +400,54 @@ def test_adagrad_initial_accumulator_value():
     n, v0 = 1000, 0.1
     p = np.ones(n, f32)
     g = np.full(n, 0.2, f32)
-    codes, scales = _quant8.quantize(np.full(n, v0, f32), 256, False, "sqrt")
+    codes, scales = fastlr.quantize8bit(np.full(n, v0, f32), signed=False)
     fastlr.adagrad8bit_step(p, g, codes, scales, step=1, lr=0.1)
     P = torch.nn.Parameter(torch.ones(n))
     P.grad = torch.full((n,), 0.2)
     torch.optim.Adagrad([P], lr=0.1, initial_accumulator_value=v0, foreach=False).step()
     # sqrt(v0) is each block's absmax: code 255 exactly, so the dequantized sum is v0 up to rounding
     np.testing.assert_allclose(p, P.detach().numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("encoding,block", [("sqrt", 256), ("linear", 64)])
+def test_public_quantize8bit_is_the_kernels_encoding(signed, encoding, block):
+    """fastlr.quantize8bit / dequantize8bit: the reference quantization the kernels are
+    checked against bit for bit (this file's trajectories), for any role, block and encoding."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((7, 300)).astype(f32) * 1e-3
+    if not signed:
+        x = np.abs(x)
+    codes, scales = fastlr.quantize8bit(x, signed=signed, block_size=block, encoding=encoding)
+    ref_codes, ref_scales = _quant8.quantize(x, block, signed, encoding)
+    np.testing.assert_array_equal(codes, ref_codes)
+    np.testing.assert_array_equal(scales, ref_scales)
+    assert codes.shape == x.shape and scales.shape == (-(-x.size // block),)
+    back = fastlr.dequantize8bit(codes, scales, signed=signed, block_size=block, encoding=encoding)
+    np.testing.assert_array_equal(back, _quant8.dequantize(codes, scales, block, signed, encoding))
+    assert back.dtype == f32 and back.shape == x.shape
+    np.testing.assert_allclose(back, x, atol=0.05 * np.abs(x).max())
+
+
+def test_public_quantize8bit_bad_input():
+    x = np.ones(300, f32)
+    with pytest.raises(TypeError, match="signed"):
+        fastlr.quantize8bit(x, signed=None)
+    with pytest.raises(ValueError, match="block_size"):
+        fastlr.quantize8bit(x, signed=True, block_size=0)
+    with pytest.raises(ValueError, match="encoding"):
+        fastlr.quantize8bit(x, signed=True, encoding="log")
+    with pytest.raises(ValueError, match="unsigned.*>= 0"):
+        fastlr.quantize8bit(-x, signed=False)
+    with pytest.raises(TypeError, match="real numbers"):
+        fastlr.quantize8bit(np.array(["a"]), signed=True)
+    codes, scales = fastlr.quantize8bit(x, signed=True)
+    with pytest.raises(TypeError, match="codes"):
+        fastlr.dequantize8bit(codes.astype(np.int16), scales, signed=True)
+    with pytest.raises(TypeError, match="scales"):
+        fastlr.dequantize8bit(codes, scales.astype(np.float64), signed=True)
+    with pytest.raises(ValueError, match="scales has shape"):
+        fastlr.dequantize8bit(codes, scales, signed=True, block_size=64)
 
 
 def test_sgd_momentum_schedule_reaching_zero_leaves_the_buffer_alone():
