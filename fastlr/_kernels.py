@@ -149,11 +149,13 @@ def _tensor_ids(ids, n):
         raise ValueError(f"tensor_ids has {len(ids)} ids but params has {n}")
     out = []
     for i, t in enumerate(ids):
-        if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral):
-            raise TypeError(f"tensor_ids[{i}] must be an integer, got {type(t).__name__}")
-        if not 0 <= int(t) < 2**63:
+        if type(t) is not int:  # (the common case skips the ABC check)
+            if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral):
+                raise TypeError(f"tensor_ids[{i}] must be an integer, got {type(t).__name__}")
+            t = int(t)
+        if not 0 <= t < 2**63:
             raise ValueError(f"tensor_ids[{i}] must be in [0, 2**63), got {t}")
-        out.append(int(t))
+        out.append(t)
     return out
 
 

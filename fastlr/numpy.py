@@ -28,6 +28,7 @@ import numbers
 import numpy as np
 
 from . import _C, _kernels, _quant8
+from ._kernels import _name  # dtype.name, cached
 from .schedules import Schedule
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
@@ -68,14 +69,15 @@ def _optional_flag(x, name):
 def _param(a, where):
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{where} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype.name not in _SUPPORTED:
+    if _name(a.dtype) not in _SUPPORTED:
         raise TypeError(f"{where} has dtype {a.dtype}; supported: {', '.join(_SUPPORTED)}")
     if not a.dtype.isnative:
         raise TypeError(f"{where} has non-native byte order ({a.dtype.str}); "
                         "convert with a.astype(a.dtype.newbyteorder('='))")
-    if not a.flags.c_contiguous:
+    flags = a.flags  # (a new object at each access)
+    if not flags.c_contiguous:
         raise ValueError(f"{where} must be C-contiguous (it is updated in place)")
-    if not a.flags.writeable:
+    if not flags.writeable:
         raise ValueError(f"{where} is read-only")
     return a
 
@@ -331,7 +333,7 @@ class _Optimizer:
                 continue
             buckets = {}
             for i in idx:  # fastlr.optim's buckets, in its order (8-bit tensors apart)
-                key = (params[i].dtype.name, checked[i].dtype.name, self._bucket_key(i, group),
+                key = (_name(params[i].dtype), _name(checked[i].dtype), self._bucket_key(i, group),
                        _quantized(group, params[i]))
                 buckets.setdefault(key, []).append(i)
             for (_, _, key, q8), members in buckets.items():
@@ -391,7 +393,7 @@ class _Optimizer:
 
     def _uses_master(self, i, group=None):
         group = group or self._group_of(i)
-        return bool(group.get("master_weights")) and self._params[i].dtype.name in ("bfloat16", "float16")
+        return bool(group.get("master_weights")) and _name(self._params[i].dtype) in ("bfloat16", "float16")
 
     def _storage(self, group, p, key):
         """The dtype a state array of p is kept in (fastlr.optim's rule)."""
@@ -401,7 +403,7 @@ class _Optimizer:
         if name == "8bit":  # (tensors below 4096 elements)
             return np.dtype(np.float32)
         if name is None:
-            master = bool(group.get("master_weights")) and p.dtype.name in ("bfloat16", "float16")
+            master = bool(group.get("master_weights")) and _name(p.dtype) in ("bfloat16", "float16")
             return np.dtype(np.float32) if master else p.dtype
         return _np_dtype(name)
 
@@ -489,7 +491,7 @@ class _Optimizer:
                             for key, v in entry.items() if v is not None}
             self._convert_8bit(new_state[i], group, params[i], f"state[{pid!r}]", sources[k])
             if "master_param" in new_state[i] and not (group.get("master_weights")
-                                                       and params[i].dtype.name in ("bfloat16", "float16")):
+                                                       and _name(params[i].dtype) in ("bfloat16", "float16")):
                 del new_state[i]["master_param"]  # without master weights the param is it
         for k, group in enumerate(new_groups):
             for i in range(sum(len(g["params"]) for g in new_groups[:k]),
