@@ -42,6 +42,20 @@ def num_blocks(numel, block_size):
     return -(-int(numel) // int(block_size))
 
 
+def check_saved_part(where, key, dtype_name, shape, param_shape, block_size):
+    """ValueError unless a saved ``<role>_codes`` (uint8, the param's shape) or
+    ``<role>_scale`` (float32, one per block) of this dtype and shape fits the param (the
+    load-time check of fastlr.optim's and fastlr.numpy's 8-bit state)."""
+    codes = key.endswith("_codes")
+    numel = int(np.prod(param_shape, dtype=np.int64))
+    want_shape = tuple(param_shape) if codes else (num_blocks(numel, block_size),)
+    want_dtype = "uint8" if codes else "float32"
+    if dtype_name != want_dtype or tuple(shape) != want_shape:
+        raise ValueError(f"{where} has dtype {dtype_name} and shape {tuple(shape)}; expected {want_dtype} "
+                         + ("codes of the param's shape " if codes else f"scales (one per block of {block_size}) ")
+                         + f"{want_shape}")
+
+
 def block_absmax(x, block_size):
     """max |x| per block (NaN propagates), clipped below at 1e-12 as torchao's."""
     x = np.abs(np.asarray(x, dtype=np.float32).reshape(-1))

@@ -525,12 +525,7 @@ class _Optimizer:
             v = v.detach().cpu().numpy()
         if not isinstance(v, np.ndarray):
             raise ValueError(f"{where} must be an array, got {type(v).__name__}")
-        codes = key.endswith("_codes")
-        shape, dtype = (p.shape, np.uint8) if codes else ((_quant8.num_blocks(p.size, block),), np.float32)
-        if v.dtype != dtype or v.shape != shape:
-            raise ValueError(f"{where} has dtype {v.dtype} and shape {v.shape}; expected {np.dtype(dtype)} "
-                             + ("codes of the param's shape " if codes else f"scales (one per block of {block}) ")
-                             + f"{shape}")
+        _quant8.check_saved_part(where, key, _name(v.dtype), v.shape, p.shape, block)
         return np.array(v, order="C", copy=True)
 
     def _convert_8bit(self, state, group, p, where, source=(_BLOCK, "sqrt")):

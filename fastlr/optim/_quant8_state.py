@@ -164,15 +164,8 @@ def check_saved(where, key, value, p, block=BLOCK):
     """A saved ``<role>_codes`` / ``<role>_scale`` tensor: ValueError unless it fits p."""
     if not torch.is_tensor(value):
         raise ValueError(f"{where}[{key!r}] must be a tensor, got {type(value).__name__}")
-    if key.endswith("_codes"):
-        if value.dtype != torch.uint8 or tuple(value.shape) != tuple(p.shape):
-            raise ValueError(f"{where}[{key!r}] has dtype {value.dtype} and shape {tuple(value.shape)}; "
-                             f"expected uint8 codes of the param's shape {tuple(p.shape)}")
-    else:
-        nb = _quant8.num_blocks(p.numel(), block)
-        if value.dtype != torch.float32 or tuple(value.shape) != (nb,):
-            raise ValueError(f"{where}[{key!r}] has dtype {value.dtype} and shape {tuple(value.shape)}; "
-                             f"expected float32 scales of shape ({nb},) (one per block of {block})")
+    _quant8.check_saved_part(f"{where}[{key!r}]", key, str(value.dtype).replace("torch.", ""), value.shape,
+                             p.shape, block)
 
 
 def saved_values(saved, role, source=(BLOCK, "sqrt"), numel=None):
