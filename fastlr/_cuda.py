@@ -40,6 +40,16 @@ __all__ = ["available", "sgd", "adam", "rmsprop", "adagrad", "copy_", "schedule_
 _DTYPES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 _STEP_DTYPES = {torch.float32: 0, torch.float64: 1, torch.int32: 2, torch.int64: 3}
 _encodings = {}  # (Schedule, device index) -> float64 device tensor (schedules are immutable)
+_DEVICE_TYPE = "cuda"  # what the kernels take (a test double sets "cpu", with a fake _C_cuda)
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def _stream(index):
+    """The current stream's cudaStream_t of device `index` (torch.cuda.current_stream
+    builds a Stream object: microseconds a call)."""
+    if _raw_stream is not None:
+        return _raw_stream(index)
+    return torch.cuda.current_stream(index).cuda_stream
 
 
 def available() -> bool:
@@ -102,7 +112,7 @@ def _run(fn, role_names, roles, *, steps, schedule_step, increment, grad_scale, 
     if n == 0:
         return
     p0 = params[0]
-    if not isinstance(p0, torch.Tensor) or p0.device.type != "cuda":
+    if not isinstance(p0, torch.Tensor) or p0.device.type != _DEVICE_TYPE:
         raise TypeError("params[0] must be a CUDA tensor")
     device = p0.device
     index = p0.get_device()
@@ -154,7 +164,7 @@ def _run(fn, role_names, roles, *, steps, schedule_step, increment, grad_scale, 
         for s in counters:
             seen.setdefault(s.data_ptr(), None)
         inc = list(seen)
-    stream = torch.cuda.current_stream(device).cuda_stream
+    stream = _stream(device.index)
     common = dict(device=device.index, stream=stream, step_dtype=step_code, grad_scale=gs,
                   found_inf=fi, schedule_step=schedule_step.data_ptr() if schedule_step is not None else 0,
                   **sched_ptrs)

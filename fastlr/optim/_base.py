@@ -62,6 +62,9 @@ _get_grad = operator.attrgetter("grad")
 _NONE = itertools.repeat(None)  # map(_is_not, xs, _NONE): [x is not None for x in xs]
 # largest step count below which a float32 counter advanced by add_(1.0) stays exact
 _EXACT_STEPS = float(2**24)
+# params on this device type go to fastlr._C; any other to _cuda.step_group (a test double
+# changes it to route CPU tensors there, bench/bench_cuda_host.py)
+_CPU = "cpu"
 
 
 def _profile_hook_step(func):
@@ -434,7 +437,7 @@ class FastlrOptimizer(torch.optim.Optimizer):
         grad norms) sees the same values with fastlr. One foreach pass after the update."""
         grads = [
             g for group in self.param_groups for p in group["params"]
-            if (g := p.grad) is not None and g.layout == torch.strided and g.device.type == "cpu"
+            if (g := p.grad) is not None and g.layout == torch.strided and g.device.type == _CPU
         ]
         if grads:
             torch._foreach_div_(grads, grad_scale)
@@ -659,7 +662,7 @@ class FastlrOptimizer(torch.optim.Optimizer):
             seen.add(id(p))
             if g.is_sparse:
                 return None
-            if p.device.type != "cpu":
+            if p.device.type != _CPU:
                 plan.other = True
                 continue
             if g.shape != p.shape or g.dtype != p.dtype:
@@ -815,7 +818,7 @@ class FastlrOptimizer(torch.optim.Optimizer):
         """Params on other devices (CUDA): fastlr/optim/_cuda.py."""
         params, grads, states = [], [], []
         for p, g in zip(group["params"], grads_all):
-            if g is None or p.device.type == "cpu":
+            if g is None or p.device.type == _CPU:
                 continue
             s = self.state[p]
             if len(s) == 0 and (self._roles(group) or self._has_step):

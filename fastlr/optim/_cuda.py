@@ -64,7 +64,7 @@ def step_group(kind, group, params, grads, states, grad_scale=None, found_inf=No
     # meta tensors (shape inference, deferred init) have no data for a kernel: torch's
     # single-tensor code, as torch.optim runs them, with the step counters on the CPU
     meta = device_type == "meta"
-    if not meta and _fc._C_cuda is not None and _kernel_step(
+    if device_type == _fc._DEVICE_TYPE and _fc._C_cuda is not None and _kernel_step(
         kind, group, params, grads, states, grad_scale, found_inf
     ):
         return
