@@ -99,18 +99,23 @@ def _scalar_tensor(t, name, device):
     return t.data_ptr()
 
 
-def _run(fn, role_names, roles, *, steps, schedule_step, increment, grad_scale, found_inf,
-         schedules, first=None, **hyper):
-    """Validates the lists (before anything is written), groups the tensors by dtype and
-    calls fn once per dtype. roles: lists in role order (None for an unused role)."""
-    _require()
+class _Prepared:
+    """Validated tensor lists of one update, grouped by dtype: what a launch needs
+    besides the grads' addresses and the per-step scalars."""
+
+    __slots__ = ("device", "index", "step_code", "buckets", "increment")
+
+
+def _prepare(role_names, roles, *, steps, schedule_step, increment, first=None):
+    """Validates the lists (before anything is written) and groups the tensors by dtype;
+    None for empty lists. roles: lists in role order (None for an unused role)."""
     params = roles[0]
     n = len(params)
     for name, lst in zip(role_names, roles):
         if lst is not None and len(lst) != n:
             raise ValueError(f"{name}: expected {n} tensors, got {len(lst)}")
     if n == 0:
-        return
+        return None
     p0 = params[0]
     if not isinstance(p0, torch.Tensor) or p0.device.type != _DEVICE_TYPE:
         raise TypeError("params[0] must be a CUDA tensor")
@@ -118,7 +123,7 @@ def _run(fn, role_names, roles, *, steps, schedule_step, increment, grad_scale, 
     index = p0.get_device()
     groups = {}
     used = [(name, lst) for name, lst in zip(role_names, roles) if lst is not None]
-    for i, p in enumerate(params):  # the per-step host cost: keep it to cheap checks
+    for i, p in enumerate(params):
         dtype = p.dtype
         code = _DTYPES.get(dtype)
         if code is None:
@@ -155,28 +160,55 @@ def _run(fn, role_names, roles, *, steps, schedule_step, increment, grad_scale, 
             if _STEP_DTYPES.get(s.dtype) != step_code or step_code is None:
                 raise TypeError(f"steps[{i}]: every counter must have one dtype of "
                                 "float32/float64/int32/int64")
-    gs = _scalar_tensor(grad_scale, "grad_scale", device)
-    fi = _scalar_tensor(found_inf, "found_inf", device)
-    sched_ptrs = {k: _encoding(s, device)[0] for k, s in schedules.items()}
-    inc = None
-    if increment and counters:
-        seen = {}
-        for s in counters:
-            seen.setdefault(s.data_ptr(), None)
-        inc = list(seen)
-    stream = _stream(device.index)
-    common = dict(device=device.index, stream=stream, step_dtype=step_code, grad_scale=gs,
-                  found_inf=fi, schedule_step=schedule_step.data_ptr() if schedule_step is not None else 0,
-                  **sched_ptrs)
+    prep = _Prepared()
+    prep.device = device
+    prep.index = device.index
+    prep.step_code = step_code
+    # each distinct counter once (a counter shared by all tensors advances by one)
+    prep.increment = list(dict.fromkeys(s.data_ptr() for s in counters)) if increment and counters else None
+    prep.buckets = []
     for code, idx in groups.items():
-        addrs = [None if lst is None else [lst[i].data_ptr() for i in idx] for lst in roles]
-        extra = {}
-        if first is not None:
-            extra["first"] = [bool(first[i]) for i in idx]
-        fn(code, [params[i].numel() for i in idx], *addrs, **extra, **hyper, **common,
-           steps=None if step_list is None else [step_list[i].data_ptr() for i in idx],
-           increment=inc)
+        extra = {} if first is None else {"first": [bool(first[i]) for i in idx]}
+        prep.buckets.append((
+            code, idx, len(idx) == n, [params[i].numel() for i in idx],
+            [None if lst is None else [lst[i].data_ptr() for i in idx] for lst in roles],
+            None if step_list is None else [step_list[i].data_ptr() for i in idx], extra,
+        ))
+    return prep
+
+
+def _scalars(device, grad_scale, found_inf, schedule_step, schedules):
+    """The launch arguments read on the device besides the lists, validated."""
+    out = {"grad_scale": _scalar_tensor(grad_scale, "grad_scale", device),
+           "found_inf": _scalar_tensor(found_inf, "found_inf", device),
+           "schedule_step": 0 if schedule_step is None else schedule_step.data_ptr()}
+    for k, s in schedules.items():
+        out[k] = _encoding(s, device)[0]
+    return out
+
+
+def _launch(fn, prep, grads, scalars, hyper):
+    """One launch per dtype of `prep`'s lists; grads: the grads' addresses (all tensors,
+    in order), or None for those `prep` was made with."""
+    inc = prep.increment
+    stream = _stream(prep.index)
+    for code, idx, whole, numel, addrs, steps, extra in prep.buckets:
+        if grads is not None:
+            addrs = addrs.copy()
+            addrs[1] = grads if whole else [grads[i] for i in idx]
+        fn(code, numel, *addrs, **extra, **hyper, **scalars, device=prep.index, stream=stream,
+           step_dtype=prep.step_code, steps=steps, increment=inc)
         inc = None  # counters advance once, before the first dtype's update
+
+
+def _run(fn, role_names, roles, *, steps, schedule_step, increment, grad_scale, found_inf,
+         schedules, first=None, **hyper):
+    _require()
+    prep = _prepare(role_names, roles, steps=steps, schedule_step=schedule_step,
+                    increment=increment, first=first)
+    if prep is not None:
+        scalars = _scalars(prep.device, grad_scale, found_inf, schedule_step, schedules)
+        _launch(fn, prep, None, scalars, hyper)
 
 
 def _first_list(first, n):
@@ -267,7 +299,7 @@ def copy_(dst, src):
     nbytes = src.numel() * src.element_size()
     if dst.numel() * dst.element_size() != nbytes or dst.device != src.device:
         raise ValueError("dst and src must have the same size and device")
-    _C_cuda.copy(src.device.index, torch.cuda.current_stream(src.device).cuda_stream,
+    _C_cuda.copy(src.device.index, _stream(src.device.index),
                  dst.data_ptr(), src.data_ptr(), nbytes)
     return dst
 
@@ -278,6 +310,6 @@ def schedule_values(schedule, t):
     t = t.to(torch.int64).contiguous()
     out = torch.empty(t.shape, dtype=torch.float64, device=t.device)
     ptr, _ = _encoding(schedule, t.device)
-    _C_cuda.schedule_values(t.device.index, torch.cuda.current_stream(t.device).cuda_stream,
+    _C_cuda.schedule_values(t.device.index, _stream(t.device.index),
                             ptr, t.data_ptr(), out.data_ptr(), t.numel())
     return out

@@ -208,7 +208,7 @@ class _Plan:
     __slots__ = (
         "group", "params_list", "n_params", "mask", "key", "state", "state_version",
         "params", "p_addrs", "p_contig", "all_direct", "all_contig", "states", "roles", "role_tensors",
-        "role_addrs", "buckets", "step_buf", "step_views", "pending", "other",
+        "role_addrs", "buckets", "step_buf", "step_views", "pending", "other", "device_step",
         "direct", "single", "gidx", "full", "fresh", "dtensor",
         # cheap per-step checks: state keys with the step tensors they must still hold and
         # with the state tensors' addresses; grad sizes; the common step count while the
@@ -479,7 +479,7 @@ class FastlrOptimizer(torch.optim.Optimizer):
 
     def _run_plan(self, group, plan, grads_all, gs, grad_scale, found_inf):
         if plan.other:
-            self._step_other(group, grads_all, grad_scale, found_inf)
+            self._step_other(group, plan, grads_all, grad_scale, found_inf)
         if not plan.params:
             return
         roles = plan.key
@@ -647,7 +647,8 @@ class FastlrOptimizer(torch.optim.Optimizer):
         plan.mask = mask
         plan.key = roles
         plan.roles = roles
-        plan.other = False
+        plan.other = []  # indices of params on another device (with grads)
+        plan.device_step = None
         plan.pending = []
         params, gidx, states, role_tensors = [], [], [], [[] for _ in roles]
         need_state = bool(roles) or self._has_step
@@ -663,7 +664,7 @@ class FastlrOptimizer(torch.optim.Optimizer):
             if g.is_sparse:
                 return None
             if p.device.type != _CPU:
-                plan.other = True
+                plan.other.append(j)
                 continue
             if g.shape != p.shape or g.dtype != p.dtype:
                 raise RuntimeError(
@@ -814,20 +815,25 @@ class FastlrOptimizer(torch.optim.Optimizer):
         if plan is not None:
             self._run_plan(group, plan, dense_grads_all, gs, grad_scale, found_inf)
 
-    def _step_other(self, group, grads_all, grad_scale, found_inf):
-        """Params on other devices (CUDA): fastlr/optim/_cuda.py."""
-        params, grads, states = [], [], []
-        for p, g in zip(group["params"], grads_all):
-            if g is None or p.device.type == _CPU:
-                continue
+    def _step_other(self, group, plan, grads_all, grad_scale, found_inf):
+        """Params on other devices (CUDA): fastlr/optim/_cuda.py; plan.other lists them."""
+        grads = [grads_all[j] for j in plan.other]
+        cached = plan.device_step
+        if cached is not None and cached.step(group, grads, grad_scale, found_inf):
+            return
+        params_all = plan.params_list
+        params, states = [], []
+        need_state = bool(self._roles(group)) or self._has_step
+        for j in plan.other:
+            p = params_all[j]
             s = self.state[p]
-            if len(s) == 0 and (self._roles(group) or self._has_step):
+            if len(s) == 0 and need_state:
                 self._init_state(group, p, s)
             params.append(p)
-            grads.append(g)
             states.append(s)
-        if params:
-            _cuda.step_group(self._kind, group, params, grads, states, grad_scale, found_inf)
+        plan.device_step = _cuda.step_group(
+            self._kind, group, params, grads, states, grad_scale, found_inf
+        )
 
     # ----------------------------------------------------------- helpers ---
     @staticmethod
