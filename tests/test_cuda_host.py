@@ -9,6 +9,7 @@ of another dtype or shape). Bad input raises what the uncached path raises, befo
 launch. The kernels' results on a GPU are tests/test_cuda.py's.
 """
 import copy
+import inspect
 import types
 import warnings
 
@@ -27,19 +28,40 @@ def _frozen(x):
     return tuple(_frozen(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
+_COMMON = ("device", "stream", "steps", "step_dtype", "increment", "grad_scale", "found_inf",
+           "lr_schedule", "schedule_step")
+_HEAD = ("dtype", "numel", "params", "grads")
+# csrc/cuda/bindings.cpp's arguments, in order: a launch must name each exactly once
+_BINDINGS = {
+    "sgd": _HEAD + ("momentum_buffers", "first", "lr", "momentum", "dampening", "nesterov",
+                    "weight_decay", "maximize") + _COMMON + ("momentum_schedule",),
+    "adam": _HEAD + ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "lr", "beta1", "beta2", "eps",
+                     "weight_decay", "decoupled_weight_decay", "amsgrad", "maximize")
+    + _COMMON + ("beta1_schedule",),
+    "rmsprop": _HEAD + ("square_avgs", "grad_avgs", "momentum_buffers", "first", "lr", "alpha",
+                        "eps", "weight_decay", "momentum", "centered", "maximize")
+    + _COMMON + ("momentum_schedule",),
+    "adagrad": _HEAD + ("state_sums", "lr", "lr_decay", "weight_decay", "eps", "maximize") + _COMMON,
+}
+
+
 @pytest.fixture
 def launches(monkeypatch):
-    """The launches made, as (kernel, positional args, keyword args without the stream);
+    """The launches made, as (kernel, {argument: value} without the stream);
     .prepared counts the validating gathers (cache misses)."""
     rec = _Launches()
 
     def kernel(name):
+        sig = inspect.Signature([inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                                 for a in _BINDINGS[name]])
+
         def launch(*args, **kwargs):
-            kwargs.pop("stream")
-            rec.calls.append((name, _frozen(args), {k: _frozen(v) for k, v in kwargs.items()}))
+            bound = sig.bind(*args, **kwargs).arguments
+            del bound["stream"]
+            rec.calls.append((name, {k: _frozen(v) for k, v in bound.items()}))
         return launch
 
-    fake = types.SimpleNamespace(**{k: kernel(k) for k in ("sgd", "adam", "rmsprop", "adagrad")})
+    fake = types.SimpleNamespace(**{k: kernel(k) for k in _BINDINGS})
     monkeypatch.setattr(fc, "_C_cuda", fake)
     monkeypatch.setattr(fc, "_DEVICE_TYPE", "cpu")
     monkeypatch.setattr(fc, "_stream", lambda index: 0)
@@ -124,14 +146,14 @@ def test_cached_launches_equal_a_fresh_gather(launches, name, kw):
         got = launches.take()
         assert {c[0] for c in got} == {opt._kind}
         # one launch per dtype, covering every param once
-        assert sorted(c[1][0] for c in got) == [0, 1, 2, 3]
-        assert sum(len(c[1][1]) for c in got) == len(params)
+        assert sorted(c[1]["dtype"] for c in got) == [0, 1, 2, 3]
+        assert sum(len(c[1]["params"]) for c in got) == len(params)
         if step >= 3:  # states exist and the plan settled: the cached launches
             assert launches.prepared == before
         if step >= 1:  # (a fresh gather would not see step 0's first-step flags)
             assert got == _fresh(opt, launches)
     if "lr_schedule" not in group:
-        assert got[0][2]["lr"] == kw["lr"] * 0.5
+        assert got[0][1]["lr"] == kw["lr"] * 0.5
 
 
 def test_launch_addresses_are_the_tensors(launches):
@@ -141,16 +163,16 @@ def test_launch_addresses_are_the_tensors(launches):
         _new_grads(params)
         launches.take()
         opt.step()
-    (kernel, args, kwargs), = launches.take()
+    (kernel, a), = launches.take()
     st = [opt.state[p] for p in params]
-    assert kernel == "adam" and args[0] == 0 and args[1] == (3, 8, 1)
-    assert args[2:6] == (
-        tuple(p.data_ptr() for p in params), tuple(p.grad.data_ptr() for p in params),
-        tuple(s["exp_avg"].data_ptr() for s in st), tuple(s["exp_avg_sq"].data_ptr() for s in st),
-    )
-    assert args[6] is None  # no amsgrad
-    assert kwargs["steps"] == tuple(s["step"].data_ptr() for s in st) == kwargs["increment"]
-    assert kwargs["lr"] == 0.1 and kwargs["beta1"] == 0.9
+    assert kernel == "adam" and a["dtype"] == 0 and a["numel"] == (3, 8, 1)
+    assert a["params"] == tuple(p.data_ptr() for p in params)
+    assert a["grads"] == tuple(p.grad.data_ptr() for p in params)
+    assert a["exp_avgs"] == tuple(s["exp_avg"].data_ptr() for s in st)
+    assert a["exp_avg_sqs"] == tuple(s["exp_avg_sq"].data_ptr() for s in st)
+    assert a["max_exp_avg_sqs"] is None  # no amsgrad
+    assert a["steps"] == tuple(s["step"].data_ptr() for s in st) == a["increment"]
+    assert a["lr"] == 0.1 and a["beta1"] == 0.9 and a["lr_schedule"] == a["schedule_step"] == 0
 
 
 def _adam(launches, **kw):
@@ -215,9 +237,9 @@ def test_a_change_is_never_stale(launches, change):
                                        new_grads=change not in ("fewer_grads", "same_grads_kept"))
     assert gathered == (change != "same_grads_kept")  # nothing changed: the cache
     if change == "add_param_group":
-        assert len(got) == 4 + 2 and {c[2]["lr"] for c in got} == {1e-2, 0.5}
+        assert len(got) == 4 + 2 and {c[1]["lr"] for c in got} == {1e-2, 0.5}
     if change == "fewer_grads":
-        assert sum(len(c[1][1]) for c in got) == 3
+        assert sum(len(c[1]["params"]) for c in got) == 3
     # and the steps after are still right, cached again
     for _ in range(2):
         got, gathered = _step_equals_fresh(opt, params, launches, new_grads=change != "fewer_grads")
@@ -232,8 +254,8 @@ def test_param_listed_twice_is_launched_once(launches):
     for _ in range(3):
         _new_grads(params)
         opt.step()
-        (_, args, _), = launches.take()
-        assert args[2] == (params[0].data_ptr(), params[1].data_ptr())
+        (_, a), = launches.take()
+        assert a["params"] == (params[0].data_ptr(), params[1].data_ptr())
 
 
 def test_sgd_momentum_switched_on_starts_buffers(launches):
@@ -242,16 +264,16 @@ def test_sgd_momentum_switched_on_starts_buffers(launches):
     for _ in range(2):
         _new_grads(params)
         opt.step()
-    assert all(c[1][4] is None for c in launches.take())  # no buffers
+    assert all(c[1]["momentum_buffers"] is None for c in launches.take())
     opt.param_groups[0]["momentum"] = 0.9
     _new_grads(params)
     opt.step()
     got = launches.take()
-    assert all(c[2]["first"] == (True,) * len(c[1][1]) for c in got)
-    assert all(c[1][4] is not None for c in got)
+    assert all(c[1]["first"] == (True,) * len(c[1]["params"]) for c in got)
+    assert all(c[1]["momentum_buffers"] is not None for c in got)
     for _ in range(2):
         got, _ = _step_equals_fresh(opt, params, launches)
-        assert all(not any(c[2]["first"]) for c in got)
+        assert all(not any(c[1]["first"]) for c in got)
 
 
 @pytest.mark.parametrize("bad,error,match", [
@@ -300,6 +322,31 @@ def test_complex_params_are_gathered_every_step(launches):
     for _ in range(3):
         _new_grads(params)
         opt.step()
-        (_, args, _), = launches.take()
-        assert args[1] == (8, 3)  # the real view's numel
-        assert args[3] == tuple(q.grad.data_ptr() for q in params)
+        (_, a), = launches.take()
+        assert a["numel"] == (8, 3)  # the real view's numel
+        assert a["grads"] == tuple(q.grad.data_ptr() for q in params)
+
+
+def test_functional_api_launches_and_refuses(launches):
+    params = _params([torch.float32, torch.bfloat16, torch.float32], [(3,), (5,), (2, 2)])
+    grads = [torch.randn_like(p) for p in params]
+    m, v = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+    shared = torch.zeros(())
+    fc.adam(params, grads, m, v, steps=shared, lr=0.1, lr_schedule=fastlr.Cosine(1.0, 10),
+            schedule_step=torch.zeros(()))
+    got = launches.take()
+    assert [(c[1]["dtype"], c[1]["numel"]) for c in got] == [(0, (3, 4)), (2, (5,))]
+    assert got[0][1]["params"] == (params[0].data_ptr(), params[2].data_ptr())
+    assert got[0][1]["steps"] == (shared.data_ptr(),) * 2
+    # the shared counter and the schedule counter advance once, before the first launch
+    assert len(got[0][1]["increment"]) == 2 and got[1][1]["increment"] is None
+    assert got[0][1]["lr_schedule"] != 0 and got[0][1]["schedule_step"] != 0
+    with pytest.raises(ValueError, match="exp_avg_sqs: expected 3 tensors, got 2"):
+        fc.adam(params, grads, m, v[:2], steps=shared, lr=0.1)
+    with pytest.raises(TypeError, match=r"exp_avgs\[1\] has dtype torch.float32, expected torch.bfloat16"):
+        fc.adam(params, grads, [torch.zeros(p.shape) for p in params], v, steps=shared, lr=0.1)
+    with pytest.raises(TypeError, match="found_inf must be a one-element float32 tensor"):
+        fc.adam(params, grads, m, v, steps=shared, lr=0.1, found_inf=torch.zeros(2))
+    with pytest.raises(ValueError, match="a schedule needs a device counter"):
+        fc.sgd(params, grads, lr=0.1, lr_schedule=fastlr.Cosine(1.0, 10))
+    assert launches.take() == []

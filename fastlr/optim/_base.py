@@ -817,7 +817,8 @@ class FastlrOptimizer(torch.optim.Optimizer):
 
     def _step_other(self, group, plan, grads_all, grad_scale, found_inf):
         """Params on other devices (CUDA): fastlr/optim/_cuda.py; plan.other lists them."""
-        grads = [grads_all[j] for j in plan.other]
+        other = plan.other  # increasing indices: as many as grads_all means all of them
+        grads = grads_all if len(other) == len(grads_all) else [grads_all[j] for j in other]
         cached = plan.device_step
         if cached is not None and cached.step(group, grads, grad_scale, found_inf):
             return
