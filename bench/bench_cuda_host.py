@@ -12,12 +12,21 @@ argument conversion in C++ and the kernel launches themselves are not included).
 Shapes are the workload's (tensor count and ranks) shrunk to at most 8 per dim: the host
 work does not depend on sizes. Per optimizer and dtype: median us per step over `reps`
 repetitions of `steps` steps (min-max). Wall-clock on a possibly shared host: compare
-rows of one run, not runs.
+rows of one run, or interleaved runs, not runs hours apart.
+
+Instructions per step, independent of the host's load:
+
+    FASTLR_CPU_LEVEL=avx2 valgrind --tool=callgrind --dump-before='os_getppid*' \
+        python bench/bench_cuda_host.py --markers --steps 20
+
+calls os.getppid() before and after each row's steps, so callgrind's even-numbered dumps
+(callgrind.out.<pid>.2, .4, ...) hold each row's `steps` steps alone, in the printed order.
 """
 from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import statistics
 import sys
@@ -79,6 +88,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--profile", default=None, help="NAME:DTYPE: cProfile that case instead")
+    ap.add_argument("--markers", action="store_true",
+                    help="one untimed pass of `steps` steps per row between os.getppid() calls")
     args = ap.parse_args(argv)
 
     import torch
@@ -98,11 +109,23 @@ def main(argv=None):
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return 0
     print(f"{args.workload}: {len(shapes)} tensors, torch {torch.__version__}, "
-          f"{args.steps} steps x {args.reps} reps")
-    print(f"{'optimizer':9} {'dtype':9} {'us/step':>8} {'min-max':>15}")
+          f"{args.steps} steps x {1 if args.markers else args.reps} reps")
+    print(f"{'optimizer':9} {'dtype':9} " + ("callgrind dump" if args.markers
+                                             else f"{'us/step':>8} {'min-max':>15}"))
+    n_rows = 0
     for name in args.optimizers.split(","):
         for dname in args.dtypes.split(","):
             opt = make(torch, fastlr.optim, name, shapes, getattr(torch, dname))
+            if args.markers:
+                for _ in range(3):  # the plan settles (state created, then cached)
+                    opt.step()
+                os.getppid()
+                for _ in range(args.steps):
+                    opt.step()
+                os.getppid()
+                print(f"{name:9} {dname:9} .{2 * n_rows + 2}", flush=True)
+                n_rows += 1
+                continue
             med, lo, hi = time_steps(opt, args.steps, args.reps)
             print(f"{name:9} {dname:9} {med:8.1f} {lo:7.1f}-{hi:<7.1f}", flush=True)
     return 0
