@@ -165,7 +165,9 @@ def _prepare(role_names, roles, *, steps, schedule_step, increment, first=None):
     prep.index = device.index
     prep.step_code = step_code
     # each distinct counter once (a counter shared by all tensors advances by one)
-    prep.increment = list(dict.fromkeys(s.data_ptr() for s in counters)) if increment and counters else None
+    prep.increment = None
+    if increment and counters:
+        prep.increment = list(dict.fromkeys(s.data_ptr() for s in counters))
     prep.buckets = []
     for code, idx in groups.items():
         extra = {} if first is None else {"first": [bool(first[i]) for i in idx]}

@@ -2,10 +2,12 @@
 
 With fastlr's CUDA kernels built (``fastlr._C_cuda``, FASTLR_CUDA=1), CUDA params go
 through them (fastlr/_cuda.py): one launch per dtype, no host synchronisation, so the
-update is CUDA-graph capturable. Schedules are evaluated on the device from a per-group
-device counter that follows ``group["schedule_t"]`` (so graph replays advance the
-schedule); ``state["step"]`` has torch's fused layout (0-dim float32 on the device) and
-is advanced by the kernel; grad_scale / found_inf are read in the kernel.
+update is CUDA-graph capturable. A group's lists are validated and gathered once, and
+the launches repeated while cheap per-step checks hold (DeviceStep). Schedules are
+evaluated on the device from a per-group device counter that follows
+``group["schedule_t"]`` (so graph replays advance the schedule); ``state["step"]`` has
+torch's fused layout (0-dim float32 on the device) and is advanced by the kernel;
+grad_scale / found_inf are read in the kernel.
 
 Otherwise (or for what the kernels do not take: non-contiguous or sparse tensors,
 params spread over several devices): torch's own fused implementation (foreach for
