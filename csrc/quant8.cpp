@@ -2,9 +2,10 @@
 // dequantize the codes into float32 stack buffers (L1), run the update over the block
 // (params written in place), take the block's absmax, re-quantize into the codes. One
 // pass over memory: params, grads and 2 B of codes per element (+ 8 B of scales per
-// block), no temporary arrays. Dequantization is a gather from the 256-entry map, the
-// nearest-code search a gather from Quant8Table plus one compare (intrinsics at the AVX2
-// and AVX-512 levels, the same arithmetic in plain C++ at baseline); the update loop is
+// block), no temporary arrays. Dequantization is a lookup in the 256-entry map (byte
+// planes with AVX-512 VBMI, else a gather), the nearest-code search Quant8Search's affine
+// estimate plus one compare with the next code's threshold (intrinsics at the AVX2 and
+// AVX-512 levels, the same steps in plain C++ at baseline); the update loop is
 // plain C++ over __restrict buffers that gcc vectorizes per level. Every level and thread
 // count gives bit-identical results (no FMA contraction: -ffp-contract=off).
 #include "quant8_kernels.hpp"
@@ -40,10 +41,9 @@
 namespace fastlr {
 namespace {
 
-using quant8::Quant8Table;
+using quant8::Quant8Search;
 
 constexpr int64_t kMaxBlock = 4096;
-constexpr int kRowStride = sizeof(Quant8Table::entry[0]) / sizeof(uint32_t);
 
 struct Base {};
 struct Avx2 {};
@@ -55,7 +55,7 @@ FASTLR_Q8_INLINE void dequant(Base, const uint8_t* c, int64_t n, const float* ma
   for (int64_t i = 0; i < n; ++i) out[i] = map[c[i]] * s;
 }
 
-FASTLR_Q8_INLINE void quantize(Base, const float* x, int64_t n, float inv, const Quant8Table& t, uint8_t* c) {
+FASTLR_Q8_INLINE void quantize(Base, const float* x, int64_t n, float inv, const Quant8Search& t, uint8_t* c) {
   for (int64_t i = 0; i < n; ++i) c[i] = t.code(x[i] * inv);
 }
 
@@ -71,39 +71,51 @@ FASTLR_Q8_AVX2 __attribute__((noinline)) void dequant(Avx2, const uint8_t* c, in
   for (; i < n; ++i) out[i] = map[c[i]] * s;
 }
 
-FASTLR_Q8_AVX2 __attribute__((noinline)) void quantize(Avx2, const float* x, int64_t n, float inv, const Quant8Table& t,
-                                              uint8_t* c) {
+// The search of Quant8Search, 8 lanes: the piece by 7 compares, the next code's threshold
+// gathered from L1 (1 KB).
+template <bool Signed>
+FASTLR_Q8_AVX2 void quantize_avx2(const float* x, int64_t n, float inv, const Quant8Search& t, uint8_t* c) {
   const __m256 vs = _mm256_set1_ps(inv);
-  const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
-  const __m256i low = _mm256_set1_epi32(static_cast<int>(Quant8Table::kLow));
-  const __m256i high = _mm256_set1_epi32(static_cast<int>(Quant8Table::kHigh));
-  const __m256i fine = _mm256_set1_epi32((1 << t.shift) - 1);
-  const __m256i row = _mm256_set1_epi32(kRowStride);
-  const __m256i byte = _mm256_set1_epi32(0xFF);
-  const __m256i one = _mm256_set1_epi32(1);
+  const __m256 one = _mm256_set1_ps(1.0f), tiny = _mm256_set1_ps(Quant8Search::kTiny);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 bound[7];
+  for (int d = 0; d < 7; ++d) bound[d] = _mm256_set1_ps(t.piece_bound[d + 1]);
+  const __m256 slope = _mm256_loadu_ps(t.slope), offset = _mm256_loadu_ps(t.offset);
+  const __m256i piece_cap = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.cap));
+  const __m256i zero_code = _mm256_set1_epi32(t.zero), cap = _mm256_set1_epi32(t.zero - 1);
+  const __m256i onei = _mm256_set1_epi32(1);
   const __m128i sh = _mm_set_epi32(static_cast<int>(0x80808080u), static_cast<int>(0x80808080u),
                                    static_cast<int>(0x80808080u), 0x0C080400);
   const __m256i pick = _mm256_broadcastsi128_si256(sh);
   const __m256i gather_lanes = _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1);
-  const int* table = reinterpret_cast<const int*>(&t.entry[0][0]);
-  const int shift = t.shift;
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 q = _mm256_mul_ps(_mm256_loadu_ps(x + i), vs);
-    const __m256i u = _mm256_castps_si256(q);
-    const __m256i mag = _mm256_sub_epi32(
-        _mm256_min_epu32(_mm256_max_epu32(_mm256_and_si256(u, abs_mask), low), high), low);
-    const __m256i neg = _mm256_srai_epi32(u, 31);
-    const __m256i idx = _mm256_add_epi32(_mm256_srli_epi32(mag, shift), _mm256_and_si256(neg, row));
-    const __m256i e = _mm256_i32gather_epi32(table, idx, 4);
-    const __m256i before = _mm256_cmpgt_epi32(_mm256_srli_epi32(e, 8), _mm256_and_si256(mag, fine));
-    const __m256i delta = _mm256_andnot_si256(before, _mm256_or_si256(neg, one));
-    __m256i code = _mm256_add_epi32(_mm256_and_si256(e, byte), delta);
+    const __m256 a = _mm256_min_ps(_mm256_max_ps(Signed ? _mm256_and_ps(q, abs_mask) : q, tiny), one);
+    __m256i d = _mm256_setzero_si256();
+    for (int k = 0; k < 7; ++k) d = _mm256_sub_epi32(d, _mm256_castps_si256(_mm256_cmp_ps(a, bound[k], _CMP_GE_OQ)));
+    const __m256 y = _mm256_fmsub_ps(a, _mm256_permutevar8x32_ps(slope, d), _mm256_permutevar8x32_ps(offset, d));
+    __m256i k = _mm256_min_epi32(_mm256_cvttps_epi32(y), _mm256_permutevar8x32_epi32(piece_cap, d));
+    __m256i est = k, next = _mm256_add_epi32(k, onei);
+    if (Signed) {
+      const __m256i neg = _mm256_srai_epi32(_mm256_castps_si256(q), 31);
+      const __m256i step = _mm256_or_si256(neg, onei);  // -1 or +1: away from the zero code
+      k = _mm256_blendv_epi8(k, _mm256_min_epi32(k, cap), neg);
+      est = _mm256_add_epi32(zero_code, _mm256_sign_epi32(k, step));
+      next = _mm256_add_epi32(est, step);
+    }
+    const __m256 thr = _mm256_i32gather_ps(t.thr, next, 4);
+    __m256i code = _mm256_blendv_epi8(est, next, _mm256_castps_si256(_mm256_cmp_ps(a, thr, _CMP_GE_OQ)));
     code = _mm256_and_si256(code, _mm256_castps_si256(_mm256_cmp_ps(q, q, _CMP_ORD_Q)));
     const __m256i packed = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(code, pick), gather_lanes);
     _mm_storel_epi64(reinterpret_cast<__m128i*>(c + i), _mm256_castsi256_si128(packed));
   }
   for (; i < n; ++i) c[i] = t.code(x[i] * inv);
+}
+
+FASTLR_Q8_AVX2 __attribute__((noinline)) void quantize(Avx2, const float* x, int64_t n, float inv, const Quant8Search& t,
+                                              uint8_t* c) {
+  t.is_signed ? quantize_avx2<true>(x, n, inv, t, c) : quantize_avx2<false>(x, n, inv, t, c);
 }
 
 // AVX-512 VBMI (Ice Lake, Zen 4): a gather is ~21 cycles per 16 floats on Zen 4, while
@@ -179,34 +191,129 @@ FASTLR_Q8_AVX512 __attribute__((noinline)) void dequant(Avx512, const uint8_t* c
   for (; i < n; ++i) out[i] = map[c[i]] * s;
 }
 
-FASTLR_Q8_AVX512 __attribute__((noinline)) void quantize(Avx512, const float* x, int64_t n, float inv,
-                                                const Quant8Table& t, uint8_t* c) {
+// The search of Quant8Search, 16 lanes: a's octave picks the piece boundary and the
+// pieces below it (32-entry permutes), the piece its line (16-entry permutes). Returns the
+// estimate's k (capped on the negative side) and a = |q| clamped to [2^-31, 1] (unsigned: q).
+template <bool Signed>
+struct Search512 {
+  __m512 bound_lo, bound_hi, slope, offset;
+  __m512i piece_lo, piece_hi, piece_cap, neg_cap;
+  FASTLR_Q8_AVX512 explicit Search512(const Quant8Search& t)
+      : bound_lo(_mm512_load_ps(t.octave_bound)), bound_hi(_mm512_load_ps(t.octave_bound + 16)),
+        slope(_mm512_load_ps(t.slope)), offset(_mm512_load_ps(t.offset)),
+        piece_lo(_mm512_load_si512(t.octave_piece)), piece_hi(_mm512_load_si512(t.octave_piece + 16)),
+        piece_cap(_mm512_load_si512(t.cap)), neg_cap(_mm512_set1_epi32(t.zero - 1)) {}
+
+  FASTLR_Q8_AVX512 FASTLR_Q8_INLINE __m512i estimate(__m512 q, __m512& a, __mmask16& neg) const {
+    a = _mm512_min_ps(_mm512_max_ps(Signed ? _mm512_abs_ps(q) : q, _mm512_set1_ps(Quant8Search::kTiny)),
+                      _mm512_set1_ps(1.0f));
+    const __m512i octave = _mm512_srli_epi32(_mm512_castps_si512(a), 23);  // the permutes read bits 0-4
+    const __m512 bound = _mm512_permutex2var_ps(bound_lo, octave, bound_hi);
+    __m512i d = _mm512_permutex2var_epi32(piece_lo, octave, piece_hi);
+    d = _mm512_mask_add_epi32(d, _mm512_cmp_ps_mask(a, bound, _CMP_GE_OQ), d, _mm512_set1_epi32(1));
+    const __m512 y = _mm512_fmsub_ps(a, _mm512_permutexvar_ps(d, slope), _mm512_permutexvar_ps(d, offset));
+    __m512i k = _mm512_min_epi32(_mm512_cvttps_epi32(y), _mm512_permutexvar_epi32(d, piece_cap));
+    neg = 0;
+    if (Signed) {
+      neg = _mm512_movepi32_mask(_mm512_castps_si512(q));
+      k = _mm512_mask_min_epi32(k, neg, k, neg_cap);
+    }
+    return k;
+  }
+};
+
+// With VBMI, 64 elements at a time: the estimates packed to bytes, the next codes'
+// thresholds looked up as byte planes (as dequant_vbmi), the choice made on bytes.
+template <bool Signed>
+FASTLR_Q8_VBMI __attribute__((noinline)) int64_t quantize_vbmi(const float* x, int64_t n, float inv,
+                                                             const Quant8Search& t, const MapPlanes& thr,
+                                                             uint8_t* c) {
+  const Search512<Signed> s(t);
+  __m512i q[4][4];
+  for (int k = 0; k < 4; ++k)
+    for (int h = 0; h < 4; ++h) q[k][h] = _mm512_load_si512(thr.byte[k] + 64 * h);
+  const __m512i perm = _mm512_load_si512(thr.order);
   const __m512 vs = _mm512_set1_ps(inv);
-  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
-  const __m512i low = _mm512_set1_epi32(static_cast<int>(Quant8Table::kLow));
-  const __m512i high = _mm512_set1_epi32(static_cast<int>(Quant8Table::kHigh));
-  const __m512i fine = _mm512_set1_epi32((1 << t.shift) - 1);
-  const __m512i row = _mm512_set1_epi32(kRowStride);
-  const __m512i byte = _mm512_set1_epi32(0xFF);
-  const __m512i one = _mm512_set1_epi32(1);
-  const void* table = &t.entry[0][0];
-  const int shift = t.shift;
+  const __m512i zero_code = _mm512_set1_epi8(static_cast<char>(t.zero)), one = _mm512_set1_epi8(1);
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    __m512 a[4];
+    __m512i k[4];
+    __mmask16 neg[4], ord[4];
+    for (int r = 0; r < 4; ++r) {
+      const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i + 16 * r), vs);
+      ord[r] = _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q);
+      k[r] = s.estimate(v, a[r], neg[r]);
+    }
+    // bytes 16r .. 16r + 15: elements 16r .. 16r + 15
+    const __m512i kb = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(k[0])),
+                                                       _mm512_cvtepi32_epi8(k[1]), 1)),
+        _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(k[2])), _mm512_cvtepi32_epi8(k[3]), 1), 1);
+    __m512i est = kb, next = _mm512_add_epi8(kb, one);
+    if (Signed) {
+      const __mmask64 negs = _mm512_kunpackd(_mm512_kunpackw(neg[3], neg[2]), _mm512_kunpackw(neg[1], neg[0]));
+      est = _mm512_mask_sub_epi8(_mm512_add_epi8(zero_code, kb), negs, zero_code, kb);
+      next = _mm512_mask_sub_epi8(_mm512_add_epi8(est, one), negs, est, one);
+    }
+    const __m512i code = _mm512_permutexvar_epi8(perm, next);
+    const __mmask64 upper = _mm512_movepi8_mask(code);
+    __m512i b[4];
+    for (int p = 0; p < 4; ++p)
+      b[p] = _mm512_mask_blend_epi8(upper, _mm512_permutex2var_epi8(q[p][0], code, q[p][1]),
+                                    _mm512_permutex2var_epi8(q[p][2], code, q[p][3]));
+    const __m512i w01l = _mm512_unpacklo_epi8(b[0], b[1]), w01h = _mm512_unpackhi_epi8(b[0], b[1]);
+    const __m512i w23l = _mm512_unpacklo_epi8(b[2], b[3]), w23h = _mm512_unpackhi_epi8(b[2], b[3]);
+    const __m512 th[4] = {_mm512_castsi512_ps(_mm512_unpacklo_epi16(w01l, w23l)),
+                          _mm512_castsi512_ps(_mm512_unpackhi_epi16(w01l, w23l)),
+                          _mm512_castsi512_ps(_mm512_unpacklo_epi16(w01h, w23h)),
+                          _mm512_castsi512_ps(_mm512_unpackhi_epi16(w01h, w23h))};
+    __mmask16 past[4];
+    for (int r = 0; r < 4; ++r) past[r] = _mm512_cmp_ps_mask(a[r], th[r], _CMP_GE_OQ);
+    const __mmask64 pass = _mm512_kunpackd(_mm512_kunpackw(past[3], past[2]), _mm512_kunpackw(past[1], past[0]));
+    const __mmask64 ordered = _mm512_kunpackd(_mm512_kunpackw(ord[3], ord[2]), _mm512_kunpackw(ord[1], ord[0]));
+    _mm512_storeu_si512(c + i, _mm512_maskz_mov_epi8(ordered, _mm512_mask_blend_epi8(pass, est, next)));
+  }
+  return i;
+}
+
+// Without VBMI (Skylake-X), 16 at a time, the thresholds gathered.
+template <bool Signed>
+FASTLR_Q8_AVX512 void quantize_avx512(const float* x, int64_t n, float inv, const Quant8Search& t, uint8_t* c) {
+  const Search512<Signed> s(t);
+  const __m512 vs = _mm512_set1_ps(inv);
+  const __m512i zero_code = _mm512_set1_epi32(t.zero), one = _mm512_set1_epi32(1);
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    const __m512 q = _mm512_mul_ps(_mm512_loadu_ps(x + i), vs);
-    const __m512i u = _mm512_castps_si512(q);
-    const __m512i mag = _mm512_sub_epi32(
-        _mm512_min_epu32(_mm512_max_epu32(_mm512_and_si512(u, abs_mask), low), high), low);
-    const __m512i neg = _mm512_srai_epi32(u, 31);
-    const __m512i idx = _mm512_add_epi32(_mm512_srli_epi32(mag, shift), _mm512_and_si512(neg, row));
-    const __m512i e = _mm512_i32gather_epi32(idx, table, 4);
-    const __mmask16 past = _mm512_cmpge_epu32_mask(_mm512_and_si512(mag, fine), _mm512_srli_epi32(e, 8));
-    const __m512i base = _mm512_and_si512(e, byte);
-    __m512i code = _mm512_mask_add_epi32(base, past, base, _mm512_or_si512(neg, one));
-    code = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(q, q, _CMP_ORD_Q), code);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(c + i), _mm512_cvtepi32_epi8(code));
+    const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), vs);
+    __m512 a;
+    __mmask16 neg;
+    const __m512i k = s.estimate(v, a, neg);
+    __m512i est = k, next = _mm512_add_epi32(k, one);
+    if (Signed) {
+      est = _mm512_mask_sub_epi32(_mm512_add_epi32(zero_code, k), neg, zero_code, k);
+      next = _mm512_mask_sub_epi32(_mm512_add_epi32(est, one), neg, est, one);
+    }
+    const __m512 th = _mm512_i32gather_ps(next, t.thr, 4);
+    const __m512i code = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(a, th, _CMP_GE_OQ), est, next);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(c + i),
+                     _mm512_cvtepi32_epi8(_mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), code)));
   }
   for (; i < n; ++i) c[i] = t.code(x[i] * inv);
+}
+
+const MapPlanes& thr_planes(const Quant8Search& t) {
+  static const MapPlanes signed_thr(quant8::signed_search().thr), unsigned_thr(quant8::unsigned_search().thr);
+  return t.is_signed ? signed_thr : unsigned_thr;
+}
+
+FASTLR_Q8_AVX512 __attribute__((noinline)) void quantize(Avx512, const float* x, int64_t n, float inv,
+                                                const Quant8Search& t, uint8_t* c) {
+  int64_t i = 0;
+  if (has_vbmi())
+    i = t.is_signed ? quantize_vbmi<true>(x, n, inv, t, thr_planes(t), c)
+                    : quantize_vbmi<false>(x, n, inv, t, thr_planes(t), c);
+  t.is_signed ? quantize_avx512<true>(x + i, n - i, inv, t, c + i) : quantize_avx512<false>(x + i, n - i, inv, t, c + i);
 }
 #endif
 
@@ -304,8 +411,8 @@ FASTLR_Q8_INLINE void adam8_block(int64_t n, char* const* ptrs, float* const* sc
   alignas(64) float mb[kMaxBlock];
   alignas(64) float vb[kMaxBlock];
   alignas(64) float xb[AMS ? kMaxBlock : 1];
-  const Quant8Table& st = quant8::signed_table();
-  const Quant8Table& ut = quant8::unsigned_table();
+  const Quant8Search& st = quant8::signed_search();
+  const Quant8Search& ut = quant8::unsigned_search();
   if (Q8) {
     dequant(L{}, reinterpret_cast<const uint8_t*>(ptrs[2]), n, quant8::kSignedMap, *scales[0], mb);
     dequant(L{}, reinterpret_cast<const uint8_t*>(ptrs[3]), n, quant8::kUnsignedMap, *scales[1], vb);
@@ -380,7 +487,7 @@ FASTLR_Q8_INLINE void adam8_block(int64_t n, char* const* ptrs, float* const* sc
 // block function per rule shape and storage.
 
 struct Q8Scalars {
-  float grad_mul, weight_decay, decay_factor, beta2, one_minus_beta2, bias_correction2_sqrt, eps, neg_lr,
+  float grad_mul, weight_decay, decay_factor, beta2, one_minus_beta2, inv_bias_correction2_sqrt, eps, neg_lr,
       momentum, one_minus_dampening;
   bool coupled, nesterov, first;
   Lerp lerp;  // exp_avg, grad_avg
@@ -410,7 +517,8 @@ struct Adam8Rule {
       x = pick(x < root || root != root, root, x);  // torch.maximum propagates NaN
       root = x;
     }
-    const float denom = root / s.bias_correction2_sqrt + s.eps;
+    // · 1/sqrt(bias_correction2) where torch divides: one division per element, not two
+    const float denom = root * s.inv_bias_correction2_sqrt + s.eps;
     p = p + (s.neg_lr * m) / denom;  // neg_lr: −lr / bias_correction1
   }
 };
@@ -490,8 +598,8 @@ constexpr const float* role_map(int r) {
   return Rule::is_signed(r) ? quant8::kSignedMap : quant8::kUnsignedMap;
 }
 template <class Rule>
-const Quant8Table& role_table(int r) {
-  return Rule::is_signed(r) ? quant8::signed_table() : quant8::unsigned_table();
+const Quant8Search& role_search(int r) {
+  return Rule::is_signed(r) ? quant8::signed_search() : quant8::unsigned_search();
 }
 
 // One block of n <= kMaxBlock elements: dequantize each state role into an L1 buffer,
@@ -539,7 +647,7 @@ FASTLR_Q8_INLINE void q8_block(int64_t n, const Q8Block& b, const Q8Scalars& s) 
     const float sc = block_scale(amax[r]);
     *b.scale[r] = sc;
     // x·(1/scale): one division per block instead of one per element
-    quantize(L{}, bufs[r], n, 1.0f / sc, role_table<Rule>(r), b.codes[r]);
+    quantize(L{}, bufs[r], n, 1.0f / sc, role_search<Rule>(r), b.codes[r]);
   }
 }
 
@@ -558,7 +666,7 @@ using Q8Fn = void (*)(int64_t n, const Q8Block& b, const Q8Scalars& s);
   TARGET void q8(int64_t n, const Q8Block& b, const Q8Scalars& s) {                                   \
     q8_block<TAG, S, Rule>(n, b, s);                                                                  \
   }                                                                                                   \
-  TARGET void codes(const float* x, int64_t n, const Quant8Table& t, uint8_t* out) {                  \
+  TARGET void codes(const float* x, int64_t n, const Quant8Search& t, uint8_t* out) {                  \
     quantize(TAG{}, x, n, 1.0f, t, out);                                                              \
   }                                                                                                   \
   }
@@ -743,7 +851,7 @@ void adam8(const Quant8List& list, int64_t* offsets, const Adam8Args& a) {
     s.decay_factor = static_cast<float>(coupled || a.weight_decay == 0.0 ? 1.0 : 1.0 - a.lr * a.weight_decay);
     s.beta2 = static_cast<float>(a.beta2);
     s.one_minus_beta2 = static_cast<float>(1.0 - a.beta2);
-    s.bias_correction2_sqrt = static_cast<float>(std::pow(bc2, 0.5));
+    s.inv_bias_correction2_sqrt = static_cast<float>(1.0 / std::sqrt(bc2));
     s.eps = static_cast<float>(a.eps);
     s.neg_lr = static_cast<float>(-(a.lr / bc1));
     s.lerp = make_lerp(static_cast<float>(1.0 - a.beta1));
@@ -835,7 +943,7 @@ void adagrad8(const Quant8Precision& prec, const Quant8List& list, int64_t* offs
   run_q8<Adagrad8Rule>(prec, list, offsets, s, call_key(a.seed, static_cast<double>(a.step)));
 }
 void quant8_codes(const float* x, int64_t n, bool signed_map, int level, uint8_t* out) {
-  const Quant8Table& t = signed_map ? quant8::signed_table() : quant8::unsigned_table();
+  const Quant8Search& t = signed_map ? quant8::signed_search() : quant8::unsigned_search();
   if (level < 0) {
     for (int64_t i = 0; i < n; ++i) out[i] = quant8::nearest_code_reference(x[i], t.map);
     return;
@@ -849,7 +957,7 @@ void quant8_codes(const float* x, int64_t n, bool signed_map, int level, uint8_t
 }
 
 int64_t quant8_check(bool signed_map, int level, uint64_t lo, uint64_t hi) {
-  const Quant8Table& t = signed_map ? quant8::signed_table() : quant8::unsigned_table();
+  const Quant8Search& t = signed_map ? quant8::signed_search() : quant8::unsigned_search();
   if (level > static_cast<int>(detected_cpu_level())) throw std::invalid_argument("CPU level not supported here");
   hi = std::min<uint64_t>(hi, uint64_t(1) << 32);
   if (lo >= hi) return 0;

@@ -40,6 +40,16 @@ __all__ = ["available", "sgd", "adam", "rmsprop", "adagrad", "copy_", "schedule_
 _DTYPES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 _STEP_DTYPES = {torch.float32: 0, torch.float64: 1, torch.int32: 2, torch.int64: 3}
 _encodings = {}  # (Schedule, device index) -> float64 device tensor (schedules are immutable)
+_DEVICE_TYPE = "cuda"  # what the kernels take (a test double sets "cpu", with a fake _C_cuda)
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def _stream(index):
+    """The current stream's cudaStream_t of device `index` (torch.cuda.current_stream
+    builds a Stream object: microseconds a call)."""
+    if _raw_stream is not None:
+        return _raw_stream(index)
+    return torch.cuda.current_stream(index).cuda_stream
 
 
 def available() -> bool:
@@ -89,26 +99,31 @@ def _scalar_tensor(t, name, device):
     return t.data_ptr()
 
 
-def _run(fn, role_names, roles, *, steps, schedule_step, increment, grad_scale, found_inf,
-         schedules, first=None, **hyper):
-    """Validates the lists (before anything is written), groups the tensors by dtype and
-    calls fn once per dtype. roles: lists in role order (None for an unused role)."""
-    _require()
+class _Prepared:
+    """Validated tensor lists of one update, grouped by dtype: what a launch needs
+    besides the grads' addresses and the per-step scalars."""
+
+    __slots__ = ("device", "index", "step_code", "buckets", "increment")
+
+
+def _prepare(role_names, roles, *, steps, schedule_step, increment, first=None):
+    """Validates the lists (before anything is written) and groups the tensors by dtype;
+    None for empty lists. roles: lists in role order (None for an unused role)."""
     params = roles[0]
     n = len(params)
     for name, lst in zip(role_names, roles):
         if lst is not None and len(lst) != n:
             raise ValueError(f"{name}: expected {n} tensors, got {len(lst)}")
     if n == 0:
-        return
+        return None
     p0 = params[0]
-    if not isinstance(p0, torch.Tensor) or p0.device.type != "cuda":
+    if not isinstance(p0, torch.Tensor) or p0.device.type != _DEVICE_TYPE:
         raise TypeError("params[0] must be a CUDA tensor")
     device = p0.device
     index = p0.get_device()
     groups = {}
     used = [(name, lst) for name, lst in zip(role_names, roles) if lst is not None]
-    for i, p in enumerate(params):  # the per-step host cost: keep it to cheap checks
+    for i, p in enumerate(params):
         dtype = p.dtype
         code = _DTYPES.get(dtype)
         if code is None:
@@ -145,28 +160,57 @@ def _run(fn, role_names, roles, *, steps, schedule_step, increment, grad_scale, 
             if _STEP_DTYPES.get(s.dtype) != step_code or step_code is None:
                 raise TypeError(f"steps[{i}]: every counter must have one dtype of "
                                 "float32/float64/int32/int64")
-    gs = _scalar_tensor(grad_scale, "grad_scale", device)
-    fi = _scalar_tensor(found_inf, "found_inf", device)
-    sched_ptrs = {k: _encoding(s, device)[0] for k, s in schedules.items()}
-    inc = None
+    prep = _Prepared()
+    prep.device = device
+    prep.index = device.index
+    prep.step_code = step_code
+    # each distinct counter once (a counter shared by all tensors advances by one)
+    prep.increment = None
     if increment and counters:
-        seen = {}
-        for s in counters:
-            seen.setdefault(s.data_ptr(), None)
-        inc = list(seen)
-    stream = torch.cuda.current_stream(device).cuda_stream
-    common = dict(device=device.index, stream=stream, step_dtype=step_code, grad_scale=gs,
-                  found_inf=fi, schedule_step=schedule_step.data_ptr() if schedule_step is not None else 0,
-                  **sched_ptrs)
+        prep.increment = list(dict.fromkeys(s.data_ptr() for s in counters))
+    prep.buckets = []
     for code, idx in groups.items():
-        addrs = [None if lst is None else [lst[i].data_ptr() for i in idx] for lst in roles]
-        extra = {}
-        if first is not None:
-            extra["first"] = [bool(first[i]) for i in idx]
-        fn(code, [params[i].numel() for i in idx], *addrs, **extra, **hyper, **common,
-           steps=None if step_list is None else [step_list[i].data_ptr() for i in idx],
-           increment=inc)
+        extra = {} if first is None else {"first": [bool(first[i]) for i in idx]}
+        prep.buckets.append((
+            code, idx, len(idx) == n, [params[i].numel() for i in idx],
+            [None if lst is None else [lst[i].data_ptr() for i in idx] for lst in roles],
+            None if step_list is None else [step_list[i].data_ptr() for i in idx], extra,
+        ))
+    return prep
+
+
+def _scalars(device, grad_scale, found_inf, schedule_step, schedules):
+    """The launch arguments read on the device besides the lists, validated."""
+    out = {"grad_scale": _scalar_tensor(grad_scale, "grad_scale", device),
+           "found_inf": _scalar_tensor(found_inf, "found_inf", device),
+           "schedule_step": 0 if schedule_step is None else schedule_step.data_ptr()}
+    for k, s in schedules.items():
+        out[k] = _encoding(s, device)[0]
+    return out
+
+
+def _launch(fn, prep, grads, scalars, hyper):
+    """One launch per dtype of `prep`'s lists; grads: the grads' addresses (all tensors,
+    in order), or None for those `prep` was made with."""
+    inc = prep.increment
+    stream = _stream(prep.index)
+    for code, idx, whole, numel, addrs, steps, extra in prep.buckets:
+        if grads is not None:
+            addrs = addrs.copy()
+            addrs[1] = grads if whole else [grads[i] for i in idx]
+        fn(code, numel, *addrs, **extra, **hyper, **scalars, device=prep.index, stream=stream,
+           step_dtype=prep.step_code, steps=steps, increment=inc)
         inc = None  # counters advance once, before the first dtype's update
+
+
+def _run(fn, role_names, roles, *, steps, schedule_step, increment, grad_scale, found_inf,
+         schedules, first=None, **hyper):
+    _require()
+    prep = _prepare(role_names, roles, steps=steps, schedule_step=schedule_step,
+                    increment=increment, first=first)
+    if prep is not None:
+        scalars = _scalars(prep.device, grad_scale, found_inf, schedule_step, schedules)
+        _launch(fn, prep, None, scalars, hyper)
 
 
 def _first_list(first, n):
@@ -257,7 +301,7 @@ def copy_(dst, src):
     nbytes = src.numel() * src.element_size()
     if dst.numel() * dst.element_size() != nbytes or dst.device != src.device:
         raise ValueError("dst and src must have the same size and device")
-    _C_cuda.copy(src.device.index, torch.cuda.current_stream(src.device).cuda_stream,
+    _C_cuda.copy(src.device.index, _stream(src.device.index),
                  dst.data_ptr(), src.data_ptr(), nbytes)
     return dst
 
@@ -268,6 +312,6 @@ def schedule_values(schedule, t):
     t = t.to(torch.int64).contiguous()
     out = torch.empty(t.shape, dtype=torch.float64, device=t.device)
     ptr, _ = _encoding(schedule, t.device)
-    _C_cuda.schedule_values(t.device.index, torch.cuda.current_stream(t.device).cuda_stream,
+    _C_cuda.schedule_values(t.device.index, _stream(t.device.index),
                             ptr, t.data_ptr(), out.data_ptr(), t.numel())
     return out

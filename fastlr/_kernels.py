@@ -462,7 +462,8 @@ def adam8bit_step(params, grads, exp_avg_codes, exp_avg_scales, exp_avg_sq_codes
     for exp_avg_sq). Per block: dequantize, update in float32, re-quantize (scale = block
     absmax, nearest code). Zeros (codes 0, scales 0) are the initial state.
 
-    ``variant="fastlr"``: torch.optim.Adam's arithmetic, ``sqrt(exp_avg_sq)`` is what is
+    ``variant="fastlr"``: torch.optim.Adam's arithmetic (but ``·(1/sqrt(bias_correction2))``
+    where torch divides: one division per element), ``sqrt(exp_avg_sq)`` is what is
     quantized, and an element whose sqrt(v) dequantizes to 0 restarts its exp_avg too (no
     ``lr·m/eps`` steps on heavy-tailed gradients). ``variant="torchao"``: torchao's
     AdamW8bit arithmetic and encoding (exp_avg_sq as is).

@@ -67,7 +67,7 @@ def test_vectorized_search_exact_on_special_values(signed, level):
     qmap = _quant8.SIGNED_MAP if signed else _quant8.UNSIGNED_MAP
     x = _special_inputs(qmap)
     ref = _quant8.reference_codes(x, qmap)
-    for n in (len(x), 7, 8, 15, 16, 17, 33):  # vector tails
+    for n in (len(x), 7, 8, 15, 16, 17, 33, 63, 64, 65, 80, 127, 129):  # vector tails (VBMI: 64 at a time)
         np.testing.assert_array_equal(_C.quant8_codes(x[:n], signed, LEVEL_ID[level]), ref[:n])
 
 
@@ -153,7 +153,7 @@ def _ref_step(p, g, st, step, lr, b1, b2, eps, wd, decoupled, amsgrad, variant, 
         if amsgrad:
             x = np.where((x < q) | np.isnan(q), q, x)
             src = x
-        denom = src / f(np.sqrt(bc2)) + f(eps)
+        denom = src * f(1 / np.sqrt(bc2)) + f(eps)
         pf = pf + (f(-(lr / bc1)) * m) / denom
     p[...] = pf.astype(p.dtype)
     st["mc"][...], st["ms"][...] = _quant8.quantize(m, block, True)

@@ -141,7 +141,7 @@ def _rule(opt, cfg, p, g, vals, step):
         if cfg.get("amsgrad"):
             x = vals["max_exp_avg_sq"]
             root = vals["max_exp_avg_sq"] = np.where((x < root) | np.isnan(root), root, x)
-        denom = root / f32((1 - b2 ** step) ** 0.5) + f32(1e-8)
+        denom = root * f32(1 / (1 - b2 ** step) ** 0.5) + f32(1e-8)
         return p + (f32(-(lr / (1 - b1 ** step))) * m) / denom, vals
     if opt == "rmsprop":
         alpha = cfg.get("alpha", 0.99)

@@ -1,6 +1,6 @@
 """Proves that the 8-bit kernels' nearest-code search is exact: for every float32 bit
-pattern in the chosen range, the code found by the vectorized search (a bucket table
-keyed on sign, exponent and top mantissa bits, then one compare) equals the code of the
+pattern in the chosen range, the code found by the kernels (an affine estimate per decade
+of the map, then one compare with the next code's threshold) equals the code of the
 reference search (torchao's binary search with its float32 rounding test), for both
 dynamic maps and each CPU level this machine supports.
 

@@ -62,6 +62,9 @@ _get_grad = operator.attrgetter("grad")
 _NONE = itertools.repeat(None)  # map(_is_not, xs, _NONE): [x is not None for x in xs]
 # largest step count below which a float32 counter advanced by add_(1.0) stays exact
 _EXACT_STEPS = float(2**24)
+# params on this device type go to fastlr._C; any other to _cuda.step_group (a test double
+# changes it to route CPU tensors there, bench/bench_cuda_host.py)
+_CPU = "cpu"
 
 
 def _profile_hook_step(func):
@@ -205,7 +208,7 @@ class _Plan:
     __slots__ = (
         "group", "params_list", "n_params", "mask", "key", "state", "state_version",
         "params", "p_addrs", "p_contig", "all_direct", "all_contig", "states", "roles", "role_tensors",
-        "role_addrs", "buckets", "step_buf", "step_views", "pending", "other",
+        "role_addrs", "buckets", "step_buf", "step_views", "pending", "other", "device_step",
         "direct", "single", "gidx", "full", "fresh", "dtensor",
         # cheap per-step checks: state keys with the step tensors they must still hold and
         # with the state tensors' addresses; grad sizes; the common step count while the
@@ -434,7 +437,7 @@ class FastlrOptimizer(torch.optim.Optimizer):
         grad norms) sees the same values with fastlr. One foreach pass after the update."""
         grads = [
             g for group in self.param_groups for p in group["params"]
-            if (g := p.grad) is not None and g.layout == torch.strided and g.device.type == "cpu"
+            if (g := p.grad) is not None and g.layout == torch.strided and g.device.type == _CPU
         ]
         if grads:
             torch._foreach_div_(grads, grad_scale)
@@ -476,7 +479,7 @@ class FastlrOptimizer(torch.optim.Optimizer):
 
     def _run_plan(self, group, plan, grads_all, gs, grad_scale, found_inf):
         if plan.other:
-            self._step_other(group, grads_all, grad_scale, found_inf)
+            self._step_other(group, plan, grads_all, grad_scale, found_inf)
         if not plan.params:
             return
         roles = plan.key
@@ -644,7 +647,8 @@ class FastlrOptimizer(torch.optim.Optimizer):
         plan.mask = mask
         plan.key = roles
         plan.roles = roles
-        plan.other = False
+        plan.other = []  # indices of params on another device (with grads)
+        plan.device_step = None
         plan.pending = []
         params, gidx, states, role_tensors = [], [], [], [[] for _ in roles]
         need_state = bool(roles) or self._has_step
@@ -659,8 +663,8 @@ class FastlrOptimizer(torch.optim.Optimizer):
             seen.add(id(p))
             if g.is_sparse:
                 return None
-            if p.device.type != "cpu":
-                plan.other = True
+            if p.device.type != _CPU:
+                plan.other.append(j)
                 continue
             if g.shape != p.shape or g.dtype != p.dtype:
                 raise RuntimeError(
@@ -811,20 +815,26 @@ class FastlrOptimizer(torch.optim.Optimizer):
         if plan is not None:
             self._run_plan(group, plan, dense_grads_all, gs, grad_scale, found_inf)
 
-    def _step_other(self, group, grads_all, grad_scale, found_inf):
-        """Params on other devices (CUDA): fastlr/optim/_cuda.py."""
-        params, grads, states = [], [], []
-        for p, g in zip(group["params"], grads_all):
-            if g is None or p.device.type == "cpu":
-                continue
+    def _step_other(self, group, plan, grads_all, grad_scale, found_inf):
+        """Params on other devices (CUDA): fastlr/optim/_cuda.py; plan.other lists them."""
+        other = plan.other  # increasing indices: as many as grads_all means all of them
+        grads = grads_all if len(other) == len(grads_all) else [grads_all[j] for j in other]
+        cached = plan.device_step
+        if cached is not None and cached.step(group, grads, grad_scale, found_inf):
+            return
+        params_all = plan.params_list
+        params, states = [], []
+        need_state = bool(self._roles(group)) or self._has_step
+        for j in plan.other:
+            p = params_all[j]
             s = self.state[p]
-            if len(s) == 0 and (self._roles(group) or self._has_step):
+            if len(s) == 0 and need_state:
                 self._init_state(group, p, s)
             params.append(p)
-            grads.append(g)
             states.append(s)
-        if params:
-            _cuda.step_group(self._kind, group, params, grads, states, grad_scale, found_inf)
+        plan.device_step = _cuda.step_group(
+            self._kind, group, params, grads, states, grad_scale, found_inf
+        )
 
     # ----------------------------------------------------------- helpers ---
     @staticmethod

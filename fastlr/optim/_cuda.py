@@ -2,10 +2,12 @@
 
 With fastlr's CUDA kernels built (``fastlr._C_cuda``, FASTLR_CUDA=1), CUDA params go
 through them (fastlr/_cuda.py): one launch per dtype, no host synchronisation, so the
-update is CUDA-graph capturable. Schedules are evaluated on the device from a per-group
-device counter that follows ``group["schedule_t"]`` (so graph replays advance the
-schedule); ``state["step"]`` has torch's fused layout (0-dim float32 on the device) and
-is advanced by the kernel; grad_scale / found_inf are read in the kernel.
+update is CUDA-graph capturable. A group's lists are validated and gathered once, and
+the launches repeated while cheap per-step checks hold (DeviceStep). Schedules are
+evaluated on the device from a per-group device counter that follows
+``group["schedule_t"]`` (so graph replays advance the schedule); ``state["step"]`` has
+torch's fused layout (0-dim float32 on the device) and is advanced by the kernel;
+grad_scale / found_inf are read in the kernel.
 
 Otherwise (or for what the kernels do not take: non-contiguous or sparse tensors,
 params spread over several devices): torch's own fused implementation (foreach for
@@ -17,6 +19,7 @@ state dicts.
 """
 from __future__ import annotations
 
+import operator
 import warnings
 
 import torch
@@ -58,16 +61,17 @@ def step_group(kind, group, params, grads, states, grad_scale=None, found_inf=No
 
     kind: "sgd" | "adam" | "rmsprop" | "adagrad"; states: the params' state dicts
     (already initialised as torch does); grad_scale / found_inf: GradScaler's tensors
-    or None (a step with found_inf != 0 is not passed here).
+    or None (a step with found_inf != 0 is not passed here). Returns a DeviceStep that
+    repeats the update cheaply on later steps, or None.
     """
     device_type = params[0].device.type
     # meta tensors (shape inference, deferred init) have no data for a kernel: torch's
     # single-tensor code, as torch.optim runs them, with the step counters on the CPU
     meta = device_type == "meta"
-    if not meta and _fc._C_cuda is not None and _kernel_step(
-        kind, group, params, grads, states, grad_scale, found_inf
-    ):
-        return
+    if device_type == _fc._DEVICE_TYPE and _fc._C_cuda is not None:
+        done = _kernel_step(kind, group, params, grads, states, grad_scale, found_inf)
+        if done is not False:
+            return done
     if not meta:
         _warn_once()
     # torch has no fused RMSprop, and its fused Adagrad is CPU-only: foreach for those
@@ -123,6 +127,7 @@ def step_group(kind, group, params, grads, states, grad_scale=None, found_inf=No
         )
     else:  # pragma: no cover
         raise ValueError(f"unknown optimizer kind {kind!r}")
+    return None
 
 
 # ------------------------------------------------------------ fastlr kernels ---
@@ -153,8 +158,63 @@ def _schedule_counter(group, device):
     return entry[1]
 
 
+_ROLE_NAMES = {
+    "sgd": ("params", "grads", "momentum_buffers"),
+    "adam": ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"),
+    "rmsprop": ("params", "grads", "square_avgs", "grad_avgs", "momentum_buffers"),
+    "adagrad": ("params", "grads", "state_sums"),
+}
+_data_ptr = torch.Tensor.data_ptr
+_get_device = torch.Tensor.get_device
+_is_contiguous = torch.Tensor.is_contiguous
+_dtype = operator.attrgetter("dtype")
+_shape = operator.attrgetter("shape")
+
+
+def _options(kind, group):
+    """The group's current options as the kernel takes them: the state keys in role
+    order (None: unused role), the scalar arguments, the schedules."""
+    lr_sched = group.get("lr_schedule")
+    m_sched = group.get("momentum_schedule")
+    lr = float(group["lr_scale"] if lr_sched is not None else group["lr"])
+    wd = float(group["weight_decay"])
+    maximize = bool(group["maximize"])
+    if kind == "sgd":
+        use_momentum = group["momentum"] != 0 or m_sched is not None
+        return (("momentum_buffer" if use_momentum else None,),
+                dict(lr=lr, momentum=1.0 if m_sched is not None else float(group["momentum"]),
+                     dampening=float(group["dampening"]), nesterov=bool(group["nesterov"]),
+                     weight_decay=wd, maximize=maximize),
+                {"lr_schedule": lr_sched, "momentum_schedule": m_sched})
+    if kind == "adam":
+        amsgrad = bool(group["amsgrad"])
+        return (("exp_avg", "exp_avg_sq", "max_exp_avg_sq" if amsgrad else None),
+                dict(lr=lr, beta1=1.0 if m_sched is not None else float(group["betas"][0]),
+                     beta2=float(group["betas"][1]), eps=float(group["eps"]), weight_decay=wd,
+                     decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
+                     amsgrad=amsgrad, maximize=maximize),
+                {"lr_schedule": lr_sched, "beta1_schedule": m_sched})
+    if kind == "rmsprop":
+        momentum = group["momentum"]
+        use_momentum = m_sched is not None or momentum > 0
+        centered = bool(group["centered"])
+        return (("square_avg", "grad_avg" if centered else None,
+                 "momentum_buffer" if use_momentum else None),
+                dict(lr=lr, alpha=float(group["alpha"]), eps=float(group["eps"]), weight_decay=wd,
+                     momentum=1.0 if m_sched is not None else float(momentum), centered=centered,
+                     maximize=maximize),
+                {"lr_schedule": lr_sched, "momentum_schedule": m_sched})
+    if kind == "adagrad":
+        return (("sum",),
+                dict(lr=lr, lr_decay=float(group["lr_decay"]), weight_decay=wd,
+                     eps=float(group["eps"]), maximize=maximize),
+                {"lr_schedule": lr_sched})
+    raise ValueError(f"unknown optimizer kind {kind!r}")  # pragma: no cover
+
+
 def _kernel_step(kind, group, params, grads, states, grad_scale, found_inf):
-    """The update by fastlr's CUDA kernels; False (nothing done) for what they do not take."""
+    """The update by fastlr's CUDA kernels: False (nothing done) for what they do not
+    take, else a DeviceStep to repeat it (None when it cannot be repeated as is)."""
     device = params[0].device
     for p, g in zip(params, grads):
         if (
@@ -166,56 +226,80 @@ def _kernel_step(kind, group, params, grads, states, grad_scale, found_inf):
             or not g.is_contiguous()
         ):
             return False
-    P = [_real(p) for p in params]
-    G = [_real(g) for g in grads]
     counter = _schedule_counter(group, device)
-    lr_sched = group.get("lr_schedule")
-    m_sched = group.get("momentum_schedule")
-    lr = group["lr_scale"] if lr_sched is not None else float(group["lr"])
-    common = dict(lr=lr, lr_schedule=lr_sched, schedule_step=counter, grad_scale=grad_scale,
-                  found_inf=found_inf)
-    if kind == "sgd":
-        use_momentum = group["momentum"] != 0 or m_sched is not None
-        bufs, first = None, False
-        if use_momentum:
-            first = []
-            for p, s in zip(params, states):
-                b = s.get("momentum_buffer")
-                first.append(b is None)
-                if b is None:  # torch's first step: buf = clone(grad), written by the kernel
-                    s["momentum_buffer"] = torch.empty_like(p, memory_format=torch.contiguous_format)
-            bufs = [_real(s["momentum_buffer"]) for s in states]
-        _fc.sgd(P, G, bufs, momentum=1.0 if m_sched is not None else float(group["momentum"]),
-                momentum_schedule=m_sched, dampening=float(group["dampening"]),
-                nesterov=bool(group["nesterov"]), weight_decay=float(group["weight_decay"]),
-                maximize=bool(group["maximize"]), first_step=first, **common)
-    elif kind == "adam":
-        amsgrad = group["amsgrad"]
-        _fc.adam(P, G, [_real(s["exp_avg"]) for s in states],
-                 [_real(s["exp_avg_sq"]) for s in states],
-                 [_real(s["max_exp_avg_sq"]) for s in states] if amsgrad else None,
-                 steps=_steps_on(params, states),
-                 beta1=1.0 if m_sched is not None else float(group["betas"][0]),
-                 beta1_schedule=m_sched, beta2=float(group["betas"][1]), eps=float(group["eps"]),
-                 weight_decay=float(group["weight_decay"]),
-                 decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
-                 amsgrad=bool(amsgrad), maximize=bool(group["maximize"]), **common)
-    elif kind == "rmsprop":
-        momentum = group["momentum"]
-        use_momentum = m_sched is not None or momentum > 0
-        centered = group["centered"]
-        _fc.rmsprop(
-            P, G, [_real(s["square_avg"]) for s in states],
-            grad_avgs=[_real(s["grad_avg"]) for s in states] if centered else None,
-            momentum_buffers=[_real(s["momentum_buffer"]) for s in states] if use_momentum else None,
-            momentum=1.0 if m_sched is not None else float(momentum), momentum_schedule=m_sched,
-            steps=_steps_on(params, states), alpha=float(group["alpha"]),
-            eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
-            centered=bool(centered), maximize=bool(group["maximize"]), **common)
-    elif kind == "adagrad":
-        _fc.adagrad(P, G, [_real(s["sum"]) for s in states], steps=_steps_on(params, states),
-                    lr_decay=float(group["lr_decay"]), weight_decay=float(group["weight_decay"]),
-                    eps=float(group["eps"]), maximize=bool(group["maximize"]), **common)
-    else:  # pragma: no cover
-        return False
-    return True
+    roles, hyper, schedules = _options(kind, group)
+    first = None
+    if kind in ("sgd", "rmsprop"):
+        first = [False] * len(params)
+    if roles[0] == "momentum_buffer":  # SGD with momentum
+        for i, (p, s) in enumerate(zip(params, states)):
+            if s.get("momentum_buffer") is None:  # torch's first step: buf = clone(grad)
+                s["momentum_buffer"] = torch.empty_like(p, memory_format=torch.contiguous_format)
+                first[i] = True
+    lists = [[_real(p) for p in params], [_real(g) for g in grads]]
+    lists += [None if r is None else [_real(s[r]) for s in states] for r in roles]
+    steps = None if kind == "sgd" else _steps_on(params, states)
+    prep = _fc._prepare(_ROLE_NAMES[kind], lists, steps=steps, schedule_step=counter,
+                        increment=True, first=first)
+    scalars = _fc._scalars(device, grad_scale, found_inf, counter, schedules)
+    _fc._launch(getattr(_fc._C_cuda, kind), prep, None, scalars, hyper)
+    if (first is not None and any(first)) or any(map(torch.is_complex, params)):
+        return None  # first-step flags, complex views: built afresh next step
+    return DeviceStep(kind, roles, counter, params, states, prep)
+
+
+class DeviceStep:
+    """One group's kernel launches, validated once and repeated while what they rely on
+    holds. Each step re-reads the grads' addresses and checks cheaply (one C-level pass
+    per attribute) that the grads still match the params (device, dtype, shape,
+    contiguous, dense) and that the params and state tensors are at the same addresses
+    (`p.data = ...`, a state tensor replaced); anything else (other params with grads,
+    options choosing other state lists, state_dict loads, added groups) makes a new
+    fastlr.optim plan (_base.py) and with it a new DeviceStep. ``step`` returns False,
+    having done nothing, when a check fails: the caller then validates and gathers
+    everything again (``step_group``), which raises what it raised before."""
+
+    __slots__ = ("kind", "scheduled", "params", "states", "p_addrs", "state_addrs",
+                 "devices", "dtypes", "shapes", "prep")
+
+    def __init__(self, kind, roles, counter, params, states, prep):
+        self.kind = kind
+        self.scheduled = counter is not None
+        self.params = params
+        self.states = states
+        self.prep = prep
+        self.p_addrs = list(map(_data_ptr, params))
+        keys = [r for r in roles if r is not None] + ([] if kind == "sgd" else ["step"])
+        self.state_addrs = []
+        for key in keys:
+            getter = operator.itemgetter(key)
+            self.state_addrs.append((getter, list(map(_data_ptr, map(getter, states)))))
+        self.devices = list(map(_get_device, params))
+        self.dtypes = list(map(_dtype, params))
+        self.shapes = list(map(_shape, params))
+
+    def step(self, group, grads, grad_scale, found_inf):
+        _, hyper, schedules = _options(self.kind, group)
+        if ("schedule_t" in group) != self.scheduled:  # a Schedule attached: a device counter
+            return False
+        if list(map(_data_ptr, self.params)) != self.p_addrs:
+            return False
+        try:
+            for getter, addrs in self.state_addrs:
+                if list(map(_data_ptr, map(getter, self.states))) != addrs:
+                    return False
+            g_addrs = list(map(_data_ptr, grads))
+        except (KeyError, RuntimeError):  # a state entry deleted; a sparse grad
+            return False
+        if (
+            list(map(_get_device, grads)) != self.devices
+            or list(map(_dtype, grads)) != self.dtypes
+            or list(map(_shape, grads)) != self.shapes
+            or not all(map(_is_contiguous, grads))
+        ):
+            return False
+        device = self.prep.device
+        counter = _schedule_counter(group, device)
+        scalars = _fc._scalars(device, grad_scale, found_inf, counter, schedules)
+        _fc._launch(getattr(_fc._C_cuda, self.kind), self.prep, g_addrs, scalars, hyper)
+        return True
