@@ -280,3 +280,26 @@ def test_bad_state_raises_before_anything_is_modified():
         opt.step()
     assert all(torch.equal(p, q) for p, q in zip(ps, before))
     assert [float(opt.state[p]["step"]) for p in ps] == steps
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copies_and_pickles_keep_the_options(how):
+    """copy.deepcopy and pickle keep block_size, variant and seed: the copy (with its own
+    copies of the params) steps as the original does."""
+    import copy
+    import pickle
+
+    ps = _params(torch.bfloat16)
+    opt = AdamW8bit(ps, lr=1e-2, block_size=128, variant="fastlr", seed=7, bf16_stochastic_round=True)
+    for p, g in zip(ps, _grads(1, torch.bfloat16)):
+        p.grad = g
+    opt.step()
+    twin = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    assert (twin.block_size, twin._encoding, twin.seed, twin.bf16_stochastic_round) == (128, "sqrt", 7, True)
+    twin_ps = [p for g in twin.param_groups for p in g["params"]]
+    for a, b, g in zip(ps, twin_ps, _grads(2, torch.bfloat16)):
+        a.grad, b.grad = g, g.clone()
+    opt.step()
+    twin.step()
+    for a, b in zip(ps, twin_ps):
+        assert a is not b and torch.equal(a, b)

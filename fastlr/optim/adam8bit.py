@@ -87,6 +87,13 @@ class _Adam8bitBase(torch.optim.Optimizer):
         self.compile_backend = compile_backend  # accepted for torchao compatibility; nothing is compiled
         self.seed = seed
 
+    _OPTIONS = ("block_size", "bf16_stochastic_round", "compile_backend", "seed", "_encoding")
+
+    def __getstate__(self):
+        # torch's keeps defaults, state and param_groups only: a copy or an unpickled
+        # optimizer would lose its block size, variant and seed
+        return {**super().__getstate__(), **{k: self.__dict__[k] for k in self._OPTIONS}}
+
     def __setstate__(self, state):
         super().__setstate__(state)
         if not isinstance(self.state, _State):
