@@ -395,12 +395,8 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1=0.9, beta
         0.001
     """
     call = _Call(params, grads, master_params, stochastic_rounding, seed, tensor_ids)
-    step = _step(step, required=True)
-    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
-    beta1, b1_enc = _schedule_or_value(beta1, "beta1", _beta)
-    beta2 = _beta(beta2, "beta2")
-    eps = _non_negative(eps, "eps")
-    weight_decay = _non_negative(weight_decay, "weight_decay")
+    step, lr, lr_enc, beta1, b1_enc, beta2, eps, weight_decay = _adam_hyperparameters(
+        step, lr, beta1, beta2, eps, weight_decay)
     m = call.state(exp_avgs, "exp_avgs")
     v = call.state(exp_avg_sqs, "exp_avg_sqs")
     call.require(m, "exp_avgs", "calling adam_step")
@@ -418,6 +414,16 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1=0.9, beta
                          bool(decoupled_weight_decay), bool(amsgrad), bool(maximize),
                          **call.precision())
     return used_lr
+
+
+def _adam_hyperparameters(step, lr, beta1, beta2, eps, weight_decay):
+    """adam_step's and adam8bit_step's hyperparameters, checked; lr and beta1 as (value,
+    schedule encoding)."""
+    step = _step(step, required=True)
+    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
+    beta1, b1_enc = _schedule_or_value(beta1, "beta1", _beta)
+    return (step, lr, lr_enc, beta1, b1_enc, _beta(beta2, "beta2"), _non_negative(eps, "eps"),
+            _non_negative(weight_decay, "weight_decay"))
 
 
 _VARIANTS = {"torchao": 0, "fastlr": 1}
@@ -491,12 +497,8 @@ def adam8bit_step(params, grads, exp_avg_codes, exp_avg_scales, exp_avg_sq_codes
     """
     call = _Call(params, grads, master_params, stochastic_rounding, seed, tensor_ids)
     _refuse_float64(call, "adam8bit_step")
-    step = _step(step, required=True)
-    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
-    beta1, b1_enc = _schedule_or_value(beta1, "beta1", _beta)
-    beta2 = _beta(beta2, "beta2")
-    eps = _non_negative(eps, "eps")
-    weight_decay = _non_negative(weight_decay, "weight_decay")
+    step, lr, lr_enc, beta1, b1_enc, beta2, eps, weight_decay = _adam_hyperparameters(
+        step, lr, beta1, beta2, eps, weight_decay)
     block_size = _block_size(block_size)
     if variant not in _VARIANTS:
         raise ValueError(f"variant must be 'fastlr' or 'torchao', got {variant!r}")

@@ -594,14 +594,7 @@ def test_numpy_twin_bit_identical(case):
     arrays = [_np(p.clone()).copy() for p in params]
     opt = fastlr.optim.AdamW(params, state_dtype="8bit", **kw)
     nopt = fnp.AdamW(arrays, state_dtype="8bit", **kw)
-    for step in range(1, 11):
-        grads = _grads(step, dtype)
-        for p, g in zip(params, grads):
-            p.grad = g
-        opt.step()
-        nopt.step([_np(g).copy() for g in grads])
-    for p, a in zip(params, arrays):
-        np.testing.assert_array_equal(_np(p).view(np.uint8), a.view(np.uint8))
+    _step_both(opt, nopt, arrays, range(1, 11), dtype)
     for i, p in enumerate(params):
         for key, v in opt.state[p].items():
             np.testing.assert_array_equal(np.asarray(nopt.state[i][key]), v.numpy(), err_msg=key)
@@ -614,14 +607,20 @@ def test_numpy_twin_bit_identical(case):
     arrays2 = [a.copy() for a in arrays]
     nopt2 = fnp.AdamW(arrays2, state_dtype="8bit", **kw)
     nopt2.load_state_dict(opt.state_dict())
-    params2 = opt2.param_groups[0]["params"]
-    for step in range(11, 14):
+    _step_both(opt2, nopt2, arrays2, range(11, 14), dtype)
+
+
+def _step_both(opt, nopt, arrays, steps, dtype):
+    """The same steps through a fastlr.optim optimizer and a fastlr.numpy one (over
+    ``arrays``): the params end bit-identical."""
+    params = opt.param_groups[0]["params"]
+    for step in steps:
         grads = _grads(step, dtype)
-        for p, g in zip(params2, grads):
+        for p, g in zip(params, grads):
             p.grad = g
-        opt2.step()
-        nopt2.step([_np(g).copy() for g in grads])
-    for p, a in zip(params2, arrays2):
+        opt.step()
+        nopt.step([_np(g).copy() for g in grads])
+    for p, a in zip(params, arrays):
         np.testing.assert_array_equal(_np(p).view(np.uint8), a.view(np.uint8))
 
 
