@@ -42,6 +42,15 @@ def num_blocks(numel, block_size):
     return -(-int(numel) // int(block_size))
 
 
+def filled(shape, fill, block_size, signed, encoding="sqrt"):
+    """(codes, scales) of a state whose elements all hold ``fill``: codes and scales 0 for
+    0 (where the kernels start), else its quantization (Adagrad's initial_accumulator_value)."""
+    if fill == 0:
+        numel = int(np.prod(shape, dtype=np.int64))
+        return np.zeros(shape, np.uint8), np.zeros(num_blocks(numel, block_size), np.float32)
+    return quantize(np.full(shape, fill, np.float32), block_size, signed, encoding)
+
+
 def check_saved_part(where, key, dtype_name, shape, param_shape, block_size):
     """ValueError unless a saved ``<role>_codes`` (uint8, the param's shape) or
     ``<role>_scale`` (float32, one per block) of this dtype and shape fits the param (the

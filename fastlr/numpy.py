@@ -160,9 +160,7 @@ def _quantized(group, p):
 
 
 def _new_8bit(p, fill=0.0):
-    if fill:  # Adagrad's initial_accumulator_value
-        return _quant8.quantize(np.full(p.shape, fill, np.float32), _BLOCK, False, "sqrt")
-    return np.zeros(p.shape, np.uint8), np.zeros(_quant8.num_blocks(p.size, _BLOCK), np.float32)
+    return _quant8.filled(p.shape, fill, _BLOCK, False)  # (a fill other than 0: Adagrad's sum)
 
 
 def _np_dtype(name):

@@ -72,15 +72,9 @@ def init_state(state, p, roles, fill=0.0):
 
 
 def new_role(state, role, p, fill=0.0):
-    if fill == 0:
-        codes = torch.zeros(p.shape, dtype=torch.uint8)
-        scale = torch.zeros(num_blocks(p), dtype=torch.float32)
-    else:  # Adagrad's initial_accumulator_value
-        signed, encoding = ROLES[role]
-        c, s = _quant8.quantize(np.full(p.numel(), fill, np.float32), BLOCK, signed, encoding)
-        codes, scale = torch.from_numpy(c).reshape(p.shape), torch.from_numpy(s)
-    state[role + "_codes"], state[role + "_scale"] = codes, scale
-    return codes, scale
+    codes, scale = _quant8.filled(tuple(p.shape), fill, BLOCK, *ROLES[role])
+    state[role + "_codes"], state[role + "_scale"] = torch.from_numpy(codes), torch.from_numpy(scale)
+    return state[role + "_codes"], state[role + "_scale"]
 
 
 def role_tensors(name, j, state, role, p, kind):
