@@ -3,9 +3,9 @@
 // (params written in place), take the block's absmax, re-quantize into the codes. One
 // pass over memory: params, grads and 2 B of codes per element (+ 8 B of scales per
 // block), no temporary arrays. Dequantization is a lookup in the 256-entry map (byte
-// planes with AVX-512 VBMI, else a gather), the nearest-code search Quant8Search's affine
-// estimate plus one compare with the next code's threshold (intrinsics at the AVX2 and
-// AVX-512 levels, the same steps in plain C++ at baseline); the update loop is
+// planes with AVX-512 VBMI, else a gather), the nearest-code search at AVX-512
+// Quant8Search's affine estimate plus one compare with the next code's threshold, at AVX2
+// and baseline a Quant8Table bucket (a gather) plus one compare; the update loop is
 // plain C++ over __restrict buffers that gcc vectorizes per level. Every level and thread
 // count gives bit-identical results (no FMA contraction: -ffp-contract=off).
 #include "quant8_kernels.hpp"
@@ -42,6 +42,8 @@ namespace fastlr {
 namespace {
 
 using quant8::Quant8Search;
+using quant8::Quant8Table;
+constexpr int kBucketRow = sizeof(Quant8Table::entry[0]) / sizeof(uint32_t);
 
 constexpr int64_t kMaxBlock = 4096;
 
@@ -55,7 +57,8 @@ FASTLR_Q8_INLINE void dequant(Base, const uint8_t* c, int64_t n, const float* ma
   for (int64_t i = 0; i < n; ++i) out[i] = map[c[i]] * s;
 }
 
-FASTLR_Q8_INLINE void quantize(Base, const float* x, int64_t n, float inv, const Quant8Search& t, uint8_t* c) {
+FASTLR_Q8_INLINE void quantize(Base, const float* x, int64_t n, float inv, const Quant8Search& s, uint8_t* c) {
+  const Quant8Table& t = s.is_signed ? quant8::signed_table() : quant8::unsigned_table();
   for (int64_t i = 0; i < n; ++i) c[i] = t.code(x[i] * inv);
 }
 
@@ -71,51 +74,40 @@ FASTLR_Q8_AVX2 __attribute__((noinline)) void dequant(Avx2, const uint8_t* c, in
   for (; i < n; ++i) out[i] = map[c[i]] * s;
 }
 
-// The search of Quant8Search, 8 lanes: the piece by 7 compares, the next code's threshold
-// gathered from L1 (1 KB).
-template <bool Signed>
-FASTLR_Q8_AVX2 void quantize_avx2(const float* x, int64_t n, float inv, const Quant8Search& t, uint8_t* c) {
+FASTLR_Q8_AVX2 __attribute__((noinline)) void quantize(Avx2, const float* x, int64_t n, float inv, const Quant8Search& s,
+                                              uint8_t* c) {
+  const Quant8Table& t = s.is_signed ? quant8::signed_table() : quant8::unsigned_table();
   const __m256 vs = _mm256_set1_ps(inv);
-  const __m256 one = _mm256_set1_ps(1.0f), tiny = _mm256_set1_ps(Quant8Search::kTiny);
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-  __m256 bound[7];
-  for (int d = 0; d < 7; ++d) bound[d] = _mm256_set1_ps(t.piece_bound[d + 1]);
-  const __m256 slope = _mm256_loadu_ps(t.slope), offset = _mm256_loadu_ps(t.offset);
-  const __m256i piece_cap = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.cap));
-  const __m256i zero_code = _mm256_set1_epi32(t.zero), cap = _mm256_set1_epi32(t.zero - 1);
-  const __m256i onei = _mm256_set1_epi32(1);
+  const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
+  const __m256i low = _mm256_set1_epi32(static_cast<int>(Quant8Table::kLow));
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(Quant8Table::kHigh));
+  const __m256i fine = _mm256_set1_epi32((1 << t.shift) - 1);
+  const __m256i row = _mm256_set1_epi32(kBucketRow);
+  const __m256i byte = _mm256_set1_epi32(0xFF);
+  const __m256i one = _mm256_set1_epi32(1);
   const __m128i sh = _mm_set_epi32(static_cast<int>(0x80808080u), static_cast<int>(0x80808080u),
                                    static_cast<int>(0x80808080u), 0x0C080400);
   const __m256i pick = _mm256_broadcastsi128_si256(sh);
   const __m256i gather_lanes = _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1);
+  const int* table = reinterpret_cast<const int*>(&t.entry[0][0]);
+  const int shift = t.shift;
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 q = _mm256_mul_ps(_mm256_loadu_ps(x + i), vs);
-    const __m256 a = _mm256_min_ps(_mm256_max_ps(Signed ? _mm256_and_ps(q, abs_mask) : q, tiny), one);
-    __m256i d = _mm256_setzero_si256();
-    for (int k = 0; k < 7; ++k) d = _mm256_sub_epi32(d, _mm256_castps_si256(_mm256_cmp_ps(a, bound[k], _CMP_GE_OQ)));
-    const __m256 y = _mm256_fmsub_ps(a, _mm256_permutevar8x32_ps(slope, d), _mm256_permutevar8x32_ps(offset, d));
-    __m256i k = _mm256_min_epi32(_mm256_cvttps_epi32(y), _mm256_permutevar8x32_epi32(piece_cap, d));
-    __m256i est = k, next = _mm256_add_epi32(k, onei);
-    if (Signed) {
-      const __m256i neg = _mm256_srai_epi32(_mm256_castps_si256(q), 31);
-      const __m256i step = _mm256_or_si256(neg, onei);  // -1 or +1: away from the zero code
-      k = _mm256_blendv_epi8(k, _mm256_min_epi32(k, cap), neg);
-      est = _mm256_add_epi32(zero_code, _mm256_sign_epi32(k, step));
-      next = _mm256_add_epi32(est, step);
-    }
-    const __m256 thr = _mm256_i32gather_ps(t.thr, next, 4);
-    __m256i code = _mm256_blendv_epi8(est, next, _mm256_castps_si256(_mm256_cmp_ps(a, thr, _CMP_GE_OQ)));
+    const __m256i u = _mm256_castps_si256(q);
+    const __m256i mag = _mm256_sub_epi32(
+        _mm256_min_epu32(_mm256_max_epu32(_mm256_and_si256(u, abs_mask), low), high), low);
+    const __m256i neg = _mm256_srai_epi32(u, 31);
+    const __m256i idx = _mm256_add_epi32(_mm256_srli_epi32(mag, shift), _mm256_and_si256(neg, row));
+    const __m256i e = _mm256_i32gather_epi32(table, idx, 4);
+    const __m256i before = _mm256_cmpgt_epi32(_mm256_srli_epi32(e, 8), _mm256_and_si256(mag, fine));
+    const __m256i delta = _mm256_andnot_si256(before, _mm256_or_si256(neg, one));
+    __m256i code = _mm256_add_epi32(_mm256_and_si256(e, byte), delta);
     code = _mm256_and_si256(code, _mm256_castps_si256(_mm256_cmp_ps(q, q, _CMP_ORD_Q)));
     const __m256i packed = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(code, pick), gather_lanes);
     _mm_storel_epi64(reinterpret_cast<__m128i*>(c + i), _mm256_castsi256_si128(packed));
   }
   for (; i < n; ++i) c[i] = t.code(x[i] * inv);
-}
-
-FASTLR_Q8_AVX2 __attribute__((noinline)) void quantize(Avx2, const float* x, int64_t n, float inv, const Quant8Search& t,
-                                              uint8_t* c) {
-  t.is_signed ? quantize_avx2<true>(x, n, inv, t, c) : quantize_avx2<false>(x, n, inv, t, c);
 }
 
 // AVX-512 VBMI (Ice Lake, Zen 4): a gather is ~21 cycles per 16 floats on Zen 4, while
