@@ -303,3 +303,20 @@ def test_copies_and_pickles_keep_the_options(how):
     twin.step()
     for a, b in zip(ps, twin_ps):
         assert a is not b and torch.equal(a, b)
+
+
+def test_param_listed_twice_is_updated_once():
+    """As fastlr.optim's optimizers: a param listed twice (torch warns) is updated once
+    per step, never twice in one fused call."""
+    a, b = _params(), _params()
+    with pytest.warns(UserWarning, match="duplicate"):
+        oa = AdamW8bit(a + a[:1], lr=1e-2)
+    ob = AdamW8bit(b, lr=1e-2)
+    for step in (1, 2, 3):
+        for x, y, g in zip(a, b, _grads(step)):
+            x.grad, y.grad = g, g.clone()
+        oa.step()
+        ob.step()
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    assert float(oa.state[a[0]]["step"]) == 3.0

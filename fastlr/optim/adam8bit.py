@@ -145,10 +145,12 @@ class _Adam8bitBase(torch.optim.Optimizer):
             return
         name = type(self).__name__
         entries = []
+        seen = set()
         for j, p in enumerate(group["params"]):
             g = p.grad
-            if g is None:
-                continue
+            if g is None or id(p) in seen:
+                continue  # (a param listed twice is updated once: one call must not write it twice)
+            seen.add(id(p))
             if g.is_sparse:
                 raise RuntimeError("Sparse gradient is not supported")
             if p.device.type != "cpu":
