@@ -146,17 +146,16 @@ bool has_vbmi() {
 #define FASTLR_Q8_VBMI \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx2,fma,f16c,prefer-vector-width=512")))
 
-FASTLR_Q8_VBMI __attribute__((noinline)) int64_t dequant_vbmi(const uint8_t* c, int64_t n, const MapPlanes& t,
-                                                          float s, float* out) {
-  // q[k][h]: entries 64h .. 64h + 63 of plane k
-  __m512i q[4][4];
-  for (int k = 0; k < 4; ++k)
-    for (int h = 0; h < 4; ++h) q[k][h] = _mm512_load_si512(t.byte[k] + 64 * h);
-  const __m512i perm = _mm512_load_si512(t.order);
-  const __m512 vs = _mm512_set1_ps(s);
-  int64_t i = 0;
-  for (; i + 64 <= n; i += 64) {
-    const __m512i code = _mm512_permutexvar_epi8(perm, _mm512_loadu_si512(c + i));
+// The 64 floats of 64 codes (in element order) from a table's byte planes, in 4 registers.
+struct PlaneLookup {
+  __m512i q[4][4];  // q[k][h]: entries 64h .. 64h + 63 of plane k
+  __m512i perm;
+  FASTLR_Q8_VBMI explicit PlaneLookup(const MapPlanes& t) : perm(_mm512_load_si512(t.order)) {
+    for (int k = 0; k < 4; ++k)
+      for (int h = 0; h < 4; ++h) q[k][h] = _mm512_load_si512(t.byte[k] + 64 * h);
+  }
+  FASTLR_Q8_VBMI FASTLR_Q8_INLINE void floats(__m512i codes, __m512 out[4]) const {
+    const __m512i code = _mm512_permutexvar_epi8(perm, codes);
     const __mmask64 upper = _mm512_movepi8_mask(code);
     __m512i b[4];
     for (int k = 0; k < 4; ++k)
@@ -164,10 +163,22 @@ FASTLR_Q8_VBMI __attribute__((noinline)) int64_t dequant_vbmi(const uint8_t* c, 
                                     _mm512_permutex2var_epi8(q[k][2], code, q[k][3]));
     const __m512i w01l = _mm512_unpacklo_epi8(b[0], b[1]), w01h = _mm512_unpackhi_epi8(b[0], b[1]);
     const __m512i w23l = _mm512_unpacklo_epi8(b[2], b[3]), w23h = _mm512_unpackhi_epi8(b[2], b[3]);
-    _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(w01l, w23l)), vs));
-    _mm512_storeu_ps(out + i + 16, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(w01l, w23l)), vs));
-    _mm512_storeu_ps(out + i + 32, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(w01h, w23h)), vs));
-    _mm512_storeu_ps(out + i + 48, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(w01h, w23h)), vs));
+    out[0] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(w01l, w23l));
+    out[1] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(w01l, w23l));
+    out[2] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(w01h, w23h));
+    out[3] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(w01h, w23h));
+  }
+};
+
+FASTLR_Q8_VBMI __attribute__((noinline)) int64_t dequant_vbmi(const uint8_t* c, int64_t n, const MapPlanes& t,
+                                                          float s, float* out) {
+  const PlaneLookup lut(t);
+  const __m512 vs = _mm512_set1_ps(s);
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    __m512 f[4];
+    lut.floats(_mm512_loadu_si512(c + i), f);
+    for (int r = 0; r < 4; ++r) _mm512_storeu_ps(out + i + 16 * r, _mm512_mul_ps(f[r], vs));
   }
   return i;
 }
@@ -221,10 +232,7 @@ FASTLR_Q8_VBMI __attribute__((noinline)) int64_t quantize_vbmi(const float* x, i
                                                              const Quant8Search& t, const MapPlanes& thr,
                                                              uint8_t* c) {
   const Search512<Signed> s(t);
-  __m512i q[4][4];
-  for (int k = 0; k < 4; ++k)
-    for (int h = 0; h < 4; ++h) q[k][h] = _mm512_load_si512(thr.byte[k] + 64 * h);
-  const __m512i perm = _mm512_load_si512(thr.order);
+  const PlaneLookup lut(thr);
   const __m512 vs = _mm512_set1_ps(inv);
   const __m512i zero_code = _mm512_set1_epi8(static_cast<char>(t.zero)), one = _mm512_set1_epi8(1);
   int64_t i = 0;
@@ -248,18 +256,8 @@ FASTLR_Q8_VBMI __attribute__((noinline)) int64_t quantize_vbmi(const float* x, i
       est = _mm512_mask_sub_epi8(_mm512_add_epi8(zero_code, kb), negs, zero_code, kb);
       next = _mm512_mask_sub_epi8(_mm512_add_epi8(est, one), negs, est, one);
     }
-    const __m512i code = _mm512_permutexvar_epi8(perm, next);
-    const __mmask64 upper = _mm512_movepi8_mask(code);
-    __m512i b[4];
-    for (int p = 0; p < 4; ++p)
-      b[p] = _mm512_mask_blend_epi8(upper, _mm512_permutex2var_epi8(q[p][0], code, q[p][1]),
-                                    _mm512_permutex2var_epi8(q[p][2], code, q[p][3]));
-    const __m512i w01l = _mm512_unpacklo_epi8(b[0], b[1]), w01h = _mm512_unpackhi_epi8(b[0], b[1]);
-    const __m512i w23l = _mm512_unpacklo_epi8(b[2], b[3]), w23h = _mm512_unpackhi_epi8(b[2], b[3]);
-    const __m512 th[4] = {_mm512_castsi512_ps(_mm512_unpacklo_epi16(w01l, w23l)),
-                          _mm512_castsi512_ps(_mm512_unpackhi_epi16(w01l, w23l)),
-                          _mm512_castsi512_ps(_mm512_unpacklo_epi16(w01h, w23h)),
-                          _mm512_castsi512_ps(_mm512_unpackhi_epi16(w01h, w23h))};
+    __m512 th[4];
+    lut.floats(next, th);
     __mmask16 past[4];
     for (int r = 0; r < 4; ++r) past[r] = _mm512_cmp_ps_mask(a[r], th[r], _CMP_GE_OQ);
     const __mmask64 pass = _mm512_kunpackd(_mm512_kunpackw(past[3], past[2]), _mm512_kunpackw(past[1], past[0]));
