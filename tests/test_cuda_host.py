@@ -66,7 +66,7 @@ def launches(monkeypatch):
     monkeypatch.setattr(fc, "_DEVICE_TYPE", "cpu")
     monkeypatch.setattr(fc, "_stream", lambda index: 0)
     monkeypatch.setattr(fc, "_encodings", {})
-    monkeypatch.setattr(oc, "_counters", {})
+    monkeypatch.setattr(oc, "_counters", type(oc._counters)())
     monkeypatch.setattr(_base, "_CPU", "no CPU params here")
     prepare = fc._prepare
 
@@ -350,3 +350,23 @@ def test_functional_api_launches_and_refuses(launches):
     with pytest.raises(ValueError, match="a schedule needs a device counter"):
         fc.sgd(params, grads, lr=0.1, lr_schedule=fastlr.Cosine(1.0, 10))
     assert launches.take() == []
+
+
+def test_schedule_counter_goes_with_the_model(launches):
+    """The device counter of a scheduled group is held weakly: deleting the model and its
+    optimizer frees the params (a strong table of groups kept every model alive)."""
+    import gc
+    import weakref
+
+    params = [torch.randn(5, requires_grad=True), torch.randn(3, 2, requires_grad=True)]
+    opt = fastlr.optim.AdamW(params, lr=fastlr.Cosine(1e-2, 10))
+    for _ in range(3):
+        _new_grads(params)
+        opt.step()
+    calls = launches.take()
+    assert len(calls) == 3 and calls[0][1]["schedule_step"] == calls[2][1]["schedule_step"] != 0
+    assert len(oc._counters) == 1
+    alive = weakref.ref(params[0])
+    del params, opt, calls
+    gc.collect()
+    assert alive() is None and len(oc._counters) == 0

@@ -27,11 +27,15 @@ from torch.optim.adagrad import adagrad as _adagrad
 from torch.optim.adam import adam as _adam
 from torch.optim.rmsprop import rmsprop as _rmsprop
 from torch.optim.sgd import sgd as _sgd
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import _cuda as _fc
 
 _warned = False
-_counters = {}  # (id(group), device index) -> [group, device counter, next host schedule_t]
+# Each group's device counter, keyed weakly by the group's first param (a group is a dict,
+# which takes no weak reference) so that it, and the group, go with the model:
+# first param -> {device index: [id(group), device counter, next host schedule_t]}
+_counters = WeakIdKeyDictionary()
 
 
 def _warn_once():
@@ -147,11 +151,14 @@ def _schedule_counter(group, device):
     if "schedule_t" not in group:
         return None
     t = group["schedule_t"]
-    key = (id(group), device.index)
-    entry = _counters.get(key)
-    if entry is None or entry[0] is not group:
+    owner = group["params"][0]
+    per_device = _counters.get(owner)
+    if per_device is None:
+        per_device = _counters[owner] = {}
+    entry = per_device.get(device.index)
+    if entry is None or entry[0] != id(group):
         counter = torch.full((), float(t), dtype=torch.float32, device=device)
-        entry = _counters[key] = [group, counter, t]
+        entry = per_device[device.index] = [id(group), counter, t]
     elif entry[2] != t:
         entry[1].fill_(float(t))
     entry[2] = t + 1
