@@ -370,3 +370,16 @@ def test_schedule_counter_goes_with_the_model(launches):
     del params, opt, calls
     gc.collect()
     assert alive() is None and len(oc._counters) == 0
+
+
+def test_fallback_warning_says_why(launches, monkeypatch):
+    monkeypatch.setattr(oc, "_warned", set())
+    params, opt = _adam(launches)
+    _new_grads(params)
+    params[0].grad = torch.randn(3, 5).t()
+    with pytest.warns(UserWarning, match="do not fit them .*non-contiguous"):
+        opt.step()
+    monkeypatch.setattr(fc, "_C_cuda", None)
+    _new_grads(params)
+    with pytest.warns(UserWarning, match="because they are not built"):
+        opt.step()

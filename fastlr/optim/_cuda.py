@@ -31,22 +31,25 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import _cuda as _fc
 
-_warned = False
+_warned = set()
 # Each group's device counter, keyed weakly by the group's first param (a group is a dict,
 # which takes no weak reference) so that it, and the group, go with the model:
 # first param -> {device index: [id(group), device counter, next host schedule_t]}
 _counters = WeakIdKeyDictionary()
 
 
-def _warn_once():
-    global _warned
-    if not _warned:
-        _warned = True
-        warnings.warn(
-            "fastlr.optim: fastlr's CUDA kernels are not built; params on the GPU are "
-            "updated by torch's fused (RMSprop, Adagrad: foreach) implementation",
-            stacklevel=5,
-        )
+def _warn_once(built):
+    """Once per reason: the kernels are not built, or these tensors do not fit them."""
+    if built in _warned:
+        return
+    _warned.add(built)
+    why = ("some params or grads do not fit them (sparse, non-contiguous, on several devices or "
+           "of another dtype)" if built else "they are not built")
+    warnings.warn(
+        f"fastlr.optim: fastlr's CUDA kernels are not used because {why}; these params are "
+        "updated by torch's fused (RMSprop, Adagrad: foreach) implementation",
+        stacklevel=5,
+    )
 
 
 def _steps_on(params, states):
@@ -72,12 +75,13 @@ def step_group(kind, group, params, grads, states, grad_scale=None, found_inf=No
     # meta tensors (shape inference, deferred init) have no data for a kernel: torch's
     # single-tensor code, as torch.optim runs them, with the step counters on the CPU
     meta = device_type == "meta"
-    if device_type == _fc._DEVICE_TYPE and _fc._C_cuda is not None:
+    built = device_type == _fc._DEVICE_TYPE and _fc._C_cuda is not None
+    if built:
         done = _kernel_step(kind, group, params, grads, states, grad_scale, found_inf)
         if done is not False:
             return done
     if not meta:
-        _warn_once()
+        _warn_once(built)
     # torch has no fused RMSprop, and its fused Adagrad is CPU-only: foreach for those
     fused = device_type == "cuda" and kind in ("sgd", "adam")
     foreach = not fused and not meta
