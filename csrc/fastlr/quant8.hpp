@@ -56,7 +56,7 @@ inline float float_of(uint32_t u) {
 // so the estimate is never above the exact k and at most one below it (the constructor
 // builds everything from the reference; tools/ prove it over every float).
 // All tables but thr fit in a few vector registers; thr (256 floats) is looked up as byte
-// planes with AVX-512 VBMI or gathered from L1. At most 8 pieces (one AVX2 permute).
+// planes with AVX-512 VBMI or gathered from L1. At most 16 pieces (one zmm permute).
 struct Quant8Search {
   // a's octave: its biased exponent (96 .. 127) mod 32, which a vector permute takes as is
   static constexpr float kTiny = 0x1p-31f;
@@ -69,8 +69,6 @@ struct Quant8Search {
   alignas(64) float slope[16];
   alignas(64) float offset[16];
   alignas(64) int32_t cap[16];          // the piece's last k
-  alignas(64) float piece_bound[16];    // where piece d starts (biased), +inf past the last
-
 
   Quant8Search(const float* m, bool signed_map) : map(m), is_signed(signed_map) {
     zero = static_cast<int>(std::find(m, m + 256, 0.0f) - m);
@@ -100,15 +98,14 @@ struct Quant8Search {
     std::fill(slope, slope + 16, 0.0f);
     std::fill(offset, offset + 16, -0.5f);  // one-code pieces: trunc(0.5 + base) = base
     std::fill(cap, cap + 16, 0);
-    std::fill(piece_bound, piece_bound + 16, float_of(kInf));
-    piece_bound[0] = 0.0f;
+    float piece_bound[16];  // where piece d >= 1 starts (biased)
     int pieces = 1;
     const int kmax = 255 - zero;  // the positive side's last k (code 255: 1.0)
     for (int k = 1; k < kmax;) {
       const int decade = static_cast<int>(std::floor(std::log10(static_cast<double>(m[zero + k]))));
       int n = 1;
       while (k + n < kmax && std::floor(std::log10(static_cast<double>(m[zero + k + n]))) == decade) ++n;
-      if (pieces == 8) throw std::logic_error("quant8: too many decades");
+      if (pieces == 16) throw std::logic_error("quant8: too many decades");
       const int d = pieces++;
       cap[d] = k + n - 1;
       offset[d] = static_cast<float>(-0.5 - k);
@@ -167,7 +164,8 @@ inline const Quant8Search& unsigned_search() {
 
 // The AVX2 and baseline levels' search: bucket tables of one map. On those levels one
 // gather from these 40 KB and one compare beat Quant8Search's ~45 operations and 1 KB
-// gather (Zen 4, AVX2, GPT-2-small AdamW 8-bit step: 2.95 vs 3.51 ns/el). Magnitudes |x| (as bits) are clamped to [kLow, kHigh]: no step
+// gather (Zen 4, AVX2, GPT-2-small AdamW 8-bit step: 2.95 vs 3.51 ns/el).
+// Magnitudes |x| (as bits) are clamped to [kLow, kHigh]: no step
 // lies below 2^-26 (the smallest codes are ~3e-7) and every |x| >= 1 rounds like 1.
 // Bucket of |x|: (clamped bits - kLow) >> shift; entry = code at the bucket's smallest
 // magnitude (bits 0-7) | magnitude offset of the step inside the bucket (bits 8-31;
