@@ -695,7 +695,8 @@ def adagrad8bit_step(params, grads, state_sum_codes, state_sum_scales, *, step, 
 
 
 for _f in (sgd8bit_step, rmsprop8bit_step, adagrad8bit_step):
-    _f.__doc__ = _f.__doc__.replace("{q8}", _Q8_DOC.strip("\n"))
+    if _f.__doc__:  # None under python -OO
+        _f.__doc__ = _f.__doc__.replace("{q8}", _Q8_DOC.strip("\n"))
 
 
 def _beta(x, name):

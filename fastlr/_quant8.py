@@ -10,6 +10,8 @@ for ``exp_avg`` and the unsigned one for ``exp_avg_sq``. Encoding ``"sqrt"`` (fa
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from . import _C
@@ -40,6 +42,18 @@ def reference_codes(x, qmap):
 
 def num_blocks(numel, block_size):
     return -(-int(numel) // int(block_size))
+
+
+def saved_source(group, block_size=256, where="state_dict['param_groups']"):
+    """(block size, encoding of the unsigned roles) a saved param group names for its 8-bit
+    state (fastlr.optim.Adam8bit's dicts do; state_dtype="8bit" is block 256, "sqrt")."""
+    block = group.get("block_size", block_size)
+    if isinstance(block, (bool, np.bool_)) or not isinstance(block, numbers.Integral) or not 1 <= block <= 4096:
+        raise ValueError(f"{where}: block_size must be an integer in [1, 4096], got {block!r}")
+    encoding = group.get("exp_avg_sq_encoding", "sqrt")
+    if encoding not in ("sqrt", "linear"):
+        raise ValueError(f"{where}: exp_avg_sq_encoding must be 'sqrt' or 'linear', got {encoding!r}")
+    return int(block), encoding
 
 
 def filled(shape, fill, block_size, signed, encoding="sqrt"):

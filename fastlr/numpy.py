@@ -460,7 +460,9 @@ class _Optimizer:
             group = dict(self.defaults)
             group.update((key, _plain(v)) for key, v in saved.items() if key != "params")
             # fastlr.optim.Adam8bit's dicts name their block size and exp_avg_sq encoding
-            source = (group.pop("block_size", _BLOCK), group.pop("exp_avg_sq_encoding", "sqrt"))
+            source = _quant8.saved_source(group, _BLOCK, f"state_dict['param_groups'][{k}]")
+            group.pop("block_size", None)
+            group.pop("exp_avg_sq_encoding", None)
             group = self._checked_group(group, k)
             _check_precision_params(group, ours["params"], f"state_dict['param_groups'][{k}]",
                                     self._eight_bit_roles)

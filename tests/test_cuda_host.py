@@ -383,3 +383,21 @@ def test_fallback_warning_says_why(launches, monkeypatch):
     _new_grads(params)
     with pytest.warns(UserWarning, match="because they are not built"):
         opt.step()
+
+
+def test_a_new_schedule_counter_is_never_stale(launches):
+    """A group whose device counter is made anew (here: the table forgets it) gathers
+    again: a cached launch would increment the old counter's freed memory."""
+    params = _params()
+    opt = fastlr.optim.Adam(params, lr=fastlr.Cosine(1e-2, 10))
+    for _ in range(3):
+        _new_grads(params)
+        opt.step()
+    launches.take()
+    got, gathered = _step_equals_fresh(opt, params, launches)
+    assert not gathered
+    old = got[0][1]["schedule_step"]
+    oc._counters.clear()
+    got, gathered = _step_equals_fresh(opt, params, launches)
+    assert gathered and got[0][1]["schedule_step"] != old
+    assert got[0][1]["schedule_step"] in got[0][1]["increment"]

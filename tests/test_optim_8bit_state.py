@@ -684,3 +684,30 @@ def test_numpy_loads_adamw8bit_dicts():
     for i, p in enumerate(opt.param_groups[0]["params"]):
         for key, v in opt.state[p].items():
             np.testing.assert_array_equal(np.asarray(nopt.state[i][key]), v.numpy(), err_msg=key)
+
+
+@pytest.mark.parametrize("bad", [dict(block_size=0), dict(block_size=2.5), dict(exp_avg_sq_encoding="log")])
+def test_saved_block_size_and_encoding_are_checked_on_load(bad):
+    """A saved group's 8-bit source (block size, encoding) is validated: ValueError naming
+    it, before anything changes (it was a ZeroDivisionError for block_size=0)."""
+    import fastlr.numpy as fnp
+
+    p = torch.randn(5000, requires_grad=True)
+    opt = fastlr.optim.AdamW([p], lr=1e-3, state_dtype="8bit")
+    p.grad = torch.randn_like(p)
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    sd["param_groups"][0].update(bad)
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match="block_size|exp_avg_sq_encoding"):
+        opt.load_state_dict(sd)
+    after = opt.state_dict()
+    assert all(torch.equal(before["state"][0][k], v) for k, v in after["state"][0].items() if torch.is_tensor(v))
+
+    x = np.random.default_rng(0).standard_normal(5000).astype(np.float32)
+    nopt = fnp.Adam([x], lr=1e-3, state_dtype="8bit")
+    nopt.step([np.ones_like(x)])
+    nsd = copy.deepcopy(nopt.state_dict())
+    nsd["param_groups"][0].update(bad)
+    with pytest.raises(ValueError, match="block_size|exp_avg_sq_encoding"):
+        nopt.load_state_dict(nsd)

@@ -43,8 +43,8 @@ def _warn_once(built):
     if built in _warned:
         return
     _warned.add(built)
-    why = ("some params or grads do not fit them (sparse, non-contiguous, on several devices or "
-           "of another dtype)" if built else "they are not built")
+    why = ("some params or grads do not fit them (sparse, non-contiguous, on several devices, "
+           "another device type or dtype)" if built else "they are not built")
     warnings.warn(
         f"fastlr.optim: fastlr's CUDA kernels are not used because {why}; these params are "
         "updated by torch's fused (RMSprop, Adagrad: foreach) implementation",
@@ -75,8 +75,8 @@ def step_group(kind, group, params, grads, states, grad_scale=None, found_inf=No
     # meta tensors (shape inference, deferred init) have no data for a kernel: torch's
     # single-tensor code, as torch.optim runs them, with the step counters on the CPU
     meta = device_type == "meta"
-    built = device_type == _fc._DEVICE_TYPE and _fc._C_cuda is not None
-    if built:
+    built = _fc._C_cuda is not None
+    if built and device_type == _fc._DEVICE_TYPE:
         done = _kernel_step(kind, group, params, grads, states, grad_scale, found_inf)
         if done is not False:
             return done
@@ -271,11 +271,12 @@ class DeviceStep:
     everything again (``step_group``), which raises what it raised before."""
 
     __slots__ = ("kind", "scheduled", "params", "states", "p_addrs", "state_addrs",
-                 "devices", "dtypes", "shapes", "prep")
+                 "devices", "dtypes", "shapes", "prep", "counter")
 
     def __init__(self, kind, roles, counter, params, states, prep):
         self.kind = kind
         self.scheduled = counter is not None
+        self.counter = counter  # prep's increment holds its address
         self.params = params
         self.states = states
         self.prep = prep
@@ -311,6 +312,8 @@ class DeviceStep:
             return False
         device = self.prep.device
         counter = _schedule_counter(group, device)
+        if counter is not self.counter:  # a new device counter: the launch must name it
+            return False
         scalars = _fc._scalars(device, grad_scale, found_inf, counter, schedules)
         _fc._launch(getattr(_fc._C_cuda, self.kind), self.prep, g_addrs, scalars, hyper)
         return True

@@ -151,7 +151,7 @@ SOURCE_KEYS = ("block_size", "exp_avg_sq_encoding")
 
 def source_of(group):
     """(block size, encoding of the unsigned roles) of a saved param group's 8-bit state."""
-    return int(group.get("block_size", BLOCK)), group.get("exp_avg_sq_encoding", "sqrt")
+    return _quant8.saved_source(group, BLOCK)
 
 
 def check_saved(where, key, value, p, block=BLOCK):
