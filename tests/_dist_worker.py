@@ -266,13 +266,14 @@ def make_bf16_model():
     return make_model().to(torch.bfloat16)
 
 
-def bf16_train(model, opt, steps, start=0, rank=None):
-    """train() on the bf16 model (inputs cast to bf16, the loss in float32)."""
+def typed_train(model, opt, steps, start=0, rank=None):
+    """train() on a bf16 or float32 model (inputs cast to its dtype, the loss in float32)."""
+    dtype = next(model.parameters()).dtype
     traj = []
     for step in range(start, start + steps):
         x, y = batch(step, rank)
         opt.zero_grad(set_to_none=True)
-        F.mse_loss(model(x.to(torch.bfloat16)).float(), y.float()).backward()
+        F.mse_loss(model(x.to(dtype)).float(), y.float()).backward()
         opt.step()
         traj.append(snapshot(model))
     return [torch.stack(ps) for ps in zip(*traj)]
@@ -291,13 +292,13 @@ def scenario_precision(rank, outdir):
     res = {}
     model = DDP(make_bf16_model())
     opt = fastlr.optim.AdamW(model.parameters(), **PRECISION)
-    res["ddp"] = bf16_train(model, opt, STEPS, rank=rank)
+    res["ddp"] = typed_train(model, opt, STEPS, rank=rank)
     res["ddp", "masters"] = masters(opt, list(model.parameters()))
     # DDP checkpoint after RESUME_AT steps: masters and bf16 state come back as saved
     path = os.path.join(outdir, "precision-ddp.pt")
     model = DDP(make_bf16_model())
     opt = fastlr.optim.AdamW(model.parameters(), **PRECISION)
-    head = bf16_train(model, opt, RESUME_AT, rank=rank)
+    head = typed_train(model, opt, RESUME_AT, rank=rank)
     if rank == 0:
         torch.save({"model": model.module.state_dict(), "optim": opt.state_dict()}, path)
     torch.distributed.barrier()
@@ -307,12 +308,12 @@ def scenario_precision(rank, outdir):
     model = DDP(inner)
     opt = fastlr.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)  # options from the dict
     opt.load_state_dict(ckpt["optim"])
-    tail = bf16_train(model, opt, STEPS - RESUME_AT, start=RESUME_AT, rank=rank)
+    tail = typed_train(model, opt, STEPS - RESUME_AT, start=RESUME_AT, rank=rank)
     res["ddp", "resume"] = [torch.cat(ps) for ps in zip(head, tail)]
     # ZeRO: each rank keeps the masters and state of its own params
     model = DDP(make_bf16_model())
     opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=fastlr.optim.AdamW, **PRECISION)
-    res["zero"] = bf16_train(model, opt, STEPS, rank=rank)
+    res["zero"] = typed_train(model, opt, STEPS, rank=rank)
     res["zero", "local_state"] = sorted(
         (key, str(v.dtype)) for st in opt.optim.state.values() for key, v in st.items()
     )
@@ -332,7 +333,7 @@ def scenario_precision(rank, outdir):
             fully_shard(layer, mesh=mesh)
         model = fully_shard(model, mesh=mesh)
         opt = fastlr.optim.AdamW(model.parameters(), **PRECISION)
-        res["fsdp2"] = bf16_train(model, opt, STEPS, rank=rank)
+        res["fsdp2"] = typed_train(model, opt, STEPS, rank=rank)
         res["fsdp2", "masters"] = masters(opt, list(model.parameters()))
         res["fsdp2", "state_kinds"] = sorted({
             (key, type(v).__name__, str(v.dtype), isinstance(v, DTensor) and v.placements == p.placements)
@@ -341,8 +342,75 @@ def scenario_precision(rank, outdir):
     return res
 
 
+# --------------------------------------------------------------------- 8-bit ---
+# state_dtype="8bit" (issue #13): two weight matrices of >= 4096 elements hold 8-bit state
+# (6400 = 25 blocks of 256; 5000: a partial last block), the other params float32 state
+QUANT8 = {"lr": 1e-2, "weight_decay": 0.1, "state_dtype": "8bit"}
+
+
+def make_q8_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 64), torch.nn.Tanh(),
+        torch.nn.Linear(64, 100), torch.nn.Tanh(),
+        torch.nn.Linear(100, 50), torch.nn.Tanh(),
+        torch.nn.Linear(50, 1),
+    )
+
+
+def scenario_quant8(rank, outdir):
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    res = {}
+    model = DDP(make_q8_model())
+    opt = fastlr.optim.AdamW(model.parameters(), **QUANT8)
+    res["ddp"] = typed_train(model, opt, STEPS, rank=rank)
+    res["ddp", "state_keys"] = [sorted(opt.state[p]) for p in model.parameters()]
+    # DDP checkpoint after RESUME_AT steps: codes and scales come back as saved
+    path = os.path.join(outdir, "quant8-ddp.pt")
+    model = DDP(make_q8_model())
+    opt = fastlr.optim.AdamW(model.parameters(), **QUANT8)
+    head = typed_train(model, opt, RESUME_AT, rank=rank)
+    if rank == 0:
+        torch.save({"model": model.module.state_dict(), "optim": opt.state_dict()}, path)
+    torch.distributed.barrier()
+    ckpt = torch.load(path)
+    inner = make_q8_model()
+    inner.load_state_dict(ckpt["model"])
+    model = DDP(inner)
+    opt = fastlr.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)  # options from the dict
+    opt.load_state_dict(ckpt["optim"])
+    tail = typed_train(model, opt, STEPS - RESUME_AT, start=RESUME_AT, rank=rank)
+    res["ddp", "resume"] = [torch.cat(ps) for ps in zip(head, tail)]
+    # ZeRO: each rank keeps the 8-bit state of its own params
+    model = DDP(make_q8_model())
+    opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=fastlr.optim.AdamW, **QUANT8)
+    res["zero"] = typed_train(model, opt, STEPS, rank=rank)
+    opt.consolidate_state_dict(to=0)
+    if rank == 0:
+        res["zero", "consolidated"] = sorted((pid, sorted(st)) for pid, st in opt.state_dict()["state"].items())
+    # FSDP2: refused with a clear error before anything changes
+    if _fsdp2_unavailable() is None:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        model = fully_shard(make_q8_model(), mesh=init_device_mesh("cpu", (WORLD,)))
+        before = snapshot(model)
+        for cls, kw in ((fastlr.optim.AdamW, QUANT8), (fastlr.optim.AdamW8bit, {"lr": 1e-2})):
+            try:
+                opt = cls(model.parameters(), **kw)
+                typed_train(model, opt, 1, rank=rank)
+                res["fsdp2", cls.__name__] = "no error"
+            except NotImplementedError as e:
+                res["fsdp2", cls.__name__] = str(e)
+                res["fsdp2", cls.__name__, "state"] = len(opt.state) if cls is fastlr.optim.AdamW8bit else 0
+        res["fsdp2", "unchanged"] = all(torch.equal(a, b) for a, b in zip(before, snapshot(model)))
+    return res
+
+
 SCENARIOS = {"ddp": scenario_ddp, "zero": scenario_zero, "fsdp2": scenario_fsdp2,
-             "precision": scenario_precision}
+             "precision": scenario_precision, "quant8": scenario_quant8}
 
 
 # --------------------------------------------------------------------- launch ---

@@ -160,7 +160,7 @@ def _bf16_reference():
     """Single process, global batch: bf16 params, fp32 masters, bf16 state."""
     model = w.make_bf16_model()
     opt = fastlr.optim.AdamW(model.parameters(), **w.PRECISION)
-    traj = w.bf16_train(model, opt, w.STEPS)
+    traj = w.typed_train(model, opt, w.STEPS)
     return traj, w.masters(opt, list(model.parameters()))
 
 
@@ -220,6 +220,40 @@ def test_fsdp2_master_weights_bf16_state(runs):
         else:
             assert kind == "DTensor" and same_placement, (key, kind)
             assert dtype == ("torch.float32" if key == "master_param" else "torch.bfloat16")
+
+
+# --------------------------------------------------------------------- 8-bit ---
+def test_ddp_zero_8bit_state(runs):
+    """state_dtype="8bit" under DDP and ZeRO: the single-process trajectory, codes and
+    scales in the (consolidated) state dicts, a checkpoint resumed bit for bit."""
+    r0, r1 = runs("quant8")
+    model = w.make_q8_model()
+    ref = w.typed_train(model, fastlr.optim.AdamW(model.parameters(), **w.QUANT8), w.STEPS)
+    assert torch.equal(w.flat(r0["ddp"]), w.flat(r1["ddp"]))  # ranks in sync
+    # float32 grads averaged across ranks round apart from one process's sum (~1e-8); a
+    # code of the 8-bit state may then flip, which moves a param by about lr / 100
+    check("DDP 8-bit vs 1 process", w.flat(r0["ddp"]), w.flat(ref), tol=1e-4)
+    quantized = ["exp_avg_codes", "exp_avg_scale", "exp_avg_sq_codes", "exp_avg_sq_scale", "step"]
+    keys = r0["ddp", "state_keys"]
+    assert keys[2] == keys[4] == quantized  # the 64x100 and 100x50 weights
+    assert all(k == ["exp_avg", "exp_avg_sq", "step"] for j, k in enumerate(keys) if j not in (2, 4))
+    check("DDP 8-bit resumed vs uninterrupted", w.flat(r0["ddp", "resume"]), w.flat(r0["ddp"]), tol=0.0)
+    # ZeRO updates each param on one rank with DDP's averaged grads: identical
+    check("ZeRO 8-bit vs DDP", w.flat(r0["zero"]), w.flat(r0["ddp"]), tol=0.0)
+    assert torch.equal(w.flat(r0["zero"]), w.flat(r1["zero"]))
+    consolidated = dict(r0["zero", "consolidated"])
+    assert sorted(consolidated) == list(range(8))
+    assert consolidated[2] == consolidated[4] == quantized
+
+
+def test_fsdp2_8bit_state_refused(runs):
+    r0, _ = runs("quant8")
+    if ("fsdp2", "AdamW") not in r0:
+        pytest.skip(w._fsdp2_unavailable() or "FSDP2 did not run")
+    for name in ("AdamW", "AdamW8bit"):
+        assert "DTensor" in r0["fsdp2", name] and "not implemented" in r0["fsdp2", name], name
+    assert r0["fsdp2", "AdamW8bit", "state"] == 0
+    assert r0["fsdp2", "unchanged"]
 
 
 # ------------------------------------------------------------------- example ---

@@ -156,6 +156,9 @@ class _Adam8bitBase(torch.optim.Optimizer):
             if p.device.type != "cpu":
                 raise RuntimeError(f"fastlr.optim.{name}: params[{j}] is on {p.device}; "
                                    "the 8-bit kernels run on CPU tensors")
+            if hasattr(p, "_local_tensor"):  # a shard's blocks are not the whole tensor's
+                raise NotImplementedError(f"fastlr.optim.{name}: params[{j}] is a DTensor (FSDP2): 8-bit "
+                                          "blocks of sharded params are not implemented")
             store = _STORE.get(p.dtype)
             if store is None:
                 raise TypeError(f"fastlr.optim.{name}: params[{j}] has dtype {p.dtype}; "
