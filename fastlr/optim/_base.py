@@ -823,18 +823,23 @@ class FastlrOptimizer(torch.optim.Optimizer):
         if cached is not None and cached.step(group, grads, grad_scale, found_inf):
             return
         params_all = plan.params_list
-        params, states = [], []
+        params, states, new = [], [], []
         need_state = bool(self._roles(group)) or self._has_step
         for j in plan.other:
             p = params_all[j]
-            s = self.state[p]
-            if len(s) == 0 and need_state:
-                self._init_state(group, p, s)
+            s = self.state.get(p)
+            if s is None or (need_state and not s):
+                s = {}  # stored once the update has accepted its input
+                if need_state:
+                    self._init_state(group, p, s)
+                new.append((p, s))
             params.append(p)
             states.append(s)
         plan.device_step = _cuda.step_group(
             self._kind, group, params, grads, states, grad_scale, found_inf
         )
+        for p, s in new:
+            self.state[p] = s
 
     # ----------------------------------------------------------- helpers ---
     @staticmethod
