@@ -151,8 +151,6 @@ def _check_precision_params(group, params, where, eight_bit_roles=()):
 # 4096 elements keep <role>_codes (uint8, the param's shape) and <role>_scale (float32 per
 # block of 256); signed roles as they are, the others as their square root
 _BLOCK = 256
-_SIGNED = {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False, "momentum_buffer": True,
-           "grad_avg": True, "square_avg": False, "sum": False}
 
 
 def _quantized(group, p):
@@ -529,27 +527,22 @@ class _Optimizer:
         return np.array(v, order="C", copy=True)
 
     def _convert_8bit(self, state, group, p, where, source=(_BLOCK, "sqrt")):
-        """Loaded state -> this group's storage: float state of an 8-bit tensor quantized,
-        codes and scales of a float-state tensor dequantized, codes of another block size or
-        encoding (``source``: torchao's linear exp_avg_sq) re-quantized."""
+        """Loaded state -> this group's storage (_quant8.convert): float state of an 8-bit
+        tensor quantized, codes and scales of a float-state tensor dequantized, codes of
+        another block size or encoding (``source``: torchao's linear exp_avg_sq) re-quantized."""
         q8 = _quantized(group, p)
         for role in self._eight_bit_roles:
             c, s = role + "_codes", role + "_scale"
             if (c in state) != (s in state):
                 raise ValueError(f"{where} has {c if c in state else s!r} but not "
                                  f"{s if c in state else c!r} (8-bit state is codes and scales)")
-            signed = _SIGNED[role]
-            encoding = "linear" if signed else "sqrt"
-            saved_encoding = "linear" if signed else source[1]
-            if c in state and (source[0] != _BLOCK or saved_encoding != encoding):
-                values = _quant8.dequantize(state.pop(c), state.pop(s), source[0], signed, saved_encoding)
-                state[role] = values if q8 else values.astype(self._storage(group, p, role))
-            if q8 and role in state:
-                values = state.pop(role).astype(np.float32)
-                state[c], state[s] = _quant8.quantize(values, _BLOCK, signed, encoding)
-            elif not q8 and c in state:
-                values = _quant8.dequantize(state.pop(c), state.pop(s), _BLOCK, signed, encoding)
-                state[role] = values.astype(self._storage(group, p, role))
+            if c in state or (q8 and role in state):  # (float state of float storage stays as loaded)
+                out = _quant8.convert(role, state.pop(c, None), state.pop(s, None), state.pop(role, None),
+                                      source, (_BLOCK, "sqrt") if q8 else None)
+                if q8:
+                    state[c], state[s] = out
+                else:
+                    state[role] = out.astype(self._storage(group, p, role))
 
     @staticmethod
     def _load_value(v, p, where, key, dtype):

@@ -20,16 +20,6 @@ from .. import _C, _quant8
 
 EIGHT_BIT = "8bit"
 BLOCK = 256
-# role -> (signed map, encoding)
-ROLES = {
-    "exp_avg": (True, "linear"),
-    "exp_avg_sq": (False, "sqrt"),
-    "max_exp_avg_sq": (False, "sqrt"),
-    "momentum_buffer": (True, "linear"),
-    "grad_avg": (True, "linear"),
-    "square_avg": (False, "sqrt"),
-    "sum": (False, "sqrt"),
-}
 _KINDS = ("adam", "sgd", "rmsprop", "adagrad")  # optimizers with an 8-bit kernel
 _SQRT = 1  # _C.adam8's flavour: fastlr's encoding, torch.optim.Adam's arithmetic
 
@@ -72,7 +62,7 @@ def init_state(state, p, roles, fill=0.0):
 
 
 def new_role(state, role, p, fill=0.0):
-    codes, scale = _quant8.filled(tuple(p.shape), fill, BLOCK, *ROLES[role])
+    codes, scale = _quant8.filled(tuple(p.shape), fill, BLOCK, *_quant8.ROLES[role])
     state[role + "_codes"], state[role + "_scale"] = torch.from_numpy(codes), torch.from_numpy(scale)
     return state[role + "_codes"], state[role + "_scale"]
 
@@ -162,68 +152,42 @@ def check_saved(where, key, value, p, block=BLOCK):
                              p.shape, block)
 
 
-def saved_values(saved, role, source=(BLOCK, "sqrt"), numel=None):
-    """float32 NumPy values of one role of a saved per-param state, or None when absent:
-    8-bit codes and scales of the source's (block size, encoding of the unsigned roles), a
-    torchao ``OptimState8bit`` (its own block size, linear), or a float tensor. ``numel``:
-    the param's, checked (ValueError) when given."""
+def _saved_role(saved, role, source):
+    """(codes, scales, values, source) of one role of a saved per-param state as NumPy
+    arrays (None where absent): 8-bit codes and scales of the source's (block size,
+    encoding of the unsigned roles), a torchao ``OptimState8bit`` (its own block size,
+    linear), or a float tensor."""
     codes, scale, t = saved.get(role + "_codes"), saved.get(role + "_scale"), saved.get(role)
-    block, unsigned_encoding = source
     if codes is None and t is not None and hasattr(t, "codes") and hasattr(t, "scale"):
         codes, scale = t.codes, t.scale  # torchao's OptimState8bit
-        block, unsigned_encoding = t.codes.numel() // max(t.scale.numel(), 1), "linear"
+        source = (t.codes.numel() // max(t.scale.numel(), 1), "linear")
     if codes is not None:
-        if numel is not None:
-            if scale is None or codes.numel() != numel:
-                raise ValueError(f"state '{role}_codes' does not match a param of {numel} elements")
-            if scale.numel() != _quant8.num_blocks(numel, block):
-                raise ValueError(f"state '{role}_scale' has {scale.numel()} blocks, expected "
-                                 f"{_quant8.num_blocks(numel, block)} (block_size={block})")
-        signed = ROLES[role][0]
-        return _quant8.dequantize(codes.cpu().numpy(), scale.float().cpu().numpy(), block, signed,
-                                  "linear" if signed else unsigned_encoding).reshape(-1)
-    if t is None:
-        return None
-    if numel is not None and t.numel() != numel:
-        raise ValueError(f"state '{role}' has {t.numel()} elements, the param {numel}")
-    return t.detach().float().cpu().contiguous().numpy().reshape(-1).copy()
+        return (codes.detach().to(torch.uint8).cpu().numpy(),
+                None if scale is None else scale.detach().float().cpu().numpy(), None, source)
+    return None, None, None if t is None else t.detach().float().cpu().numpy(), source
 
 
 def convert_loaded(state, saved, p, roles, target, float_dtype, source=(BLOCK, "sqrt"), absent_zeros=False):
     """p's state re-read from a saved per-param state in this optimizer's storage: ``target``
     (block size, encoding of the unsigned roles) for 8-bit state, None for float state of
-    ``float_dtype``. Saved codes of the target's layout are taken over, other 8-bit state
-    and float state converted. An absent role is left out (SGD's None buffer: the first
-    step creates it), or zeros with ``absent_zeros``."""
+    ``float_dtype`` (_quant8.convert). An absent role is left out (SGD's None buffer: the
+    first step creates it), or zeros with ``absent_zeros``."""
     n = p.numel()
     for role in roles:
-        signed = ROLES[role][0]
-        codes, scale = saved.get(role + "_codes"), saved.get(role + "_scale")
-        if (target is not None and codes is not None and scale is not None and source[0] == target[0]
-                and (signed or source[1] == target[1]) and codes.numel() == n
-                and scale.numel() == _quant8.num_blocks(n, target[0])):
-            state[role + "_codes"] = codes.to(torch.uint8).cpu().reshape(p.shape).clone(
-                memory_format=torch.contiguous_format)
-            state[role + "_scale"] = scale.to(torch.float32).cpu().reshape(-1).clone(
-                memory_format=torch.contiguous_format)
-            state.pop(role, None)
-            continue
-        values = saved_values(saved, role, source, n)
+        codes, scales, values, src = _saved_role(saved, role, source)
+        if codes is None and values is None and absent_zeros:
+            values = np.zeros(n, np.float32)
+        out = _quant8.convert(role, codes, scales, values, src, target, n)
         state.pop(role + "_codes", None)
         state.pop(role + "_scale", None)
-        if values is None and absent_zeros:
-            values = np.zeros(n, np.float32)
-        if values is None:
-            if target is not None:
-                state.pop(role, None)
-        elif target is not None:
-            codes, scales = _quant8.quantize(values, target[0], signed, "linear" if signed else target[1])
-            state[role + "_codes"] = torch.from_numpy(codes).reshape(p.shape)
-            state[role + "_scale"] = torch.from_numpy(scales)
-            state.pop(role, None)
-        else:
-            state[role] = torch.from_numpy(np.ascontiguousarray(values)).reshape(p.shape).to(
-                device=p.device, dtype=float_dtype)
+        if target is None:
+            if out is not None:
+                state[role] = torch.from_numpy(out).reshape(p.shape).to(device=p.device, dtype=float_dtype)
+            continue
+        state.pop(role, None)
+        if out is not None:
+            state[role + "_codes"] = torch.from_numpy(out[0]).reshape(p.shape)
+            state[role + "_scale"] = torch.from_numpy(out[1])
 
 
 def dequantized(saved, source=(BLOCK, "sqrt")):
@@ -232,9 +196,10 @@ def dequantized(saved, source=(BLOCK, "sqrt")):
     out = {}
     for key, v in saved.items():
         role = key[: -len("_codes")]
-        if key.endswith("_codes") and role in ROLES:
-            out[role] = torch.from_numpy(saved_values(saved, role, source)).reshape(v.shape)
+        if key.endswith("_codes") and role in _quant8.ROLES:
+            codes, scales, _, src = _saved_role(saved, role, source)
+            out[role] = torch.from_numpy(_quant8.convert(role, codes, scales, None, src, None)).reshape(v.shape)
         elif not (key.endswith("_scale") and role + "_codes" in saved) and not (
-                key in ROLES and key + "_codes" in saved):
+                key in _quant8.ROLES and key + "_codes" in saved):
             out[key] = v
     return out
