@@ -238,17 +238,18 @@ class _Call:
     """One fused kernel call of a group's step, as the cached plan repeats it: the members
     (positions in the step's list of updated params), their addresses and the options."""
 
-    __slots__ = ("b", "members", "p_addr", "checks", "addrs", "precision", "g_dtype", "q8", "scales")
+    __slots__ = ("b", "members", "p_addr", "checks", "addrs", "precision", "g_dtype", "q8", "q8_args")
 
     def run(self, opt, group, g_addr, step, gs):
-        precision = self.precision
-        if opt._kind in ("sgd", "rmsprop"):  # the rounding key takes the completed updates
-            precision = dict(precision, t=group.get("sr_t", 0) if opt._kind == "sgd" else int(step) - 1)
+        kind = opt._kind
+        # SGD's and RMSprop's rounding key takes the completed updates
+        t = group.get("sr_t", 0) if kind == "sgd" else int(step) - 1 if kind == "rmsprop" else None
         if self.q8:
-            _quant8_state.call(opt, group, self.b, self.p_addr, g_addr, self.addrs, self.scales, step, gs,
-                               precision)
+            _quant8_state.call(kind, group, self.b, self.p_addr, g_addr, self.q8_args, step, gs, t)
+        elif t is None:
+            opt._call(group, self.b, (self.p_addr, g_addr, *self.addrs), step, gs, **self.precision)
         else:
-            opt._call(group, self.b, (self.p_addr, g_addr, *self.addrs), step, gs, **precision)
+            opt._call(group, self.b, (self.p_addr, g_addr, *self.addrs), step, gs, t=t, **self.precision)
 
 
 def _run_bucket(opt, group, roles, key, entries, members, gs, sr, seed, first_id, sgd_t):
@@ -301,8 +302,9 @@ def _run_bucket(opt, group, roles, key, entries, members, gs, sr, seed, first_id
         masters=m_addr if master else None, stochastic_rounding=sr, seed=seed, tensor_ids=ids,
     )
     call = _Call()
-    call.b, call.members, call.p_addr, call.addrs, call.scales = b, members, p_addr, r_addr, s_addr
+    call.b, call.members, call.p_addr, call.addrs = b, members, p_addr, r_addr
     call.precision, call.g_dtype, call.q8 = precision, g_dtype, q8
+    call.q8_args = _quant8_state.call_args(roles, r_addr, s_addr, precision) if q8 else None
     call.checks = [(operator.itemgetter(role + "_codes" if q8 else role), addrs)
                    for role, addrs in zip(roles, r_addr)]
     if q8:

@@ -92,42 +92,46 @@ def check_role(name, j, role, codes, scale, p, block=BLOCK, contiguous_codes=Fal
         )
 
 
-def call(opt, group, b, p_addr, g_addr, addrs, scales, step, gs, precision):
-    """One fused 8-bit kernel call over a bucket (params of one dtype and step count); the
-    group's roles in opt._roles order, each as codes and scales address lists."""
-    from ._base import _scalar
+# param dtype code (float32, bfloat16, float16) -> adam8's store (+1: stochastic rounding)
+_ADAM8_STORE = {0: 0, 2: 1, 3: 3}
+_COMMON = ("grad_dtype", "masters", "stochastic_rounding", "seed", "tensor_ids")
 
-    kind = opt._kind
-    pairs = dict(zip(opt._roles(group), zip(addrs, scales)))
-    common = dict(grad_dtype=precision["grad_dtype"], masters=precision["masters"],
-                  stochastic_rounding=precision["stochastic_rounding"], seed=precision["seed"],
-                  tensor_ids=precision["tensor_ids"])
-    lr, maximize = _scalar(group["lr"]), bool(group["maximize"])
+
+def call_args(roles, addrs, scales, precision):
+    """What every step's call() of one cached bucket passes as it is, built once: the roles'
+    (codes, scales) address lists by role, and the 8-bit kernels' precision keywords."""
+    return dict(zip(roles, zip(addrs, scales))), {k: precision[k] for k in _COMMON}
+
+
+def call(kind, group, b, p_addr, g_addr, args, step, gs, t):
+    """One fused 8-bit kernel call over a bucket (params of one dtype and step count); args:
+    call_args(); t: the completed updates keying SGD's and RMSprop's stochastic rounding."""
+    pairs, common = args
+    lr, maximize = float(group["lr"]), bool(group["maximize"])
     if kind == "adam":
-        store = {0: 0, 2: 1, 3: 3}[b.code]
-        if store in (1, 3) and precision["stochastic_rounding"] and precision["masters"] is None:
+        store = _ADAM8_STORE[b.code]
+        if store in (1, 3) and common["stochastic_rounding"] and common["masters"] is None:
             store += 1  # bfloat16 / float16 params rounded stochastically
         beta1, beta2 = group["betas"]
-        amsgrad = bool(group["amsgrad"])
         x = pairs.get("max_exp_avg_sq", (None, None))
         _C.adam8(store, BLOCK, True, _SQRT, b.numel, p_addr, g_addr, *pairs["exp_avg"], *pairs["exp_avg_sq"], *x,
-                 step, lr, None, _scalar(beta1), None, _scalar(beta2), _scalar(group["eps"]),
-                 _scalar(group["weight_decay"]), bool(group["decoupled_weight_decay"]), amsgrad, precision["seed"],
-                 gs, masters=common["masters"], grad_dtype=common["grad_dtype"], maximize=maximize,
-                 tensor_ids=common["tensor_ids"])
+                 step, lr, None, float(beta1), None, float(beta2), float(group["eps"]),
+                 float(group["weight_decay"]), bool(group["decoupled_weight_decay"]), bool(group["amsgrad"]),
+                 common["seed"], gs, masters=common["masters"], grad_dtype=common["grad_dtype"],
+                 maximize=maximize, tensor_ids=common["tensor_ids"])
     elif kind == "sgd":
-        _C.sgd8(b.code, b.numel, p_addr, g_addr, pairs.get("momentum_buffer"), lr, None, precision.get("t", 0),
-                _scalar(group["momentum"]), None, _scalar(group["dampening"]), bool(group["nesterov"]),
-                _scalar(group["weight_decay"]), maximize, b.first, gs, block_size=BLOCK, **common)
+        _C.sgd8(b.code, b.numel, p_addr, g_addr, pairs.get("momentum_buffer"), lr, None, t,
+                float(group["momentum"]), None, float(group["dampening"]), bool(group["nesterov"]),
+                float(group["weight_decay"]), maximize, b.first, gs, block_size=BLOCK, **common)
     elif kind == "rmsprop":
         _C.rmsprop8(b.code, b.numel, p_addr, g_addr, pairs["square_avg"], pairs.get("grad_avg"),
-                    pairs.get("momentum_buffer"), lr, None, precision.get("t", 0), _scalar(group["alpha"]),
-                    _scalar(group["eps"]), _scalar(group["weight_decay"]), _scalar(group["momentum"]), None,
+                    pairs.get("momentum_buffer"), lr, None, t, float(group["alpha"]),
+                    float(group["eps"]), float(group["weight_decay"]), float(group["momentum"]), None,
                     bool(group["centered"]), "momentum_buffer" in pairs, maximize, False, gs, block_size=BLOCK,
                     **common)
     elif kind == "adagrad":
-        _C.adagrad8(b.code, b.numel, p_addr, g_addr, pairs["sum"], step, lr, None, _scalar(group["lr_decay"]),
-                    _scalar(group["weight_decay"]), _scalar(group["eps"]), maximize, gs, block_size=BLOCK,
+        _C.adagrad8(b.code, b.numel, p_addr, g_addr, pairs["sum"], step, lr, None, float(group["lr_decay"]),
+                    float(group["weight_decay"]), float(group["eps"]), maximize, gs, block_size=BLOCK,
                     **common)
     else:
         raise NotImplementedError(kind)
