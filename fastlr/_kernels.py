@@ -439,7 +439,7 @@ def _quant8_state(call, codes, scales, name, block_size):
             raise TypeError(f"{name}_codes[{i}] has dtype {c.dtype}, expected uint8")
         if c.shape != p.shape:
             raise ValueError(f"{name}_codes[{i}] has shape {c.shape}, but params[{i}] has shape {p.shape}")
-        nb = -(-p.size // block_size)
+        nb = _quant8.num_blocks(p.size, block_size)
         if s.dtype != _FLOAT32:
             raise TypeError(f"{name}_scales[{i}] has dtype {s.dtype}, expected float32")
         if s.shape != (nb,):
@@ -836,7 +836,7 @@ def dequantize8bit(codes, scales, *, signed, block_size=256, encoding="sqrt"):
     if not isinstance(scales, np.ndarray) or scales.dtype != _FLOAT32:
         raise TypeError(f"scales must be a float32 numpy.ndarray, got "
                         f"{getattr(scales, 'dtype', type(scales).__name__)}")
-    nb = -(-codes.size // block_size)
+    nb = _quant8.num_blocks(codes.size, block_size)
     if scales.shape != (nb,):
         raise ValueError(f"scales has shape {scales.shape}, expected ({nb},): one scale per block of "
                          f"{block_size} codes")

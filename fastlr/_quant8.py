@@ -21,6 +21,7 @@ UNSIGNED_MAP = _C.quant8_map(False)
 SIGNED_MAP.flags.writeable = False
 UNSIGNED_MAP.flags.writeable = False
 ENCODINGS = ("linear", "sqrt")
+BLOCK_SIZE = 256  # the default block (state_dtype="8bit"'s, torchao's, bitsandbytes')
 MIN_QUANT8_NUMEL = 4096  # smaller tensors keep 32-bit state (bitsandbytes' and torchao's rule)
 # per-element state role -> (signed map, encoding of state_dtype="8bit")
 ROLES = {
@@ -54,7 +55,7 @@ def num_blocks(numel, block_size):
     return -(-int(numel) // int(block_size))
 
 
-def saved_source(group, block_size=256, where="state_dict['param_groups']"):
+def saved_source(group, block_size=BLOCK_SIZE, where="state_dict['param_groups']"):
     """(block size, encoding of the unsigned roles) a saved param group names for its 8-bit
     state (fastlr.optim.Adam8bit's dicts do; state_dtype="8bit" is block 256, "sqrt")."""
     block = group.get("block_size", block_size)

@@ -19,6 +19,7 @@ import operator
 
 import torch
 
+from .. import _quant8
 from . import _quant8_state
 from ._quant8_state import EIGHT_BIT  # block-wise 8-bit state (issue #13), fastlr's encoding
 from ._base import _Bucket, _local_grad
@@ -492,7 +493,7 @@ def convert_loaded_state(opt, state_dict):
             # 8-bit storage here or in the saved dict: converted role by role
             roles = opt._roles(group)
             q8 = group.get("state_dtype") == EIGHT_BIT and _quant8_state.quantized(p)
-            _quant8_state.convert_loaded(st, saved, p, roles, (_quant8_state.BLOCK, "sqrt") if q8 else None,
+            _quant8_state.convert_loaded(st, saved, p, roles, (_quant8.BLOCK_SIZE, "sqrt") if q8 else None,
                                          state_dtype(group, p) if active(group) else p.dtype, source[pid])
             converted = {r + suffix for r in roles for suffix in ("", "_codes", "_scale")}
         if not active(group):
@@ -552,7 +553,7 @@ def to_torch_state_dict(state_dict, params=None):
     state = {}
     for pid, s in state_dict["state"].items():
         if any(key.endswith("_codes") for key in s):  # 8-bit state
-            s = _quant8_state.dequantized(s, source.get(pid, (_quant8_state.BLOCK, "sqrt")))
+            s = _quant8_state.dequantized(s, source.get(pid, (_quant8.BLOCK_SIZE, "sqrt")))
         out = {}
         for key, v in s.items():
             if key == "master_param":

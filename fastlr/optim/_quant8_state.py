@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from .. import _C, _quant8
+from .._quant8 import BLOCK_SIZE
 
 EIGHT_BIT = "8bit"
-BLOCK = 256
 _KINDS = ("adam", "sgd", "rmsprop", "adagrad")  # optimizers with an 8-bit kernel
 _SQRT = 1  # _C.adam8's flavour: fastlr's encoding, torch.optim.Adam's arithmetic
 
@@ -31,10 +31,6 @@ def quantized(p):
 
 def storage(p):
     return EIGHT_BIT if quantized(p) else torch.float32
-
-
-def num_blocks(p):
-    return _quant8.num_blocks(p.numel(), BLOCK)
 
 
 # ------------------------------------------------------------------ options ---
@@ -62,7 +58,7 @@ def init_state(state, p, roles, fill=0.0):
 
 
 def new_role(state, role, p, fill=0.0):
-    codes, scale = _quant8.filled(tuple(p.shape), fill, BLOCK, *_quant8.ROLES[role])
+    codes, scale = _quant8.filled(tuple(p.shape), fill, BLOCK_SIZE, *_quant8.ROLES[role])
     state[role + "_codes"], state[role + "_scale"] = torch.from_numpy(codes), torch.from_numpy(scale)
     return state[role + "_codes"], state[role + "_scale"]
 
@@ -76,7 +72,7 @@ def role_tensors(name, j, state, role, p, kind):
     return codes, scale
 
 
-def check_role(name, j, role, codes, scale, p, block=BLOCK, contiguous_codes=False):
+def check_role(name, j, role, codes, scale, p, block=BLOCK_SIZE, contiguous_codes=False):
     """RuntimeError unless (codes, scale) can be p's 8-bit state of this block size: uint8
     codes of p's shape (contiguous when the kernel reads them in place), one contiguous
     float32 scale per block, on the CPU."""
@@ -114,7 +110,7 @@ def call(kind, group, b, p_addr, g_addr, args, step, gs, t):
             store += 1  # bfloat16 / float16 params rounded stochastically
         beta1, beta2 = group["betas"]
         x = pairs.get("max_exp_avg_sq", (None, None))
-        _C.adam8(store, BLOCK, True, _SQRT, b.numel, p_addr, g_addr, *pairs["exp_avg"], *pairs["exp_avg_sq"], *x,
+        _C.adam8(store, BLOCK_SIZE, True, _SQRT, b.numel, p_addr, g_addr, *pairs["exp_avg"], *pairs["exp_avg_sq"], *x,
                  step, lr, None, float(beta1), None, float(beta2), float(group["eps"]),
                  float(group["weight_decay"]), bool(group["decoupled_weight_decay"]), bool(group["amsgrad"]),
                  common["seed"], gs, masters=common["masters"], grad_dtype=common["grad_dtype"],
@@ -122,16 +118,16 @@ def call(kind, group, b, p_addr, g_addr, args, step, gs, t):
     elif kind == "sgd":
         _C.sgd8(b.code, b.numel, p_addr, g_addr, pairs.get("momentum_buffer"), lr, None, t,
                 float(group["momentum"]), None, float(group["dampening"]), bool(group["nesterov"]),
-                float(group["weight_decay"]), maximize, b.first, gs, block_size=BLOCK, **common)
+                float(group["weight_decay"]), maximize, b.first, gs, block_size=BLOCK_SIZE, **common)
     elif kind == "rmsprop":
         _C.rmsprop8(b.code, b.numel, p_addr, g_addr, pairs["square_avg"], pairs.get("grad_avg"),
                     pairs.get("momentum_buffer"), lr, None, t, float(group["alpha"]),
                     float(group["eps"]), float(group["weight_decay"]), float(group["momentum"]), None,
-                    bool(group["centered"]), "momentum_buffer" in pairs, maximize, False, gs, block_size=BLOCK,
+                    bool(group["centered"]), "momentum_buffer" in pairs, maximize, False, gs, block_size=BLOCK_SIZE,
                     **common)
     elif kind == "adagrad":
         _C.adagrad8(b.code, b.numel, p_addr, g_addr, pairs["sum"], step, lr, None, float(group["lr_decay"]),
-                    float(group["weight_decay"]), float(group["eps"]), maximize, gs, block_size=BLOCK,
+                    float(group["weight_decay"]), float(group["eps"]), maximize, gs, block_size=BLOCK_SIZE,
                     **common)
     else:
         raise NotImplementedError(kind)
@@ -145,10 +141,10 @@ SOURCE_KEYS = ("block_size", "exp_avg_sq_encoding")
 
 def source_of(group):
     """(block size, encoding of the unsigned roles) of a saved param group's 8-bit state."""
-    return _quant8.saved_source(group, BLOCK)
+    return _quant8.saved_source(group, BLOCK_SIZE)
 
 
-def check_saved(where, key, value, p, block=BLOCK):
+def check_saved(where, key, value, p, block=BLOCK_SIZE):
     """A saved ``<role>_codes`` / ``<role>_scale`` tensor: ValueError unless it fits p."""
     if not torch.is_tensor(value):
         raise ValueError(f"{where}[{key!r}] must be a tensor, got {type(value).__name__}")
@@ -171,7 +167,7 @@ def _saved_role(saved, role, source):
     return None, None, None if t is None else t.detach().float().cpu().numpy(), source
 
 
-def convert_loaded(state, saved, p, roles, target, float_dtype, source=(BLOCK, "sqrt"), absent_zeros=False):
+def convert_loaded(state, saved, p, roles, target, float_dtype, source=(BLOCK_SIZE, "sqrt"), absent_zeros=False):
     """p's state re-read from a saved per-param state in this optimizer's storage: ``target``
     (block size, encoding of the unsigned roles) for 8-bit state, None for float state of
     ``float_dtype`` (_quant8.convert). An absent role is left out (SGD's None buffer: the
@@ -194,7 +190,7 @@ def convert_loaded(state, saved, p, roles, target, float_dtype, source=(BLOCK, "
             state[role + "_scale"] = torch.from_numpy(out[1])
 
 
-def dequantized(saved, source=(BLOCK, "sqrt")):
+def dequantized(saved, source=(BLOCK_SIZE, "sqrt")):
     """A per-param state with every ``<role>_codes`` / ``<role>_scale`` pair as float32
     ``<role>`` in the codes' place (other entries shared)."""
     out = {}
