@@ -23,7 +23,7 @@ import torch
 
 import fastlr
 import fastlr.optim
-from fastlr import _C
+from fastlr import _C, _quant8
 from fastlr._bench import gpt2_small_shapes
 
 BYTES = {"fp32": 28.0, "8bit": 16.0 + 16.0 / 256}
@@ -49,8 +49,8 @@ def _contenders(params, peers):
     gs = [p.grad.numpy().reshape(-1) for p in params]
     mc = [torch.zeros(k, dtype=torch.uint8).numpy() for k in numel]
     vc = [torch.zeros(k, dtype=torch.uint8).numpy() for k in numel]
-    ms = [torch.zeros(-(-k // 256)).numpy() for k in numel]
-    vs = [torch.zeros(-(-k // 256)).numpy() for k in numel]
+    ms = [torch.zeros(_quant8.num_blocks(k, 256)).numpy() for k in numel]
+    vs = [torch.zeros(_quant8.num_blocks(k, 256)).numpy() for k in numel]
     counter = [0]
 
     def sqrt_step():

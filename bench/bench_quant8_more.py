@@ -22,13 +22,13 @@ import time
 import numpy as np
 
 import fastlr
-from fastlr import _C
+from fastlr import _C, _quant8
 
-BLOCK = 256
+BLOCK = _quant8.BLOCK_SIZE
 
 
 def _q8(n):
-    return np.zeros(n, np.uint8), np.zeros(-(-n // BLOCK), np.float32)
+    return np.zeros(n, np.uint8), np.zeros(_quant8.num_blocks(n, BLOCK), np.float32)
 
 
 def _contenders(sizes):

@@ -40,7 +40,7 @@ import torch
 
 import fastlr
 import fastlr.numpy as fnp
-from fastlr import _C
+from fastlr import _C, _quant8
 
 _KERNELS = ("adam", "adam8", "sgd8", "rmsprop8", "adagrad8")
 
@@ -97,8 +97,8 @@ def numpy_contenders(params):
     ps = [p.detach().numpy().reshape(-1) for p in params]
     gs = [p.grad.numpy().reshape(-1) for p in params]
     sizes = [p.size for p in ps]
-    state = [np.zeros(k, np.uint8) for k in sizes], [np.zeros(-(-k // 256), np.float32) for k in sizes]
-    state2 = [np.zeros(k, np.uint8) for k in sizes], [np.zeros(-(-k // 256), np.float32) for k in sizes]
+    state, state2 = ([[np.zeros(k, np.uint8) for k in sizes],
+                      [np.zeros(_quant8.num_blocks(k, 256), np.float32) for k in sizes]] for _ in range(2))
     counter = [0]
 
     def adam8bit_step():

@@ -153,11 +153,10 @@ def _exp_avg_sq(state):
     import torch
 
     from . import _quant8
-    from .optim._quant8_state import BLOCK
 
     if "exp_avg_sq_codes" in state:  # fastlr's 8-bit layout, sqrt(v) on the unsigned map
         codes, scales = state["exp_avg_sq_codes"], state["exp_avg_sq_scale"]
-        return torch.from_numpy(_quant8.dequantize(codes.numpy(), scales.numpy(), BLOCK, False, "sqrt"))
+        return torch.from_numpy(_quant8.dequantize(codes.numpy(), scales.numpy(), _quant8.BLOCK_SIZE, False, "sqrt"))
     v = state.get("exp_avg_sq")
     if v is not None and type(v) is not torch.Tensor:  # torchao's 8-bit tensor subclass
         v = v.dequantize()

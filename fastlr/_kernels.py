@@ -350,14 +350,8 @@ def sgd_step(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampenin
         0.1
     """
     call = _Call(params, grads, master_params, stochastic_rounding, seed, tensor_ids)
-    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
-    momentum, mom_enc = _schedule_or_value(momentum, "momentum", _non_negative)
-    dampening = _real(dampening, "dampening")
-    weight_decay = _non_negative(weight_decay, "weight_decay")
-    step = _step(step, required=lr_enc is not None or mom_enc is not None or call.stochastic_rounding)
-    uses_momentum = mom_enc is not None or momentum != 0.0
-    if nesterov and (not uses_momentum or dampening != 0):
-        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+    step, lr, lr_enc, momentum, mom_enc, dampening, weight_decay, uses_momentum = _sgd_hyperparameters(
+        call, step, lr, momentum, dampening, weight_decay, nesterov)
     bufs = call.state(momentum_buffers, "momentum_buffers")
     if uses_momentum:
         call.require(bufs, "momentum_buffers", "momentum != 0")
@@ -367,6 +361,20 @@ def sgd_step(params, grads, momentum_buffers=None, *, lr, momentum=0.0, dampenin
                         0 if step is None else step - 1, momentum, mom_enc, dampening, bool(nesterov),
                         weight_decay, bool(maximize), step == 1, **call.precision())
     return used_lr
+
+
+def _sgd_hyperparameters(call, step, lr, momentum, dampening, weight_decay, nesterov):
+    """sgd_step's and sgd8bit_step's hyperparameters, checked: lr and momentum as (value,
+    schedule encoding), and whether the momentum buffers are used."""
+    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
+    momentum, mom_enc = _schedule_or_value(momentum, "momentum", _non_negative)
+    dampening = _real(dampening, "dampening")
+    weight_decay = _non_negative(weight_decay, "weight_decay")
+    step = _step(step, required=lr_enc is not None or mom_enc is not None or call.stochastic_rounding)
+    uses_momentum = mom_enc is not None or momentum != 0.0
+    if nesterov and (not uses_momentum or dampening != 0):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+    return step, lr, lr_enc, momentum, mom_enc, dampening, weight_decay, uses_momentum
 
 
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1=0.9, beta2=0.999,
@@ -439,7 +447,7 @@ def _quant8_state(call, codes, scales, name, block_size):
             raise TypeError(f"{name}_codes[{i}] has dtype {c.dtype}, expected uint8")
         if c.shape != p.shape:
             raise ValueError(f"{name}_codes[{i}] has shape {c.shape}, but params[{i}] has shape {p.shape}")
-        nb = -(-p.size // block_size)
+        nb = _quant8.num_blocks(p.size, block_size)
         if s.dtype != _FLOAT32:
             raise TypeError(f"{name}_scales[{i}] has dtype {s.dtype}, expected float32")
         if s.shape != (nb,):
@@ -592,15 +600,9 @@ def sgd8bit_step(params, grads, momentum_buffer_codes=None, momentum_buffer_scal
     """
     call = _Call(params, grads, master_params, stochastic_rounding, seed, tensor_ids)
     _refuse_float64(call, "sgd8bit_step")
-    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
-    momentum, mom_enc = _schedule_or_value(momentum, "momentum", _non_negative)
-    dampening = _real(dampening, "dampening")
-    weight_decay = _non_negative(weight_decay, "weight_decay")
-    step = _step(step, required=lr_enc is not None or mom_enc is not None or call.stochastic_rounding)
+    step, lr, lr_enc, momentum, mom_enc, dampening, weight_decay, uses_momentum = _sgd_hyperparameters(
+        call, step, lr, momentum, dampening, weight_decay, nesterov)
     block_size = _block_size(block_size)
-    uses_momentum = mom_enc is not None or momentum != 0.0
-    if nesterov and (not uses_momentum or dampening != 0):
-        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     buf = None
     if uses_momentum:
         buf = _required_q8_state(call, momentum_buffer_codes, momentum_buffer_scales, "momentum_buffer",
@@ -636,14 +638,9 @@ def rmsprop8bit_step(params, grads, square_avg_codes, square_avg_scales, *, lr, 
     """
     call = _Call(params, grads, master_params, stochastic_rounding, seed, tensor_ids)
     _refuse_float64(call, "rmsprop8bit_step")
-    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
-    alpha = _non_negative(alpha, "alpha")
-    eps = _non_negative(eps, "eps")
-    weight_decay = _non_negative(weight_decay, "weight_decay")
-    momentum, mom_enc = _schedule_or_value(momentum, "momentum", _non_negative)
-    step = _step(step, required=lr_enc is not None or mom_enc is not None or call.stochastic_rounding)
+    step, lr, lr_enc, alpha, eps, weight_decay, momentum, mom_enc, uses_momentum = _rmsprop_hyperparameters(
+        call, step, lr, alpha, eps, weight_decay, momentum)
     block_size = _block_size(block_size)
-    uses_momentum = mom_enc is not None or momentum > 0
     sq = _required_q8_state(call, square_avg_codes, square_avg_scales, "square_avg", block_size,
                             "when calling rmsprop8bit_step")
     ga = buf = None
@@ -680,11 +677,7 @@ def adagrad8bit_step(params, grads, state_sum_codes, state_sum_scales, *, step, 
     """
     call = _Call(params, grads, master_params, stochastic_rounding, seed, tensor_ids)
     _refuse_float64(call, "adagrad8bit_step")
-    step = _step(step, required=True)
-    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
-    lr_decay = _non_negative(lr_decay, "lr_decay")
-    weight_decay = _non_negative(weight_decay, "weight_decay")
-    eps = _non_negative(eps, "eps")
+    step, lr, lr_enc, lr_decay, weight_decay, eps = _adagrad_hyperparameters(step, lr, lr_decay, weight_decay, eps)
     block_size = _block_size(block_size)
     sums = _required_q8_state(call, state_sum_codes, state_sum_scales, "state_sum", block_size,
                               "when calling adagrad8bit_step")
@@ -704,6 +697,18 @@ def _beta(x, name):
     if not 0.0 <= x < 1.0:
         raise ValueError(f"Invalid {name} parameter: {x} (must be in [0, 1))")
     return x
+
+
+def _rmsprop_hyperparameters(call, step, lr, alpha, eps, weight_decay, momentum):
+    """rmsprop_step's and rmsprop8bit_step's hyperparameters, checked: lr and momentum as
+    (value, schedule encoding), and whether the momentum buffers are used."""
+    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
+    alpha = _non_negative(alpha, "alpha")
+    eps = _non_negative(eps, "eps")
+    weight_decay = _non_negative(weight_decay, "weight_decay")
+    momentum, mom_enc = _schedule_or_value(momentum, "momentum", _non_negative)
+    step = _step(step, required=lr_enc is not None or mom_enc is not None or call.stochastic_rounding)
+    return step, lr, lr_enc, alpha, eps, weight_decay, momentum, mom_enc, mom_enc is not None or momentum > 0
 
 
 def rmsprop_step(params, grads, square_avgs, *, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
@@ -728,13 +733,8 @@ def rmsprop_step(params, grads, square_avgs, *, lr, alpha=0.99, eps=1e-8, weight
         The learning rate used.
     """
     call = _Call(params, grads, master_params, stochastic_rounding, seed, tensor_ids)
-    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
-    alpha = _non_negative(alpha, "alpha")
-    eps = _non_negative(eps, "eps")
-    weight_decay = _non_negative(weight_decay, "weight_decay")
-    momentum, mom_enc = _schedule_or_value(momentum, "momentum", _non_negative)
-    step = _step(step, required=lr_enc is not None or mom_enc is not None or call.stochastic_rounding)
-    uses_momentum = mom_enc is not None or momentum > 0
+    step, lr, lr_enc, alpha, eps, weight_decay, momentum, mom_enc, uses_momentum = _rmsprop_hyperparameters(
+        call, step, lr, alpha, eps, weight_decay, momentum)
     sq = call.state(square_avgs, "square_avgs")
     call.require(sq, "square_avgs", "calling rmsprop_step")
     ga = call.state(grad_avgs, "grad_avgs")
@@ -751,6 +751,15 @@ def rmsprop_step(params, grads, square_avgs, *, lr, alpha=0.99, eps=1e-8, weight
                             bool(centered), uses_momentum, bool(maximize), step == 1,
                             **call.precision())
     return used_lr
+
+
+def _adagrad_hyperparameters(step, lr, lr_decay, weight_decay, eps):
+    """adagrad_step's and adagrad8bit_step's hyperparameters, checked; lr as (value,
+    schedule encoding)."""
+    step = _step(step, required=True)
+    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
+    return (step, lr, lr_enc, _non_negative(lr_decay, "lr_decay"), _non_negative(weight_decay, "weight_decay"),
+            _non_negative(eps, "eps"))
 
 
 def adagrad_step(params, grads, state_sums, *, step, lr, lr_decay=0.0, weight_decay=0.0,
@@ -770,11 +779,7 @@ def adagrad_step(params, grads, state_sums, *, step, lr, lr_decay=0.0, weight_de
         The learning rate used (before ``lr_decay``).
     """
     call = _Call(params, grads, master_params, stochastic_rounding, seed, tensor_ids)
-    step = _step(step, required=True)
-    lr, lr_enc = _schedule_or_value(lr, "lr", _non_negative)
-    lr_decay = _non_negative(lr_decay, "lr_decay")
-    weight_decay = _non_negative(weight_decay, "weight_decay")
-    eps = _non_negative(eps, "eps")
+    step, lr, lr_enc, lr_decay, weight_decay, eps = _adagrad_hyperparameters(step, lr, lr_decay, weight_decay, eps)
     sums = call.state(state_sums, "state_sums")
     call.require(sums, "state_sums", "calling adagrad_step")
     call.finish()
@@ -836,7 +841,7 @@ def dequantize8bit(codes, scales, *, signed, block_size=256, encoding="sqrt"):
     if not isinstance(scales, np.ndarray) or scales.dtype != _FLOAT32:
         raise TypeError(f"scales must be a float32 numpy.ndarray, got "
                         f"{getattr(scales, 'dtype', type(scales).__name__)}")
-    nb = -(-codes.size // block_size)
+    nb = _quant8.num_blocks(codes.size, block_size)
     if scales.shape != (nb,):
         raise ValueError(f"scales has shape {scales.shape}, expected ({nb},): one scale per block of "
                          f"{block_size} codes")

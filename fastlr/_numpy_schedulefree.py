@@ -24,11 +24,6 @@ from .schedules import Schedule
 
 __all__ = ["SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree"]
 
-_STEP_IN_EVAL = (
-    "Optimizer was not in train mode when step is called. Please insert .train() and "
-    ".eval() calls on the optimizer. See documentation for details."
-)
-
 
 class _ScheduleFree:
     _beta1_key = "momentum"
@@ -110,7 +105,7 @@ class _ScheduleFree:
         call per group and dtype. ``grads`` lists one array (or None) per param, in the
         order of the groups."""
         if not self.param_groups[0]["train_mode"]:
-            raise RuntimeError(_STEP_IN_EVAL)
+            raise RuntimeError(_k.STEP_IN_EVAL)
         params = self._params
         grads = [grads] if isinstance(grads, np.ndarray) else list(grads)
         if len(grads) != len(params):
@@ -204,11 +199,9 @@ class SGDScheduleFree(_ScheduleFree):
 
     def __init__(self, params, lr=1.0, momentum=0.9, weight_decay=0, warmup_steps=0, r=0.0,
                  weight_lr_power=2, foreach=True):
-        super().__init__(params, dict(lr=lr, momentum=momentum, r=r, k=0,
-                                      warmup_steps=warmup_steps, train_mode=False,
-                                      weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0,
-                                      weight_lr_power=weight_lr_power,
-                                      weight_decay=weight_decay, foreach=foreach))
+        super().__init__(params, dict(lr=lr, momentum=momentum, r=r, warmup_steps=warmup_steps,
+                                      weight_lr_power=weight_lr_power, weight_decay=weight_decay,
+                                      foreach=foreach, **_k.GROUP_START))
 
     def _call(self, g, ps, gs, zs, vs, step=1):
         return _k.sgd_schedulefree_step(
@@ -226,11 +219,9 @@ class AdamWScheduleFree(_ScheduleFree):
 
     def __init__(self, params, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  warmup_steps=0, r=0.0, weight_lr_power=2.0, foreach=True):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, r=r, k=0,
-                                      warmup_steps=warmup_steps, train_mode=False,
-                                      weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0,
-                                      weight_lr_power=weight_lr_power,
-                                      weight_decay=weight_decay, foreach=foreach))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, r=r, warmup_steps=warmup_steps,
+                                      weight_lr_power=weight_lr_power, weight_decay=weight_decay,
+                                      foreach=foreach, **_k.GROUP_START))
 
     def _call(self, g, ps, gs, zs, vs, step=1):
         return _k.adamw_schedulefree_step(
@@ -249,11 +240,9 @@ class RAdamScheduleFree(_ScheduleFree):
 
     def __init__(self, params, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, r=0.0,
                  weight_lr_power=2.0, foreach=True, silent_sgd_phase=True):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, r=r, k=0,
-                                      train_mode=False, weight_sum=0.0, lr_max=-1.0,
-                                      scheduled_lr=0.0, weight_lr_power=weight_lr_power,
-                                      weight_decay=weight_decay, foreach=foreach,
-                                      silent_sgd_phase=silent_sgd_phase))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, r=r,
+                                      weight_lr_power=weight_lr_power, weight_decay=weight_decay,
+                                      foreach=foreach, silent_sgd_phase=silent_sgd_phase, **_k.GROUP_START))
 
     def _call(self, g, ps, gs, zs, vs, step=1):
         return _k.radam_schedulefree_step(

@@ -21,7 +21,18 @@ UNSIGNED_MAP = _C.quant8_map(False)
 SIGNED_MAP.flags.writeable = False
 UNSIGNED_MAP.flags.writeable = False
 ENCODINGS = ("linear", "sqrt")
+BLOCK_SIZE = 256  # the default block (state_dtype="8bit"'s, torchao's, bitsandbytes')
 MIN_QUANT8_NUMEL = 4096  # smaller tensors keep 32-bit state (bitsandbytes' and torchao's rule)
+# per-element state role -> (signed map, encoding of state_dtype="8bit")
+ROLES = {
+    "exp_avg": (True, "linear"),
+    "exp_avg_sq": (False, "sqrt"),
+    "max_exp_avg_sq": (False, "sqrt"),
+    "momentum_buffer": (True, "linear"),
+    "grad_avg": (True, "linear"),
+    "square_avg": (False, "sqrt"),
+    "sum": (False, "sqrt"),
+}
 
 
 def reference_codes(x, qmap):
@@ -44,7 +55,7 @@ def num_blocks(numel, block_size):
     return -(-int(numel) // int(block_size))
 
 
-def saved_source(group, block_size=256, where="state_dict['param_groups']"):
+def saved_source(group, block_size=BLOCK_SIZE, where="state_dict['param_groups']"):
     """(block size, encoding of the unsigned roles) a saved param group names for its 8-bit
     state (fastlr.optim.Adam8bit's dicts do; state_dtype="8bit" is block 256, "sqrt")."""
     block = group.get("block_size", block_size)
@@ -117,3 +128,32 @@ def dequantize(codes, scales, block_size, signed, encoding="linear"):
     if not signed and encoding == "sqrt":
         flat = flat * flat
     return flat.astype(np.float32).reshape(codes.shape)
+
+
+def convert(role, codes, scales, values, source, target, numel=None):
+    """One role of a loaded per-param state in the storage ``target``: (codes, scales) of
+    its (block size, encoding of the unsigned roles), or float32 values for None; None when
+    the role is absent. The saved role is ``codes`` and ``scales`` of ``source``'s layout,
+    or float ``values`` (NumPy arrays). Codes already in the target's layout are taken over,
+    anything else is dequantized and / or quantized; the result never shares the inputs'
+    memory. ``numel``: the param's, checked (ValueError) when given. Both faces' loads
+    (fastlr.numpy, fastlr.optim) convert through this."""
+    signed = ROLES[role][0]
+    if codes is not None:
+        block = source[0]
+        if numel is not None:
+            if scales is None or codes.size != numel:
+                raise ValueError(f"state '{role}_codes' does not match a param of {numel} elements")
+            if scales.size != num_blocks(numel, block):
+                raise ValueError(f"state '{role}_scale' has {scales.size} blocks, expected "
+                                 f"{num_blocks(numel, block)} (block_size={block})")
+        if target is not None and block == target[0] and (signed or source[1] == target[1]):
+            return np.array(codes, np.uint8, order="C"), np.array(scales, np.float32).reshape(-1)
+        values = dequantize(codes, scales, block, signed, "linear" if signed else source[1])
+    elif values is None:
+        return None
+    elif numel is not None and values.size != numel:
+        raise ValueError(f"state '{role}' has {values.size} elements, the param {numel}")
+    if target is None:
+        return np.array(values, np.float32)
+    return quantize(values, target[0], signed, "linear" if signed else target[1])

@@ -15,6 +15,14 @@ from typing import NamedTuple
 from . import _C
 from ._kernels import _Call, _non_negative, _real, _schedule_or_value, _step
 
+# a param group's bookkeeping as schedulefree's constructors start it (fastlr.numpy's and
+# fastlr.optim's schedule-free groups)
+GROUP_START = {"k": 0, "train_mode": False, "weight_sum": 0.0, "lr_max": -1.0, "scheduled_lr": 0.0}
+STEP_IN_EVAL = (  # schedulefree's message
+    "Optimizer was not in train mode when step is called. Please insert .train() and "
+    ".eval() calls on the optimizer. See documentation for details."
+)
+
 __all__ = [
     "ScheduleFreeStep",
     "sgd_schedulefree_step",

@@ -149,18 +149,13 @@ def _check_precision_params(group, params, where, eight_bit_roles=()):
 
 # state_dtype="8bit" (fastlr.optim's layout, fastlr._quant8's encoding): tensors of at least
 # 4096 elements keep <role>_codes (uint8, the param's shape) and <role>_scale (float32 per
-# block of 256); signed roles as they are, the others as their square root
-_BLOCK = 256
-_SIGNED = {"exp_avg": True, "exp_avg_sq": False, "max_exp_avg_sq": False, "momentum_buffer": True,
-           "grad_avg": True, "square_avg": False, "sum": False}
-
-
+# block of _quant8.BLOCK_SIZE); signed roles as they are, the others as their square root
 def _quantized(group, p):
     return group.get("state_dtype") == "8bit" and p.size >= _quant8.MIN_QUANT8_NUMEL
 
 
 def _new_8bit(p, fill=0.0):
-    return _quant8.filled(p.shape, fill, _BLOCK, False)  # (a fill other than 0: Adagrad's sum)
+    return _quant8.filled(p.shape, fill, _quant8.BLOCK_SIZE, False)  # (a fill other than 0: Adagrad's sum)
 
 
 def _np_dtype(name):
@@ -460,7 +455,7 @@ class _Optimizer:
             group = dict(self.defaults)
             group.update((key, _plain(v)) for key, v in saved.items() if key != "params")
             # fastlr.optim.Adam8bit's dicts name their block size and exp_avg_sq encoding
-            source = _quant8.saved_source(group, _BLOCK, f"state_dict['param_groups'][{k}]")
+            source = _quant8.saved_source(group, _quant8.BLOCK_SIZE, f"state_dict['param_groups'][{k}]")
             group.pop("block_size", None)
             group.pop("exp_avg_sq_encoding", None)
             group = self._checked_group(group, k)
@@ -528,28 +523,23 @@ class _Optimizer:
         _quant8.check_saved_part(where, key, _name(v.dtype), v.shape, p.shape, block)
         return np.array(v, order="C", copy=True)
 
-    def _convert_8bit(self, state, group, p, where, source=(_BLOCK, "sqrt")):
-        """Loaded state -> this group's storage: float state of an 8-bit tensor quantized,
-        codes and scales of a float-state tensor dequantized, codes of another block size or
-        encoding (``source``: torchao's linear exp_avg_sq) re-quantized."""
+    def _convert_8bit(self, state, group, p, where, source=(_quant8.BLOCK_SIZE, "sqrt")):
+        """Loaded state -> this group's storage (_quant8.convert): float state of an 8-bit
+        tensor quantized, codes and scales of a float-state tensor dequantized, codes of
+        another block size or encoding (``source``: torchao's linear exp_avg_sq) re-quantized."""
         q8 = _quantized(group, p)
         for role in self._eight_bit_roles:
             c, s = role + "_codes", role + "_scale"
             if (c in state) != (s in state):
                 raise ValueError(f"{where} has {c if c in state else s!r} but not "
                                  f"{s if c in state else c!r} (8-bit state is codes and scales)")
-            signed = _SIGNED[role]
-            encoding = "linear" if signed else "sqrt"
-            saved_encoding = "linear" if signed else source[1]
-            if c in state and (source[0] != _BLOCK or saved_encoding != encoding):
-                values = _quant8.dequantize(state.pop(c), state.pop(s), source[0], signed, saved_encoding)
-                state[role] = values if q8 else values.astype(self._storage(group, p, role))
-            if q8 and role in state:
-                values = state.pop(role).astype(np.float32)
-                state[c], state[s] = _quant8.quantize(values, _BLOCK, signed, encoding)
-            elif not q8 and c in state:
-                values = _quant8.dequantize(state.pop(c), state.pop(s), _BLOCK, signed, encoding)
-                state[role] = values.astype(self._storage(group, p, role))
+            if c in state or (q8 and role in state):  # (float state of float storage stays as loaded)
+                out = _quant8.convert(role, state.pop(c, None), state.pop(s, None), state.pop(role, None),
+                                      source, (_quant8.BLOCK_SIZE, "sqrt") if q8 else None)
+                if q8:
+                    state[c], state[s] = out
+                else:
+                    state[role] = out.astype(self._storage(group, p, role))
 
     @staticmethod
     def _load_value(v, p, where, key, dtype):
@@ -640,12 +630,12 @@ class SGD(_Optimizer):
         buf = None
         if self._uses_momentum(group):
             codes, scales = self._ensure_8bit(states, params, ("momentum_buffer",))["momentum_buffer"]
-            buf = _kernels._quant8_state(call, codes, scales, "momentum_buffer", _BLOCK)
+            buf = _kernels._quant8_state(call, codes, scales, "momentum_buffer", _quant8.BLOCK_SIZE)
         call.finish()
         _C.sgd8(call.code, call.numel, call.addresses(call.params), call.addresses(call.grads),
                 _kernels._q8_pair(call, buf), lr, None, group.get("sr_t", 0), momentum, None,
                 float(group["dampening"]), bool(group["nesterov"]), float(group["weight_decay"]),
-                bool(group["maximize"]), bool(first), **_kernels._q8_keywords(call, _BLOCK))
+                bool(group["maximize"]), bool(first), **_kernels._q8_keywords(call, _quant8.BLOCK_SIZE))
 
     def _check_state(self, state, group, where):
         pass
@@ -751,7 +741,7 @@ class Adam(_Optimizer):
         _kernels.adam8bit_step(params, grads, step=step + 1, lr=lr, beta1=beta1, beta2=group["betas"][1],
                                eps=group["eps"], weight_decay=group["weight_decay"],
                                decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"],
-                               maximize=group["maximize"], block_size=_BLOCK, variant="fastlr", **kw,
+                               maximize=group["maximize"], block_size=_quant8.BLOCK_SIZE, variant="fastlr", **kw,
                                **self._precision)
         for s in states:
             s["step"] = step + 1
@@ -814,14 +804,14 @@ class RMSprop(_Optimizer):
         for s in states:
             s.setdefault("step", 0)
         call = self._q8_call(params, grads)
-        pairs = {role: _kernels._q8_pair(call, _kernels._quant8_state(call, codes, scales, role, _BLOCK))
+        pairs = {role: _kernels._q8_pair(call, _kernels._quant8_state(call, codes, scales, role, _quant8.BLOCK_SIZE))
                  for role, (codes, scales) in self._ensure_8bit(states, params, roles).items()}
         call.finish()
         _C.rmsprop8(call.code, call.numel, call.addresses(call.params), call.addresses(call.grads),
                     pairs["square_avg"], pairs.get("grad_avg"), pairs.get("momentum_buffer"), lr, None, step,
                     float(group["alpha"]), float(group["eps"]), float(group["weight_decay"]), momentum, None,
                     bool(group["centered"]), mom, bool(group["maximize"]), False,
-                    **_kernels._q8_keywords(call, _BLOCK))
+                    **_kernels._q8_keywords(call, _quant8.BLOCK_SIZE))
         for s in states:
             s["step"] += 1
 
@@ -892,7 +882,7 @@ class Adagrad(_Optimizer):
         codes, scales = self._ensure_8bit(states, params, ("sum",), group["initial_accumulator_value"])["sum"]
         _kernels.adagrad8bit_step(params, grads, codes, scales, step=step + 1, lr=lr, lr_decay=group["lr_decay"],
                                   weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
-                                  block_size=_BLOCK, **self._precision)
+                                  block_size=_quant8.BLOCK_SIZE, **self._precision)
         for s in states:
             s["step"] = step + 1
 

@@ -401,3 +401,35 @@ def test_a_new_schedule_counter_is_never_stale(launches):
     got, gathered = _step_equals_fresh(opt, params, launches)
     assert gathered and got[0][1]["schedule_step"] != old
     assert got[0][1]["schedule_step"] in got[0][1]["increment"]
+
+
+def _state_ids(opt):
+    return {id(p): {k: id(v) for k, v in s.items()} for p, s in opt.state.items()}
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.1)), ("AdamW", dict(lr=0.1)),
+    ("RMSprop", dict(lr=0.1, momentum=0.5, centered=True)), ("Adagrad", dict(lr=0.1)),
+])
+@pytest.mark.parametrize("bad", ["grad_dtype", "grad_scale"])
+def test_bad_first_step_leaves_the_state_untouched(launches, name, kw, bad):
+    """A refused first step stores nothing: an uninitialised SGD momentum buffer left in
+    the state would be read as history by the next step."""
+    params = _params()
+    opt = getattr(fastlr.optim, name)(params, **kw)
+    _new_grads(params)
+    kwargs = {}
+    if bad == "grad_dtype":
+        params[0].grad.data = params[0].grad.data.double()
+    else:
+        kwargs["grad_scale"] = torch.ones((), dtype=torch.float64)
+    before = _state_ids(opt)
+    with pytest.raises(TypeError, match="grads\\[0\\] has dtype|grad_scale must be"):
+        opt.step(**kwargs)
+    assert launches.take() == [] and _state_ids(opt) == before
+    _new_grads(params)
+    opt.step()
+    got = launches.take()
+    if name == "SGD":  # the next step is the first: buffers start from the grads
+        assert all(c[1]["first"] == (True,) * len(c[1]["params"]) for c in got)
+    assert sum(len(c[1]["params"]) for c in got) == len(params)

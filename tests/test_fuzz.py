@@ -569,12 +569,7 @@ def test_fuzz_constructor(front, name, data):
             p = torch.nn.Parameter(torch.tensor(p0))
             return p, getattr(optim, name)([p], **kw)
 
-        def run(made):
-            p, opt = made
-            for g in grads:
-                p.grad = torch.tensor(g)
-                opt.step()
-            return p.detach().numpy().copy()
+        run = run_torch  # a torch optimizer's steps
     else:
         import fastlr.numpy as fnp
 

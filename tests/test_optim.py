@@ -230,6 +230,33 @@ def test_pickle_whole_optimizer():
     assert loaded.state_dict()["param_groups"] == fopt.state_dict()["param_groups"]
 
 
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_old_pickle_state_is_upgraded_as_torch_does(name):
+    """An optimizer pickled by an older torch: group keys it lacks get torch's defaults,
+    a plain-number step becomes torch's step tensor."""
+    upgraded = []
+    for cls in (getattr(torch.optim, name), getattr(fo, name)):
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = cls([p], lr=0.1, **({"momentum": 0.9} if name == "SGD" else {}))
+        p.grad = torch.ones(3)
+        opt.step()
+        state = opt.__getstate__()
+        for g in state["param_groups"]:
+            for key in ("maximize", "foreach", "differentiable", "fused", "capturable", "amsgrad",
+                        "decoupled_weight_decay", "nesterov", "centered", "momentum"):
+                g.pop(key, None)
+        s = state["state"][p]
+        if "step" in s:
+            s["step"] = 1.0
+        opt.__setstate__(state)
+        upgraded.append((opt.param_groups[0], opt.state[p].get("step")))
+    (want, want_step), (got, got_step) = upgraded
+    assert {k: got[k] for k in want if k != "params"} == {k: v for k, v in want.items() if k != "params"}
+    if want_step is not None:
+        assert torch.is_tensor(got_step) and float(got_step) == float(want_step) == 1.0
+        assert (got_step.dtype, got_step.device) == (want_step.dtype, want_step.device)
+
+
 # ------------------------------------------------------------ torch LR schedulers ---
 
 

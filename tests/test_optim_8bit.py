@@ -8,6 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import fastlr  # noqa: E402
+from fastlr import _quant8  # noqa: E402
 from fastlr.optim import Adam8bit, AdamW8bit, state_dict_to_float32  # noqa: E402
 
 SHAPES = [(64, 128), (4096,), (3, 100), (2048 * 3,)]  # quantized, quantized, 32-bit, quantized
@@ -202,8 +203,8 @@ def test_variant_fastlr_matches_numpy_kernel():
     ps = _params()
     opt = AdamW8bit(ps, lr=1e-2, variant="fastlr")
     ref = [p.detach().clone().numpy() for p in ps]
-    st = [(np.zeros(r.size, np.uint8), np.zeros(-(-r.size // 256), np.float32),
-           np.zeros(r.size, np.uint8), np.zeros(-(-r.size // 256), np.float32)) for r in ref]
+    st = [(np.zeros(r.size, np.uint8), np.zeros(_quant8.num_blocks(r.size, 256), np.float32),
+           np.zeros(r.size, np.uint8), np.zeros(_quant8.num_blocks(r.size, 256), np.float32)) for r in ref]
     small = {2: (np.zeros(300, np.float32), np.zeros(300, np.float32))}
     for step in range(1, 4):
         gs = _grads(step)

@@ -478,7 +478,7 @@ def test_other_optimizers_trajectory(cls, kw):
         torch.testing.assert_close(p, r, rtol=1e-6, atol=1e-6)
     for p, r in zip(params[:2], ref[:2]):  # 8-bit vs float32 state: within the codes' resolution
         for role in roles:
-            signed, enc = fastlr.optim._quant8_state.ROLES[role]
+            signed, enc = _quant8.ROLES[role]
             got = _quant8.dequantize(opt.state[p][role + "_codes"].numpy(), opt.state[p][role + "_scale"].numpy(),
                                      256, signed, enc)
             want = torch_ref.state[r][role].numpy()
@@ -552,7 +552,7 @@ def test_other_optimizers_state_dicts(cls, kw):
     p0, r0 = opt.param_groups[0]["params"][0], ref.param_groups[0]["params"][0]
     for role in _OTHER_ROLES[cls]:
         if role in ref.state[r0]:
-            signed, enc = fastlr.optim._quant8_state.ROLES[role]
+            signed, enc = _quant8.ROLES[role]
             codes, scales = _quant8.quantize(ref.state[r0][role].numpy(), 256, signed, enc)
             np.testing.assert_array_equal(opt.state[p0][role + "_codes"].numpy(), codes)
             np.testing.assert_array_equal(opt.state[p0][role + "_scale"].numpy(), scales)

@@ -163,7 +163,7 @@ def _ref_step(p, g, st, step, lr, b1, b2, eps, wd, decoupled, amsgrad, variant, 
 
 
 def _new_state(n, block):
-    nb = -(-n // block)
+    nb = _quant8.num_blocks(n, block)
     return {k: np.zeros(n, np.uint8) if k.endswith("c") else np.zeros(nb, np.float32)
             for k in ("mc", "ms", "vc", "vs", "xc", "xs")}
 

@@ -36,7 +36,7 @@ def _roles(opt, cfg):
 
 
 def _new_state(opt, cfg, n, block):
-    nb = -(-n // block)
+    nb = _quant8.num_blocks(n, block)
     return {name: [np.zeros(n, np.uint8), np.zeros(nb, f32)] for name, _ in _roles(opt, cfg)}
 
 
@@ -469,7 +469,7 @@ def test_sgd_momentum_schedule_reaching_zero_leaves_the_buffer_alone():
 # ------------------------------------------------------------- bad input ---
 
 def _ok(n=512):
-    return (np.zeros(n, f32), np.zeros(n, f32), np.zeros(n, np.uint8), np.zeros(-(-n // 256), f32))
+    return (np.zeros(n, f32), np.zeros(n, f32), np.zeros(n, np.uint8), np.zeros(_quant8.num_blocks(n, 256), f32))
 
 
 def test_bad_input_sgd8():

@@ -224,6 +224,7 @@ class FastlrOptimizer(torch.optim.Optimizer):
     _has_step = True  # keeps state["step"]
     _momentum_key = None  # "momentum" or "betas" (index 0): may be a Schedule
     _sparse_ok = False  # torch's class accepts sparse grads (delegated to torch)
+    _old_group_defaults = {}  # torch's __setstate__: group keys older pickles lack
 
     # ------------------------------------------------------------------ setup ---
     def __init__(self, params, defaults):
@@ -244,6 +245,14 @@ class FastlrOptimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("_fastlr_warned", False)
         self._fastlr_plans = {}
         self._step_supports_amp_scaling = True
+        for group in self.param_groups:
+            for key, value in self._old_group_defaults.items():
+                group.setdefault(key, value)
+            if self._has_step:  # an old pickle's number: torch's step tensor
+                for p in group["params"]:
+                    s = self.state.get(p)
+                    if s and not torch.is_tensor(s["step"]):
+                        s["step"] = self._new_step(p).fill_(float(s["step"]))
 
     def __getstate__(self):
         return {
@@ -823,18 +832,23 @@ class FastlrOptimizer(torch.optim.Optimizer):
         if cached is not None and cached.step(group, grads, grad_scale, found_inf):
             return
         params_all = plan.params_list
-        params, states = [], []
+        params, states, new = [], [], []
         need_state = bool(self._roles(group)) or self._has_step
         for j in plan.other:
             p = params_all[j]
-            s = self.state[p]
-            if len(s) == 0 and need_state:
-                self._init_state(group, p, s)
+            s = self.state.get(p)
+            if s is None or (need_state and not s):
+                s = {}  # stored once the update has accepted its input
+                if need_state:
+                    self._init_state(group, p, s)
+                new.append((p, s))
             params.append(p)
             states.append(s)
         plan.device_step = _cuda.step_group(
             self._kind, group, params, grads, states, grad_scale, found_inf
         )
+        for p, s in new:
+            self.state[p] = s
 
     # ----------------------------------------------------------- helpers ---
     @staticmethod

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 
 import torch
 
+from .. import _quant8
 from . import _quant8_state
 
 # Hyper-parameters every torch version has saved: without them a step cannot run.
@@ -79,7 +80,7 @@ def check_state_dict(opt, state_dict):
 
     allowed = _STATE_KEYS[kind] + ("master_param",)  # the fp32 copy of master_weights=True
     # state_dtype="8bit": a role may be stored as uint8 codes and float32 block scales
-    eight_bit = tuple(f"{r}{s}" for r in _STATE_KEYS[kind] if r in _quant8_state.ROLES
+    eight_bit = tuple(f"{r}{s}" for r in _STATE_KEYS[kind] if r in _quant8.ROLES
                       for s in ("_codes", "_scale"))
     allowed += eight_bit
     spans = []  # (device, start, end, where) of every state tensor

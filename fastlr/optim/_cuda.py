@@ -53,14 +53,16 @@ def _warn_once(built):
 
 
 def _steps_on(params, states):
-    """torch's fused kernels read `step` on the param's device (float32)."""
-    steps = []
-    for p, s in zip(params, states):
-        t = s["step"]
-        if t.device != p.device or t.dtype != torch.float32:
-            t = s["step"] = t.to(device=p.device, dtype=torch.float32)
-        steps.append(t)
-    return steps
+    """torch's fused kernels read `step` on the param's device (float32); the caller
+    stores them (_store) once the update has accepted its input."""
+    return [t if t.device == p.device and t.dtype == torch.float32
+            else t.to(device=p.device, dtype=torch.float32)
+            for p, t in zip(params, (s["step"] for s in states))]
+
+
+def _store(states, key, tensors):
+    for s, t in zip(states, tensors):
+        s[key] = t
 
 
 def step_group(kind, group, params, grads, states, grad_scale=None, found_inf=None):
@@ -95,21 +97,21 @@ def step_group(kind, group, params, grads, states, grad_scale=None, found_inf=No
             maximize=group["maximize"],
         )
         if use_momentum:
-            for s, b in zip(states, bufs):
-                s["momentum_buffer"] = b
+            _store(states, "momentum_buffer", bufs)
     elif kind == "adam":
         beta1, beta2 = group["betas"]
         amsgrad = group["amsgrad"]
+        steps = _steps_on(params, states) if fused else [s["step"] for s in states]
         _adam(
             params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            [s["max_exp_avg_sq"] for s in states] if amsgrad else [],
-            _steps_on(params, states) if fused else [s["step"] for s in states],
+            [s["max_exp_avg_sq"] for s in states] if amsgrad else [], steps,
             foreach=foreach, fused=fused, grad_scale=grad_scale, found_inf=found_inf,
             has_complex=any(torch.is_complex(p) for p in params),
             decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=amsgrad,
             beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
             eps=group["eps"], maximize=group["maximize"],
         )
+        _store(states, "step", steps)
     elif kind == "rmsprop":
         momentum = group["momentum"]
         use_momentum = "momentum_schedule" in group or momentum > 0
@@ -125,14 +127,15 @@ def step_group(kind, group, params, grads, states, grad_scale=None, found_inf=No
             momentum=momentum, centered=group["centered"],
         )
     elif kind == "adagrad":
+        steps = _steps_on(params, states) if fused else [s["step"] for s in states]
         _adagrad(
-            params, grads, [s["sum"] for s in states],
-            _steps_on(params, states) if fused else [s["step"] for s in states],
-            fused=fused, foreach=foreach, grad_scale=grad_scale, found_inf=found_inf,
+            params, grads, [s["sum"] for s in states], steps, fused=fused, foreach=foreach,
+            grad_scale=grad_scale, found_inf=found_inf,
             has_complex=any(torch.is_complex(p) for p in params), lr=group["lr"],
             weight_decay=group["weight_decay"], lr_decay=group["lr_decay"], eps=group["eps"],
             maximize=group["maximize"],
         )
+        _store(states, "step", steps)
     else:  # pragma: no cover
         raise ValueError(f"unknown optimizer kind {kind!r}")
     return None
@@ -242,18 +245,30 @@ def _kernel_step(kind, group, params, grads, states, grad_scale, found_inf):
     first = None
     if kind in ("sgd", "rmsprop"):
         first = [False] * len(params)
-    if roles[0] == "momentum_buffer":  # SGD with momentum
-        for i, (p, s) in enumerate(zip(params, states)):
-            if s.get("momentum_buffer") is None:  # torch's first step: buf = clone(grad)
-                s["momentum_buffer"] = torch.empty_like(p, memory_format=torch.contiguous_format)
-                first[i] = True
+    # New tensors reach the state only after the launch: one stored before a refused step
+    # would be read on the next (an uninitialised first momentum buffer as history).
+    if kind == "sgd":
+        role_lists = [None]
+        if roles[0] is not None:
+            bufs = role_lists[0] = [s.get("momentum_buffer") for s in states]
+            for i, p in enumerate(params):
+                if bufs[i] is None:  # torch's first step: buf = clone(grad), by the kernel
+                    bufs[i] = torch.empty_like(p, memory_format=torch.contiguous_format)
+                    first[i] = True
+        steps = None
+    else:
+        role_lists = [None if r is None else [s[r] for s in states] for r in roles]
+        steps = _steps_on(params, states)
     lists = [[_real(p) for p in params], [_real(g) for g in grads]]
-    lists += [None if r is None else [_real(s[r]) for s in states] for r in roles]
-    steps = None if kind == "sgd" else _steps_on(params, states)
+    lists += [None if ts is None else list(map(_real, ts)) for ts in role_lists]
     prep = _fc._prepare(_ROLE_NAMES[kind], lists, steps=steps, schedule_step=counter,
                         increment=True, first=first)
     scalars = _fc._scalars(device, grad_scale, found_inf, counter, schedules)
     _fc._launch(getattr(_fc._C_cuda, kind), prep, None, scalars, hyper)
+    if steps is not None:
+        _store(states, "step", steps)
+    elif role_lists[0] is not None:
+        _store(states, "momentum_buffer", role_lists[0])
     if (first is not None and any(first)) or any(map(torch.is_complex, params)):
         return None  # first-step flags, complex views: built afresh next step
     return DeviceStep(kind, roles, counter, params, states, prep)

@@ -19,6 +19,7 @@ import operator
 
 import torch
 
+from .. import _quant8
 from . import _quant8_state
 from ._quant8_state import EIGHT_BIT  # block-wise 8-bit state (issue #13), fastlr's encoding
 from ._base import _Bucket, _local_grad
@@ -238,17 +239,18 @@ class _Call:
     """One fused kernel call of a group's step, as the cached plan repeats it: the members
     (positions in the step's list of updated params), their addresses and the options."""
 
-    __slots__ = ("b", "members", "p_addr", "checks", "addrs", "precision", "g_dtype", "q8", "scales")
+    __slots__ = ("b", "members", "p_addr", "checks", "addrs", "precision", "g_dtype", "q8", "q8_args")
 
     def run(self, opt, group, g_addr, step, gs):
-        precision = self.precision
-        if opt._kind in ("sgd", "rmsprop"):  # the rounding key takes the completed updates
-            precision = dict(precision, t=group.get("sr_t", 0) if opt._kind == "sgd" else int(step) - 1)
+        kind = opt._kind
+        # SGD's and RMSprop's rounding key takes the completed updates
+        t = group.get("sr_t", 0) if kind == "sgd" else int(step) - 1 if kind == "rmsprop" else None
         if self.q8:
-            _quant8_state.call(opt, group, self.b, self.p_addr, g_addr, self.addrs, self.scales, step, gs,
-                               precision)
+            _quant8_state.call(kind, group, self.b, self.p_addr, g_addr, self.q8_args, step, gs, t)
+        elif t is None:
+            opt._call(group, self.b, (self.p_addr, g_addr, *self.addrs), step, gs, **self.precision)
         else:
-            opt._call(group, self.b, (self.p_addr, g_addr, *self.addrs), step, gs, **precision)
+            opt._call(group, self.b, (self.p_addr, g_addr, *self.addrs), step, gs, t=t, **self.precision)
 
 
 def _run_bucket(opt, group, roles, key, entries, members, gs, sr, seed, first_id, sgd_t):
@@ -301,8 +303,9 @@ def _run_bucket(opt, group, roles, key, entries, members, gs, sr, seed, first_id
         masters=m_addr if master else None, stochastic_rounding=sr, seed=seed, tensor_ids=ids,
     )
     call = _Call()
-    call.b, call.members, call.p_addr, call.addrs, call.scales = b, members, p_addr, r_addr, s_addr
+    call.b, call.members, call.p_addr, call.addrs = b, members, p_addr, r_addr
     call.precision, call.g_dtype, call.q8 = precision, g_dtype, q8
+    call.q8_args = _quant8_state.call_args(roles, r_addr, s_addr, precision) if q8 else None
     call.checks = [(operator.itemgetter(role + "_codes" if q8 else role), addrs)
                    for role, addrs in zip(roles, r_addr)]
     if q8:
@@ -490,7 +493,7 @@ def convert_loaded_state(opt, state_dict):
             # 8-bit storage here or in the saved dict: converted role by role
             roles = opt._roles(group)
             q8 = group.get("state_dtype") == EIGHT_BIT and _quant8_state.quantized(p)
-            _quant8_state.convert_loaded(st, saved, p, roles, (_quant8_state.BLOCK, "sqrt") if q8 else None,
+            _quant8_state.convert_loaded(st, saved, p, roles, (_quant8.BLOCK_SIZE, "sqrt") if q8 else None,
                                          state_dtype(group, p) if active(group) else p.dtype, source[pid])
             converted = {r + suffix for r in roles for suffix in ("", "_codes", "_scale")}
         if not active(group):
@@ -550,7 +553,7 @@ def to_torch_state_dict(state_dict, params=None):
     state = {}
     for pid, s in state_dict["state"].items():
         if any(key.endswith("_codes") for key in s):  # 8-bit state
-            s = _quant8_state.dequantized(s, source.get(pid, (_quant8_state.BLOCK, "sqrt")))
+            s = _quant8_state.dequantized(s, source.get(pid, (_quant8.BLOCK_SIZE, "sqrt")))
         out = {}
         for key, v in s.items():
             if key == "master_param":

@@ -17,19 +17,9 @@ import numpy as np
 import torch
 
 from .. import _C, _quant8
+from .._quant8 import BLOCK_SIZE
 
 EIGHT_BIT = "8bit"
-BLOCK = 256
-# role -> (signed map, encoding)
-ROLES = {
-    "exp_avg": (True, "linear"),
-    "exp_avg_sq": (False, "sqrt"),
-    "max_exp_avg_sq": (False, "sqrt"),
-    "momentum_buffer": (True, "linear"),
-    "grad_avg": (True, "linear"),
-    "square_avg": (False, "sqrt"),
-    "sum": (False, "sqrt"),
-}
 _KINDS = ("adam", "sgd", "rmsprop", "adagrad")  # optimizers with an 8-bit kernel
 _SQRT = 1  # _C.adam8's flavour: fastlr's encoding, torch.optim.Adam's arithmetic
 
@@ -41,10 +31,6 @@ def quantized(p):
 
 def storage(p):
     return EIGHT_BIT if quantized(p) else torch.float32
-
-
-def num_blocks(p):
-    return _quant8.num_blocks(p.numel(), BLOCK)
 
 
 # ------------------------------------------------------------------ options ---
@@ -72,7 +58,7 @@ def init_state(state, p, roles, fill=0.0):
 
 
 def new_role(state, role, p, fill=0.0):
-    codes, scale = _quant8.filled(tuple(p.shape), fill, BLOCK, *ROLES[role])
+    codes, scale = _quant8.filled(tuple(p.shape), fill, BLOCK_SIZE, *_quant8.ROLES[role])
     state[role + "_codes"], state[role + "_scale"] = torch.from_numpy(codes), torch.from_numpy(scale)
     return state[role + "_codes"], state[role + "_scale"]
 
@@ -86,7 +72,7 @@ def role_tensors(name, j, state, role, p, kind):
     return codes, scale
 
 
-def check_role(name, j, role, codes, scale, p, block=BLOCK, contiguous_codes=False):
+def check_role(name, j, role, codes, scale, p, block=BLOCK_SIZE, contiguous_codes=False):
     """RuntimeError unless (codes, scale) can be p's 8-bit state of this block size: uint8
     codes of p's shape (contiguous when the kernel reads them in place), one contiguous
     float32 scale per block, on the CPU."""
@@ -102,42 +88,46 @@ def check_role(name, j, role, codes, scale, p, block=BLOCK, contiguous_codes=Fal
         )
 
 
-def call(opt, group, b, p_addr, g_addr, addrs, scales, step, gs, precision):
-    """One fused 8-bit kernel call over a bucket (params of one dtype and step count); the
-    group's roles in opt._roles order, each as codes and scales address lists."""
-    from ._base import _scalar
+# param dtype code (float32, bfloat16, float16) -> adam8's store (+1: stochastic rounding)
+_ADAM8_STORE = {0: 0, 2: 1, 3: 3}
+_COMMON = ("grad_dtype", "masters", "stochastic_rounding", "seed", "tensor_ids")
 
-    kind = opt._kind
-    pairs = dict(zip(opt._roles(group), zip(addrs, scales)))
-    common = dict(grad_dtype=precision["grad_dtype"], masters=precision["masters"],
-                  stochastic_rounding=precision["stochastic_rounding"], seed=precision["seed"],
-                  tensor_ids=precision["tensor_ids"])
-    lr, maximize = _scalar(group["lr"]), bool(group["maximize"])
+
+def call_args(roles, addrs, scales, precision):
+    """What every step's call() of one cached bucket passes as it is, built once: the roles'
+    (codes, scales) address lists by role, and the 8-bit kernels' precision keywords."""
+    return dict(zip(roles, zip(addrs, scales))), {k: precision[k] for k in _COMMON}
+
+
+def call(kind, group, b, p_addr, g_addr, args, step, gs, t):
+    """One fused 8-bit kernel call over a bucket (params of one dtype and step count); args:
+    call_args(); t: the completed updates keying SGD's and RMSprop's stochastic rounding."""
+    pairs, common = args
+    lr, maximize = float(group["lr"]), bool(group["maximize"])
     if kind == "adam":
-        store = {0: 0, 2: 1, 3: 3}[b.code]
-        if store in (1, 3) and precision["stochastic_rounding"] and precision["masters"] is None:
+        store = _ADAM8_STORE[b.code]
+        if store in (1, 3) and common["stochastic_rounding"] and common["masters"] is None:
             store += 1  # bfloat16 / float16 params rounded stochastically
         beta1, beta2 = group["betas"]
-        amsgrad = bool(group["amsgrad"])
         x = pairs.get("max_exp_avg_sq", (None, None))
-        _C.adam8(store, BLOCK, True, _SQRT, b.numel, p_addr, g_addr, *pairs["exp_avg"], *pairs["exp_avg_sq"], *x,
-                 step, lr, None, _scalar(beta1), None, _scalar(beta2), _scalar(group["eps"]),
-                 _scalar(group["weight_decay"]), bool(group["decoupled_weight_decay"]), amsgrad, precision["seed"],
-                 gs, masters=common["masters"], grad_dtype=common["grad_dtype"], maximize=maximize,
-                 tensor_ids=common["tensor_ids"])
+        _C.adam8(store, BLOCK_SIZE, True, _SQRT, b.numel, p_addr, g_addr, *pairs["exp_avg"], *pairs["exp_avg_sq"], *x,
+                 step, lr, None, float(beta1), None, float(beta2), float(group["eps"]),
+                 float(group["weight_decay"]), bool(group["decoupled_weight_decay"]), bool(group["amsgrad"]),
+                 common["seed"], gs, masters=common["masters"], grad_dtype=common["grad_dtype"],
+                 maximize=maximize, tensor_ids=common["tensor_ids"])
     elif kind == "sgd":
-        _C.sgd8(b.code, b.numel, p_addr, g_addr, pairs.get("momentum_buffer"), lr, None, precision.get("t", 0),
-                _scalar(group["momentum"]), None, _scalar(group["dampening"]), bool(group["nesterov"]),
-                _scalar(group["weight_decay"]), maximize, b.first, gs, block_size=BLOCK, **common)
+        _C.sgd8(b.code, b.numel, p_addr, g_addr, pairs.get("momentum_buffer"), lr, None, t,
+                float(group["momentum"]), None, float(group["dampening"]), bool(group["nesterov"]),
+                float(group["weight_decay"]), maximize, b.first, gs, block_size=BLOCK_SIZE, **common)
     elif kind == "rmsprop":
         _C.rmsprop8(b.code, b.numel, p_addr, g_addr, pairs["square_avg"], pairs.get("grad_avg"),
-                    pairs.get("momentum_buffer"), lr, None, precision.get("t", 0), _scalar(group["alpha"]),
-                    _scalar(group["eps"]), _scalar(group["weight_decay"]), _scalar(group["momentum"]), None,
-                    bool(group["centered"]), "momentum_buffer" in pairs, maximize, False, gs, block_size=BLOCK,
+                    pairs.get("momentum_buffer"), lr, None, t, float(group["alpha"]),
+                    float(group["eps"]), float(group["weight_decay"]), float(group["momentum"]), None,
+                    bool(group["centered"]), "momentum_buffer" in pairs, maximize, False, gs, block_size=BLOCK_SIZE,
                     **common)
     elif kind == "adagrad":
-        _C.adagrad8(b.code, b.numel, p_addr, g_addr, pairs["sum"], step, lr, None, _scalar(group["lr_decay"]),
-                    _scalar(group["weight_decay"]), _scalar(group["eps"]), maximize, gs, block_size=BLOCK,
+        _C.adagrad8(b.code, b.numel, p_addr, g_addr, pairs["sum"], step, lr, None, float(group["lr_decay"]),
+                    float(group["weight_decay"]), float(group["eps"]), maximize, gs, block_size=BLOCK_SIZE,
                     **common)
     else:
         raise NotImplementedError(kind)
@@ -151,10 +141,10 @@ SOURCE_KEYS = ("block_size", "exp_avg_sq_encoding")
 
 def source_of(group):
     """(block size, encoding of the unsigned roles) of a saved param group's 8-bit state."""
-    return _quant8.saved_source(group, BLOCK)
+    return _quant8.saved_source(group, BLOCK_SIZE)
 
 
-def check_saved(where, key, value, p, block=BLOCK):
+def check_saved(where, key, value, p, block=BLOCK_SIZE):
     """A saved ``<role>_codes`` / ``<role>_scale`` tensor: ValueError unless it fits p."""
     if not torch.is_tensor(value):
         raise ValueError(f"{where}[{key!r}] must be a tensor, got {type(value).__name__}")
@@ -162,79 +152,54 @@ def check_saved(where, key, value, p, block=BLOCK):
                              p.shape, block)
 
 
-def saved_values(saved, role, source=(BLOCK, "sqrt"), numel=None):
-    """float32 NumPy values of one role of a saved per-param state, or None when absent:
-    8-bit codes and scales of the source's (block size, encoding of the unsigned roles), a
-    torchao ``OptimState8bit`` (its own block size, linear), or a float tensor. ``numel``:
-    the param's, checked (ValueError) when given."""
+def _saved_role(saved, role, source):
+    """(codes, scales, values, source) of one role of a saved per-param state as NumPy
+    arrays (None where absent): 8-bit codes and scales of the source's (block size,
+    encoding of the unsigned roles), a torchao ``OptimState8bit`` (its own block size,
+    linear), or a float tensor."""
     codes, scale, t = saved.get(role + "_codes"), saved.get(role + "_scale"), saved.get(role)
-    block, unsigned_encoding = source
     if codes is None and t is not None and hasattr(t, "codes") and hasattr(t, "scale"):
         codes, scale = t.codes, t.scale  # torchao's OptimState8bit
-        block, unsigned_encoding = t.codes.numel() // max(t.scale.numel(), 1), "linear"
+        source = (t.codes.numel() // max(t.scale.numel(), 1), "linear")
     if codes is not None:
-        if numel is not None:
-            if scale is None or codes.numel() != numel:
-                raise ValueError(f"state '{role}_codes' does not match a param of {numel} elements")
-            if scale.numel() != _quant8.num_blocks(numel, block):
-                raise ValueError(f"state '{role}_scale' has {scale.numel()} blocks, expected "
-                                 f"{_quant8.num_blocks(numel, block)} (block_size={block})")
-        signed = ROLES[role][0]
-        return _quant8.dequantize(codes.cpu().numpy(), scale.float().cpu().numpy(), block, signed,
-                                  "linear" if signed else unsigned_encoding).reshape(-1)
-    if t is None:
-        return None
-    if numel is not None and t.numel() != numel:
-        raise ValueError(f"state '{role}' has {t.numel()} elements, the param {numel}")
-    return t.detach().float().cpu().contiguous().numpy().reshape(-1).copy()
+        return (codes.detach().to(torch.uint8).cpu().numpy(),
+                None if scale is None else scale.detach().float().cpu().numpy(), None, source)
+    return None, None, None if t is None else t.detach().float().cpu().numpy(), source
 
 
-def convert_loaded(state, saved, p, roles, target, float_dtype, source=(BLOCK, "sqrt"), absent_zeros=False):
+def convert_loaded(state, saved, p, roles, target, float_dtype, source=(BLOCK_SIZE, "sqrt"), absent_zeros=False):
     """p's state re-read from a saved per-param state in this optimizer's storage: ``target``
     (block size, encoding of the unsigned roles) for 8-bit state, None for float state of
-    ``float_dtype``. Saved codes of the target's layout are taken over, other 8-bit state
-    and float state converted. An absent role is left out (SGD's None buffer: the first
-    step creates it), or zeros with ``absent_zeros``."""
+    ``float_dtype`` (_quant8.convert). An absent role is left out (SGD's None buffer: the
+    first step creates it), or zeros with ``absent_zeros``."""
     n = p.numel()
     for role in roles:
-        signed = ROLES[role][0]
-        codes, scale = saved.get(role + "_codes"), saved.get(role + "_scale")
-        if (target is not None and codes is not None and scale is not None and source[0] == target[0]
-                and (signed or source[1] == target[1]) and codes.numel() == n
-                and scale.numel() == _quant8.num_blocks(n, target[0])):
-            state[role + "_codes"] = codes.to(torch.uint8).cpu().reshape(p.shape).clone(
-                memory_format=torch.contiguous_format)
-            state[role + "_scale"] = scale.to(torch.float32).cpu().reshape(-1).clone(
-                memory_format=torch.contiguous_format)
-            state.pop(role, None)
-            continue
-        values = saved_values(saved, role, source, n)
+        codes, scales, values, src = _saved_role(saved, role, source)
+        if codes is None and values is None and absent_zeros:
+            values = np.zeros(n, np.float32)
+        out = _quant8.convert(role, codes, scales, values, src, target, n)
         state.pop(role + "_codes", None)
         state.pop(role + "_scale", None)
-        if values is None and absent_zeros:
-            values = np.zeros(n, np.float32)
-        if values is None:
-            if target is not None:
-                state.pop(role, None)
-        elif target is not None:
-            codes, scales = _quant8.quantize(values, target[0], signed, "linear" if signed else target[1])
-            state[role + "_codes"] = torch.from_numpy(codes).reshape(p.shape)
-            state[role + "_scale"] = torch.from_numpy(scales)
-            state.pop(role, None)
-        else:
-            state[role] = torch.from_numpy(np.ascontiguousarray(values)).reshape(p.shape).to(
-                device=p.device, dtype=float_dtype)
+        if target is None:
+            if out is not None:
+                state[role] = torch.from_numpy(out).reshape(p.shape).to(device=p.device, dtype=float_dtype)
+            continue
+        state.pop(role, None)
+        if out is not None:
+            state[role + "_codes"] = torch.from_numpy(out[0]).reshape(p.shape)
+            state[role + "_scale"] = torch.from_numpy(out[1])
 
 
-def dequantized(saved, source=(BLOCK, "sqrt")):
+def dequantized(saved, source=(BLOCK_SIZE, "sqrt")):
     """A per-param state with every ``<role>_codes`` / ``<role>_scale`` pair as float32
     ``<role>`` in the codes' place (other entries shared)."""
     out = {}
     for key, v in saved.items():
         role = key[: -len("_codes")]
-        if key.endswith("_codes") and role in ROLES:
-            out[role] = torch.from_numpy(saved_values(saved, role, source)).reshape(v.shape)
+        if key.endswith("_codes") and role in _quant8.ROLES:
+            codes, scales, _, src = _saved_role(saved, role, source)
+            out[role] = torch.from_numpy(_quant8.convert(role, codes, scales, None, src, None)).reshape(v.shape)
         elif not (key.endswith("_scale") and role + "_codes" in saved) and not (
-                key in ROLES and key + "_codes" in saved):
+                key in _quant8.ROLES and key + "_codes" in saved):
             out[key] = v
     return out

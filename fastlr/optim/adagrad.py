@@ -28,6 +28,7 @@ class Adagrad(FastlrOptimizer):
 
     _kind = "adagrad"
     _sparse_ok = True
+    _old_group_defaults = {"foreach": None, "maximize": False, "differentiable": False, "fused": None}
 
     def __init__(
         self,
@@ -82,18 +83,6 @@ class Adagrad(FastlrOptimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 self._init_state(group, p, self.state[p])
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("fused", None)
-            for p in group["params"]:
-                p_state = self.state.get(p, [])
-                if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
-                    p_state["step"] = self._new_step(p).fill_(float(p_state["step"]))
 
     def share_memory(self) -> None:
         """Calls tensor.share_memory_() on the state sum tensors."""

@@ -39,6 +39,8 @@ class Adam(FastlrOptimizer):
 
     _kind = "adam"
     _momentum_key = "betas"
+    _old_group_defaults = {"amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
+                           "differentiable": False, "decoupled_weight_decay": False, "fused": None}
 
     def __init__(
         self,
@@ -92,20 +94,14 @@ class Adam(FastlrOptimizer):
             or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))
         ):
             raise ValueError("betas must be either both floats or both Tensors")
-        if isinstance(betas[0], Tensor):
-            if not capturable and foreach:
-                raise ValueError(
-                    "betas[0] as a Tensor is not supported for capturable=False and foreach=True"
-                )
-            if betas[0].numel() != 1:
-                raise ValueError("Tensor betas[0] must be 1-element")
-        if isinstance(betas[1], Tensor):
-            if not capturable and foreach:
-                raise ValueError(
-                    "betas[1] as a Tensor is not supported for capturable=False and foreach=True"
-                )
-            if betas[1].numel() != 1:
-                raise ValueError("Tensor betas[1] must be 1-element")
+        for i, b in enumerate(betas):
+            if isinstance(b, Tensor):
+                if not capturable and foreach:
+                    raise ValueError(
+                        f"betas[{i}] as a Tensor is not supported for capturable=False and foreach=True"
+                    )
+                if b.numel() != 1:
+                    raise ValueError(f"Tensor betas[{i}] must be 1-element")
         betas = tuple(b if isinstance(b, _Schedule) else _to_scalar(b) for b in betas)
 
         defaults = {
@@ -126,21 +122,6 @@ class Adam(FastlrOptimizer):
 
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("amsgrad", False)
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("capturable", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("decoupled_weight_decay", False)
-            group.setdefault("fused", None)
-            for p in group["params"]:
-                p_state = self.state.get(p, [])
-                if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
-                    p_state["step"] = self._new_step(p).fill_(float(p_state["step"]))
 
     def _roles(self, group):
         if group["amsgrad"]:

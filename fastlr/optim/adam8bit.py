@@ -266,7 +266,7 @@ class _Adam8bitBase(torch.optim.Optimizer):
             plain[k] = {"step": v["step"]} if "step" in v else {}
         saved_block = next((g.get("block_size") for g in saved_groups if "block_size" in g), None)
         if any(g.get("state_dtype") == "8bit" for g in saved_groups):  # fastlr.optim's option: sqrt, 256
-            saved_block = 256
+            saved_block = _quant8.BLOCK_SIZE
             saved_groups = [{"exp_avg_sq_encoding": "sqrt", **g} for g in saved_groups]
             state_dict = {**state_dict, "param_groups": saved_groups}
         super().load_state_dict({"state": plain, "param_groups": saved_groups})
@@ -308,7 +308,7 @@ def state_dict_to_float32(state_dict):
         from ._precision import to_torch_state_dict
 
         return to_torch_state_dict(state_dict)
-    block = next((g["block_size"] for g in groups if "block_size" in g), 256)
+    block = next((g["block_size"] for g in groups if "block_size" in g), _quant8.BLOCK_SIZE)
     encoding = next((g["exp_avg_sq_encoding"] for g in groups if "exp_avg_sq_encoding" in g), "linear")
     out_state = {k: _quant8_state.dequantized(s, (block, encoding)) for k, s in state_dict["state"].items()}
     out_groups = []

@@ -28,6 +28,8 @@ class RMSprop(FastlrOptimizer):
 
     _kind = "rmsprop"
     _momentum_key = "momentum"
+    _old_group_defaults = {"momentum": 0, "centered": False, "foreach": None, "maximize": False,
+                           "differentiable": False, "capturable": False}
 
     def __init__(
         self,
@@ -74,20 +76,6 @@ class RMSprop(FastlrOptimizer):
         }
         defaults.update(_precision.defaults(master_weights, state_dtype, stochastic_rounding, seed))
         super().__init__(params, defaults)
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("momentum", 0)
-            group.setdefault("centered", False)
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("capturable", False)
-            for p in group["params"]:
-                p_state = self.state.get(p, [])
-                if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
-                    p_state["step"] = self._new_step(p).fill_(float(p_state["step"]))
 
     @staticmethod
     def _use_momentum(group):

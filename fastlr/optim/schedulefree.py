@@ -26,16 +26,13 @@ import torch
 from torch import Tensor
 
 from .. import _C
+from .._schedulefree_kernels import GROUP_START, STEP_IN_EVAL
 from . import _precision
 from ._base import _CODES, _is_dense, _profile_hook_step, _scalar, _Schedule
 
 __all__ = ["SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree"]
 
 _SGD, _ADAMW, _RADAM = 0, 1, 2
-_STEP_IN_EVAL = (
-    "Optimizer was not in train mode when step is called. Please insert .train() and "
-    ".eval() calls on the optimizer. See documentation for details."
-)
 _data_ptr = torch.Tensor.data_ptr
 _nbytes = operator.attrgetter("nbytes")
 _get_grad = operator.attrgetter("grad")
@@ -199,7 +196,7 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
                 and returns the loss.
         """
         if not self.param_groups[0]["train_mode"]:
-            raise RuntimeError(_STEP_IN_EVAL)
+            raise RuntimeError(STEP_IN_EVAL)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -519,10 +516,9 @@ class SGDScheduleFree(_ScheduleFreeOptimizer):
         lr = _lr_arg(lr)
         if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool) or not 0 < momentum < 1:
             raise ValueError(f"Momentum must be between 0 and 1 exclusive: {momentum}")
-        defaults = dict(lr=lr, momentum=momentum, r=r, k=0, warmup_steps=warmup_steps,
-                        train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0,
-                        weight_lr_power=weight_lr_power, weight_decay=weight_decay,
-                        foreach=foreach)
+        defaults = dict(lr=lr, momentum=momentum, r=r, warmup_steps=warmup_steps,
+                        weight_lr_power=weight_lr_power, weight_decay=weight_decay, foreach=foreach,
+                        **GROUP_START)
         defaults.update(_precision_defaults(master_weights, state_dtype, stochastic_rounding, seed))
         super().__init__(params, defaults)
 
@@ -547,10 +543,9 @@ class AdamWScheduleFree(_ScheduleFreeOptimizer):
                  master_weights: bool = False, state_dtype: torch.dtype | None = None,
                  stochastic_rounding: bool = False, seed: int = 0):
         lr = _lr_arg(lr)
-        defaults = dict(lr=lr, betas=betas, eps=eps, r=r, k=0, warmup_steps=warmup_steps,
-                        train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0,
-                        weight_lr_power=weight_lr_power, weight_decay=weight_decay,
-                        foreach=foreach)
+        defaults = dict(lr=lr, betas=betas, eps=eps, r=r, warmup_steps=warmup_steps,
+                        weight_lr_power=weight_lr_power, weight_decay=weight_decay, foreach=foreach,
+                        **GROUP_START)
         defaults.update(_precision_defaults(master_weights, state_dtype, stochastic_rounding, seed))
         super().__init__(params, defaults)
 
@@ -573,9 +568,8 @@ class RAdamScheduleFree(_ScheduleFreeOptimizer):
                  state_dtype: torch.dtype | None = None, stochastic_rounding: bool = False,
                  seed: int = 0):
         lr = _lr_arg(lr)
-        defaults = dict(lr=lr, betas=betas, eps=eps, r=r, k=0, train_mode=False,
-                        weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0,
-                        weight_lr_power=weight_lr_power, weight_decay=weight_decay,
-                        foreach=foreach, silent_sgd_phase=silent_sgd_phase)
+        defaults = dict(lr=lr, betas=betas, eps=eps, r=r, weight_lr_power=weight_lr_power,
+                        weight_decay=weight_decay, foreach=foreach, silent_sgd_phase=silent_sgd_phase,
+                        **GROUP_START)
         defaults.update(_precision_defaults(master_weights, state_dtype, stochastic_rounding, seed))
         super().__init__(params, defaults)

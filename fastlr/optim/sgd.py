@@ -37,6 +37,8 @@ class SGD(FastlrOptimizer):
     _has_step = False
     _momentum_key = "momentum"
     _sparse_ok = True
+    _old_group_defaults = {"nesterov": False, "maximize": False, "foreach": None, "differentiable": False,
+                           "fused": False}
 
     def __init__(
         self,
@@ -86,15 +88,6 @@ class SGD(FastlrOptimizer):
         if fused:
             if foreach:
                 raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("nesterov", False)
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("differentiable", False)
-            group.setdefault("fused", False)
 
     def _roles(self, group):
         if group["momentum"] != 0 or "momentum_schedule" in group:
