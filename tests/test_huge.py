@@ -1,4 +1,4 @@
-"""Huge tensors: indexing is 64-bit end to end (opt-in: ``pytest -m slow tests/test_huge.py``).
+"""Huge tensors: indexing is 64-bit end to end, 8-bit state included (opt-in: ``pytest -m slow tests/test_huge.py``).
 
 A single 16-bit tensor of more than 2**31 elements, and a list whose total passes 2**31
 while each tensor stays below it (the multi-tensor offsets), update correctly at their
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import fastlr
+from fastlr import _quant8
 from fastlr import _reference as ref
 
 from conftest import bfloat16_dtype
@@ -104,3 +105,51 @@ def test_tensor_list_whose_total_passes_2_31():
     for t in tensors:
         assert t[0] == 1.5 and t[n - 1] == 3.0 and t[n - 2] == 0.75
         assert t[n // 2] == 0.75
+
+
+def test_8bit_adam_state_past_2_31():
+    """adam8bit_step on one bfloat16 tensor of more than 2**31 elements (its 8-bit codes
+    too): the blocks holding the special values, around 2**31 and the partial last one,
+    end exactly as the same blocks updated alone (blocks are independent), every other
+    block as a block of ones."""
+    bf16 = bfloat16_dtype()
+    if bf16 is None:
+        pytest.skip("ml_dtypes is not installed")
+    _need(BIG * 4)
+    block = _quant8.BLOCK_SIZE
+    specials = _specials(BIG)
+    p = _fill(BIG, bf16, specials)
+    nb = _quant8.num_blocks(BIG, block)
+    mc, vc = np.zeros(BIG, np.uint8), np.zeros(BIG, np.uint8)
+    ms, vs = np.zeros(nb, np.float32), np.zeros(nb, np.float32)
+    special_blocks = sorted({i // block for i in specials})
+    assert special_blocks[-1] == nb - 1 and BIG % block != 0  # the last block is partial
+
+    def run(p, mc, ms, vc, vs):
+        for step in (1, 2):  # the grad is the param itself (weight decay 0 reads it first)
+            fastlr.adam8bit_step(p, p, mc, ms, vc, vs, step=step, lr=0.01)
+
+    def alone(values):
+        q = np.array(values)
+        state = [np.zeros(q.size, np.uint8), np.zeros(1, np.float32), np.zeros(q.size, np.uint8),
+                 np.zeros(1, np.float32)]
+        run(q, *state)
+        return q, state
+
+    wants = {b: alone(p[b * block:(b + 1) * block]) for b in special_blocks}
+    ones, (one_mc, one_ms, one_vc, one_vs) = alone(np.ones(block, bf16))
+    run(p, mc, ms, vc, vs)
+    for b, (q, (qmc, qms, qvc, qvs)) in wants.items():
+        s = slice(b * block, (b + 1) * block)
+        assert np.array_equal(p[s], q) and np.array_equal(mc[s], qmc) and np.array_equal(vc[s], qvc), b
+        assert ms[b] == qms[0] and vs[b] == qvs[0], b
+    skip = set(special_blocks)
+    for lo in range(0, BIG - BIG % block, CHUNK):
+        hi = min(lo + CHUNK, BIG - BIG % block)
+        k = (hi - lo) // block
+        bad = [lo // block + int(i) for i in np.flatnonzero(
+            (p[lo:hi].reshape(k, block) != ones).any(axis=1) | (mc[lo:hi].reshape(k, block) != one_mc).any(axis=1)
+            | (vc[lo:hi].reshape(k, block) != one_vc).any(axis=1)
+            | (ms[lo // block:lo // block + k] != one_ms[0]) | (vs[lo // block:lo // block + k] != one_vs[0]))]
+        bad = [b for b in bad if b not in skip]
+        assert not bad, f"blocks {bad[:5]} not updated as a block of ones"
