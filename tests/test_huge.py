@@ -1,4 +1,5 @@
-"""Huge tensors: indexing is 64-bit end to end, 8-bit state included (opt-in: ``pytest -m slow tests/test_huge.py``).
+"""Huge tensors: indexing is 64-bit end to end, 8-bit state included (opt-in:
+``pytest -m slow tests/test_huge.py``).
 
 A single 16-bit tensor of more than 2**31 elements, and a list whose total passes 2**31
 while each tensor stays below it (the multi-tensor offsets), update correctly at their
@@ -147,9 +148,11 @@ def test_8bit_adam_state_past_2_31():
     for lo in range(0, BIG - BIG % block, CHUNK):
         hi = min(lo + CHUNK, BIG - BIG % block)
         k = (hi - lo) // block
-        bad = [lo // block + int(i) for i in np.flatnonzero(
-            (p[lo:hi].reshape(k, block) != ones).any(axis=1) | (mc[lo:hi].reshape(k, block) != one_mc).any(axis=1)
-            | (vc[lo:hi].reshape(k, block) != one_vc).any(axis=1)
-            | (ms[lo // block:lo // block + k] != one_ms[0]) | (vs[lo // block:lo // block + k] != one_vs[0]))]
+        j = lo // block
+        differs = ((p[lo:hi].reshape(k, block) != ones).any(axis=1)
+                   | (mc[lo:hi].reshape(k, block) != one_mc).any(axis=1)
+                   | (vc[lo:hi].reshape(k, block) != one_vc).any(axis=1)
+                   | (ms[j:j + k] != one_ms[0]) | (vs[j:j + k] != one_vs[0]))
+        bad = [j + int(i) for i in np.flatnonzero(differs)]
         bad = [b for b in bad if b not in skip]
         assert not bad, f"blocks {bad[:5]} not updated as a block of ones"
