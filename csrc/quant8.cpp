@@ -41,6 +41,8 @@
 namespace fastlr {
 namespace {
 
+using quant8::bits_of;
+using quant8::float_of;
 using quant8::Quant8Search;
 using quant8::Quant8Table;
 constexpr int kBucketRow = sizeof(Quant8Table::entry[0]) / sizeof(uint32_t);
@@ -309,21 +311,11 @@ FASTLR_Q8_AVX512 __attribute__((noinline)) void quantize(Avx512, const float* x,
 
 // ------------------------------------------------------------- scalars ---
 
-FASTLR_Q8_INLINE uint32_t float_bits(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  return u;
-}
-FASTLR_Q8_INLINE float bits_float(uint32_t u) {
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
 // c ? a : b through integer masks: a float ternary keeps gcc from vectorizing the loop
 // (under -ftrapping-math it will not if-convert it; see split_on in kernels.cpp).
 FASTLR_Q8_INLINE float pick(bool c, float a, float b) {
   const uint32_t m = 0u - static_cast<uint32_t>(c);
-  return bits_float((float_bits(a) & m) | (float_bits(b) & ~m));
+  return float_of((bits_of(a) & m) | (bits_of(b) & ~m));
 }
 // torch's lerp with the side chosen once per call: start + w·(end − start) for w < 0.5,
 // else end − (end − start)·(1 − w), written as base + coef·(end − start) with base and
@@ -336,14 +328,13 @@ FASTLR_Q8_INLINE Lerp make_lerp(float w) {
   return w < 0.5f ? Lerp{0xFFFFFFFFu, w} : Lerp{0u, -(1.0f - w)};
 }
 FASTLR_Q8_INLINE float lerp_by(const Lerp& l, float start, float end) {
-  const float base = bits_float((float_bits(start) & l.start_mask) | (float_bits(end) & ~l.start_mask));
+  const float base = float_of((bits_of(start) & l.start_mask) | (bits_of(end) & ~l.start_mask));
   return base + l.coef * (end - start);
 }
 
 FASTLR_Q8_INLINE float block_scale(uint32_t absmax_bits) {
   // torchao: amax(|x|).clip(1e-12): NaN propagates (its bits are the largest), as inf
-  float s;
-  std::memcpy(&s, &absmax_bits, 4);
+  const float s = float_of(absmax_bits);
   return (s < 1e-12f) ? 1e-12f : s;
 }
 
@@ -440,9 +431,9 @@ FASTLR_Q8_INLINE void adam8_block(int64_t n, char* const* ptrs, float* const* sc
     v[i] = vi;
     put_param<S>(p[i], nullptr, pi, key, elem0, i);
     if (Q8) {
-      am = std::max(am, float_bits(m[i]) & 0x7FFFFFFFu);
-      av = std::max(av, float_bits(v[i]) & 0x7FFFFFFFu);
-      if (AMS) ax = std::max(ax, float_bits(x[i]) & 0x7FFFFFFFu);
+      am = std::max(am, bits_of(m[i]) & 0x7FFFFFFFu);
+      av = std::max(av, bits_of(v[i]) & 0x7FFFFFFFu);
+      if (AMS) ax = std::max(ax, bits_of(x[i]) & 0x7FFFFFFFu);
     }
   }
   if (Q8) {
@@ -620,15 +611,15 @@ FASTLR_Q8_INLINE void q8_block(int64_t n, const Q8Block& b, const Q8Scalars& s) 
     put_param<S>(p[i], mp + i, pi, b.key, b.elem0, i);
     if (Rule::uses(0)) {
       x0[i] = v0;
-      a0 = std::max(a0, float_bits(v0) & 0x7FFFFFFFu);
+      a0 = std::max(a0, bits_of(v0) & 0x7FFFFFFFu);
     }
     if (Rule::uses(1)) {
       x1[i] = v1;
-      a1 = std::max(a1, float_bits(v1) & 0x7FFFFFFFu);
+      a1 = std::max(a1, bits_of(v1) & 0x7FFFFFFFu);
     }
     if (Rule::uses(2)) {
       x2[i] = v2;
-      a2 = std::max(a2, float_bits(v2) & 0x7FFFFFFFu);
+      a2 = std::max(a2, bits_of(v2) & 0x7FFFFFFFu);
     }
   }
   const uint32_t amax[3] = {a0, a1, a2};
@@ -962,7 +953,7 @@ int64_t quant8_check(bool signed_map, int level, uint64_t lo, uint64_t hi) {
     alignas(64) uint8_t fast[kSpan];
     const uint64_t start = lo + static_cast<uint64_t>(c) * kSpan;
     const int64_t n = static_cast<int64_t>(std::min<uint64_t>(kSpan, hi - start));
-    for (int64_t k = 0; k < n; ++k) x[k] = quant8::float_of(static_cast<uint32_t>(start + k));
+    for (int64_t k = 0; k < n; ++k) x[k] = float_of(static_cast<uint32_t>(start + k));
     quant8_codes(x, n, signed_map, level, fast);
     for (int64_t k = 0; k < n; ++k) bad += fast[k] != quant8::nearest_code_reference(x[k], t.map);
   }
