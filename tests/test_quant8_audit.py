@@ -1,0 +1,128 @@
+"""Defects found by an independent audit of the 8-bit optimizer state (issue #13), each
+a test that failed on the code before its fix."""
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fastlr.optim  # noqa: E402
+
+SHAPES = [(64, 128), (300,), (5000,)]  # quantized by both variants; 32-bit; quantized by "fastlr" only
+
+
+def _params(dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(s, generator=g).to(dtype).requires_grad_() for s in SHAPES]
+
+
+def _stepped(make, steps=3):
+    ps = _params()
+    opt = make(ps)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=g)
+        opt.step()
+    return ps, opt
+
+
+def _snapshot(opt):
+    """Every state entry (by param position) and every group's hyper-parameters."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    state = [{k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state[p].items()} for p in params]
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    return state, groups
+
+
+def _assert_same(a, b):
+    (sa, ga), (sb, gb) = a, b
+    assert ga == gb
+    for x, y in zip(sa, sb):
+        assert x.keys() == y.keys()
+        for k in x:
+            assert type(x[k]) is type(y[k]), k
+            assert torch.equal(x[k], y[k]) if torch.is_tensor(x[k]) else x[k] == y[k], k
+
+
+# ------------------------------------------- Adam8bit / AdamW8bit load_state_dict ---
+
+def _first(key_suffix):
+    return lambda st: next(k for k in st if k.endswith(key_suffix))
+
+
+_CODES, _SCALE = _first("_codes"), _first("_scale")
+
+BAD_DICTS = [
+    # (what, mutation of the saved dict, exception, message)
+    ("scale without codes", lambda sd: sd["state"][0].pop(_CODES(sd["state"][0])), ValueError, "but no 'exp_avg_codes'"),
+    ("codes without scale", lambda sd: sd["state"][0].pop(_SCALE(sd["state"][0])), ValueError, "exp_avg"),
+    ("codes short", lambda sd: sd["state"][0].update(exp_avg_codes=sd["state"][0]["exp_avg_codes"].reshape(-1)[:-1]),
+     ValueError, "exp_avg_codes"),
+    ("codes int8", lambda sd: sd["state"][0].update(exp_avg_codes=sd["state"][0]["exp_avg_codes"].to(torch.int8)),
+     ValueError, "int8"),
+    ("codes float", lambda sd: sd["state"][0].update(exp_avg_codes=sd["state"][0]["exp_avg_codes"].float()),
+     ValueError, "exp_avg_codes"),
+    ("codes ndarray", lambda sd: sd["state"][0].update(exp_avg_codes=sd["state"][0]["exp_avg_codes"].numpy()),
+     TypeError, "exp_avg_codes.*must be a tensor"),
+    ("scale short", lambda sd: sd["state"][0].update(exp_avg_sq_scale=sd["state"][0]["exp_avg_sq_scale"][:-1]),
+     ValueError, "exp_avg_sq_scale"),
+    ("scale float64", lambda sd: sd["state"][0].update(exp_avg_sq_scale=sd["state"][0]["exp_avg_sq_scale"].double()),
+     ValueError, "float64"),
+    ("32-bit state of the wrong size", lambda sd: sd["state"][1].update(exp_avg=torch.zeros(299)),
+     ValueError, "299"),
+    ("32-bit state not a tensor", lambda sd: sd["state"][1].update(exp_avg="x"), TypeError, "exp_avg.*must be a tensor"),
+    ("step not a number", lambda sd: sd["state"][0].update(step="x"), TypeError, "step"),
+    ("block_size 0", lambda sd: sd["param_groups"][0].update(block_size=0), ValueError, "block_size"),
+    ("block_size 128 (scales of 256)", lambda sd: sd["param_groups"][0].update(block_size=128), ValueError,
+     "exp_avg_scale"),
+    ("unknown encoding", lambda sd: sd["param_groups"][0].update(exp_avg_sq_encoding="log"), ValueError,
+     "exp_avg_sq_encoding"),
+]
+
+
+@pytest.mark.parametrize("variant", ["torchao", "fastlr"])
+@pytest.mark.parametrize("what, mutate, exc, match", BAD_DICTS, ids=[c[0] for c in BAD_DICTS])
+def test_adam8bit_bad_state_dict_refused_before_anything_changes(variant, what, mutate, exc, match):
+    """AdamW8bit.load_state_dict used to load the groups and then convert the state param
+    by param: a bad entry raised after the optimizer had taken the saved groups and the
+    earlier params' state (or AttributeError for a non-tensor), a scale without its codes
+    silently restarted that moment from zero, and a saved block_size of 0 or an unknown
+    exp_avg_sq encoding were taken as they came. Now each is refused (ValueError/TypeError
+    naming it) and the optimizer is left as it was."""
+    _, source = _stepped(lambda ps: fastlr.optim.AdamW8bit(ps, lr=1e-2, variant=variant))
+    sd = copy.deepcopy(source.state_dict())
+    mutate(sd)
+    ps, opt = _stepped(lambda ps: fastlr.optim.AdamW8bit(ps, lr=1e-3, weight_decay=0.5, variant=variant))
+    before = _snapshot(opt)
+    params_before = [p.detach().clone() for p in ps]
+    with pytest.raises(exc, match=match):
+        opt.load_state_dict(sd)
+    _assert_same(_snapshot(opt), before)
+    # and it still steps as it would have
+    twin_ps, twin = _stepped(lambda ps: fastlr.optim.AdamW8bit(ps, lr=1e-3, weight_decay=0.5, variant=variant))
+    for p, q in zip(ps, twin_ps):
+        assert torch.equal(p, q)
+        p.grad = torch.ones_like(p)
+        q.grad = torch.ones_like(q)
+    opt.step()
+    twin.step()
+    assert all(torch.equal(p, q) for p, q in zip(ps, twin_ps))
+    assert not all(torch.equal(p, q) for p, q in zip(ps, params_before))
+
+
+@pytest.mark.parametrize("variant", ["torchao", "fastlr"])
+def test_adam8bit_good_state_dicts_still_load(variant):
+    """The checks refuse nothing the class saves itself (amsgrad too), nor a float32
+    torch.optim dict or fastlr.optim's state_dtype="8bit" dict."""
+    for make in (lambda ps: fastlr.optim.AdamW8bit(ps, lr=1e-2, variant=variant, amsgrad=True),
+                 lambda ps: torch.optim.AdamW(ps, lr=1e-2),
+                 lambda ps: fastlr.optim.AdamW(ps, lr=1e-2, state_dtype="8bit")):
+        _, source = _stepped(make)
+        ps, opt = _stepped(lambda ps: fastlr.optim.AdamW8bit(ps, lr=1e-2, variant=variant))
+        opt.load_state_dict(copy.deepcopy(source.state_dict()))
+        for p in ps:
+            p.grad = torch.ones_like(p)
+        opt.step()
+        assert all(torch.isfinite(p).all() for p in ps)
+        assert float(opt.state[ps[0]]["step"]) == 4.0
