@@ -126,3 +126,36 @@ def test_adam8bit_good_state_dicts_still_load(variant):
         opt.step()
         assert all(torch.isfinite(p).all() for p in ps)
         assert float(opt.state[ps[0]]["step"]) == 4.0
+
+
+# ------------------------------- a float64 param appended to an 8-bit group ---
+
+@pytest.mark.parametrize("numel", [5000, 100])
+@pytest.mark.parametrize("cls, kw", [
+    (fastlr.optim.AdamW, {}),
+    (fastlr.optim.SGD, dict(momentum=0.9)),
+    (fastlr.optim.RMSprop, dict(centered=True)),
+    (fastlr.optim.Adagrad, {}),
+])
+def test_float64_param_appended_to_an_8bit_group_is_refused(cls, kw, numel):
+    """add_param_group refuses a float64 param with state_dtype="8bit" (its state stays
+    float64); one appended to group["params"] afterwards reached the 8-bit kernel call:
+    KeyError: 1 (Adam) or an unnamed ValueError (SGD, RMSprop, Adagrad) after the group's
+    other params had been updated, or, below 4096 elements, float32 state for it. Now a
+    TypeError naming it, before anything is written."""
+    ps = _params()
+    opt = cls(ps, lr=1e-3, state_dtype="8bit", **kw)
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.step()  # (the second step goes through the cached plan, which must notice)
+    q = torch.ones(numel, dtype=torch.float64, requires_grad=True)
+    q.grad = torch.ones_like(q)
+    opt.param_groups[0]["params"].append(q)
+    before = _snapshot(opt)
+    params_before = [p.detach().clone() for p in ps]
+    with pytest.raises(TypeError, match=r"float64 params\[3\]"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(ps, params_before))
+    assert torch.equal(q, torch.ones_like(q))
+    state_after, groups_after = _snapshot(opt)
+    _assert_same((state_after[:3], groups_after), (before[0][:3], before[1]))
