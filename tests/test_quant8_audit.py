@@ -159,3 +159,48 @@ def test_float64_param_appended_to_an_8bit_group_is_refused(cls, kw, numel):
     assert torch.equal(q, torch.ones_like(q))
     state_after, groups_after = _snapshot(opt)
     _assert_same((state_after[:3], groups_after), (before[0][:3], before[1]))
+
+
+# ------------------------------------------- documented differences from peers ---
+
+def test_tensor_lr_set_with_fill_as_in_torchao():
+    """README: lr stays as passed; a tensor lr (torchao's habit) can be set with fill_ and
+    steps as the same float lr assigned to the group."""
+    a, b = _params(), _params()
+    opt_a = fastlr.optim.AdamW8bit(a, lr=torch.tensor(2.0**-7))  # (exact in float32)
+    opt_b = fastlr.optim.AdamW8bit(b, lr=2.0**-7)
+    for step in range(4):
+        if step == 2:
+            opt_a.param_groups[0]["lr"].fill_(2.0**-10)
+            opt_b.param_groups[0]["lr"] = 2.0**-10
+        for p, q in zip(a, b):
+            g = torch.randn(p.shape, generator=torch.Generator().manual_seed(step))
+            p.grad, q.grad = g, g.clone()
+        opt_a.step()
+        opt_b.step()
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert isinstance(opt_b.param_groups[0]["lr"], float)
+
+
+def test_bitsandbytes_cpu_rounding_is_not_nearest_as_documented():
+    """README: bitsandbytes' CPU quantize_blockwise picks a code up to ~3e-5·absmax farther
+    than the nearest; fastlr's is the nearest (the same scales, the reference search)."""
+    F = pytest.importorskip("bitsandbytes.functional")
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    for signed in (True, False):
+        x = torch.randn(256 * 64, generator=g) * torch.exp(torch.randn(256 * 64, generator=g) * 3)
+        x = x if signed else x.abs()
+        code = F.create_dynamic_map(signed=signed)
+        q, absmax = torch.ops.bitsandbytes.quantize_blockwise(x, code, 256)
+        c, s = fastlr.quantize8bit(x.numpy(), signed=signed, encoding="linear")
+        assert np.array_equal(s, absmax.numpy())
+        scaled = x * torch.repeat_interleave(1.0 / absmax, 256)
+        ours = (code[torch.from_numpy(c).long()] - scaled).abs()
+        theirs = (code[q.long()] - scaled).abs()
+        nearest = (code.view(1, -1) - scaled.view(-1, 1)).abs().min(dim=1).values
+        assert torch.equal(ours, nearest)
+        excess = theirs - nearest
+        assert (excess > 0).float().mean() > 0.2  # many of these tiny values land elsewhere
+        assert excess.max() < 3.2e-5
