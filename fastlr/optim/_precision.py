@@ -146,6 +146,7 @@ def step_group(opt, group, gs, grad_scale):
     first_id = _first_tensor_id(opt, group)
     sr = bool(group.get("stochastic_rounding"))
     seed = int(group.get("seed", 0))
+    eight_bit = group.get("state_dtype") == EIGHT_BIT
     items = []
     seen = set()
     for j, p in enumerate(group["params"]):
@@ -162,6 +163,12 @@ def step_group(opt, group, gs, grad_scale):
             raise NotImplementedError(
                 f"fastlr.optim.{name}: params[{j}] is on {p.device}: master_weights, state_dtype "
                 "and stochastic_rounding are implemented for CPU params"
+            )
+        if eight_bit and p.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            # (add_param_group refuses it; a param appended to group["params"] comes here)
+            raise TypeError(
+                f"fastlr.optim.{name}: state_dtype=\"8bit\" with the {p.dtype} params[{j}]: 8-bit state "
+                "is for float32, bfloat16 and float16 params (put it in a group without the option)"
             )
         pl = getattr(p, "_local_tensor", p)
         gl = _local_grad(g, p)

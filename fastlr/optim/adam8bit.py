@@ -4,13 +4,14 @@ one fused C++ pass per step instead of one compiled function per param."""
 from __future__ import annotations
 
 import operator
+from collections.abc import Mapping
 from itertools import chain
 
 import torch
 from torch import Tensor
 
 from .. import _C, _quant8
-from . import _precision, _quant8_state
+from . import _checkpoint, _precision, _quant8_state
 from ._base import _State, _profile_hook_step
 
 __all__ = ["Adam8bit", "AdamW8bit", "state_dict_to_float32"]
@@ -248,13 +249,23 @@ class _Adam8bitBase(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         """Loads a state_dict of this class, of torch.optim.Adam/AdamW (float state is
         quantized) or of torchao's Adam8bit/AdamW8bit (its codes and scales are taken over;
-        torchao keeps exp_avg_sq linear, so a "sqrt" optimizer converts them)."""
+        torchao keeps exp_avg_sq linear, so a "sqrt" optimizer converts them). Every saved
+        state is checked and converted before anything is loaded: a bad one raises
+        ValueError/TypeError naming its param and key and leaves the optimizer unchanged."""
         groups = self.param_groups
         saved_groups = state_dict["param_groups"]
         if len(groups) != len(saved_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
+        for g, (saved, current) in enumerate(zip(saved_groups, groups)):
+            if len(saved["params"]) != len(current["params"]):
+                raise ValueError("loaded state dict contains a parameter group that doesn't match "
+                                 "the size of optimizer's group")
+            _quant8.saved_source(saved, self.block_size, f"state_dict['param_groups'][{g}]")
         id_map = dict(zip(chain.from_iterable(g["params"] for g in saved_groups),
                           chain.from_iterable(g["params"] for g in groups)))
+        # amsgrad as the loaded groups will have it (torch's load takes the saved group's)
+        amsgrad = {id(p): bool(sg.get("amsgrad", False)) for sg, g in zip(saved_groups, groups)
+                   for p in g["params"]}
         pending = {}
         plain = {}
         for k, v in state_dict["state"].items():
@@ -269,24 +280,42 @@ class _Adam8bitBase(torch.optim.Optimizer):
             saved_block = _quant8.BLOCK_SIZE
             saved_groups = [{"exp_avg_sq_encoding": "sqrt", **g} for g in saved_groups]
             state_dict = {**state_dict, "param_groups": saved_groups}
+        converted = {k: self._convert_state(p, saved, saved_block, state_dict, amsgrad[id(p)], k)
+                     for k, (p, saved) in pending.items()}
         super().load_state_dict({"state": plain, "param_groups": saved_groups})
         for group in self.param_groups:  # keys of the saved groups that are ours, not torch's
             group.pop("block_size", None)
             group.pop("exp_avg_sq_encoding", None)
             for key in ("master_weights", "state_dtype", "stochastic_rounding", "seed"):
                 group.pop(key, None)  # fastlr.optim's options: this class has its own
-        for k, (p, saved) in pending.items():
-            self.state[p] = self._convert_state(p, saved, saved_block, state_dict)
+        for k, (p, _) in pending.items():
+            self.state[p] = converted[k]
 
-    def _convert_state(self, p, saved, saved_block, state_dict):
-        """Saved per-param state -> this optimizer's layout for p."""
-        amsgrad = any(g["amsgrad"] and any(p is q for q in g["params"]) for g in self.param_groups)
+    def _convert_state(self, p, saved, saved_block, state_dict, amsgrad, pid):
+        """Saved per-param state -> this optimizer's layout for p (checked first)."""
+        where = f"fastlr.optim.{type(self).__name__}.load_state_dict: state[{pid!r}]"
+        roles = _ROLES if amsgrad else _ROLES[:2]
+        block = saved_block or self.block_size
+        if not isinstance(saved, Mapping):
+            raise TypeError(f"{where} must be a dict, got {type(saved).__name__}")
+        if "step" in saved:
+            _checkpoint._check_step(saved["step"], f"{where}['step']")
+        for role in roles:
+            for key in (role, role + "_codes", role + "_scale"):
+                if key in saved and not torch.is_tensor(saved[key]):
+                    raise TypeError(f"{where}[{key!r}] must be a tensor, got {type(saved[key]).__name__}")
+            for key, pair in ((role + "_codes", role + "_scale"), (role + "_scale", role + "_codes")):
+                if key in saved and pair not in saved:
+                    raise ValueError(f"{where} has {key!r} but no {pair!r} (8-bit state is codes and scales)")
+            for key in (role + "_codes", role + "_scale"):
+                if key in saved:
+                    _quant8_state.check_saved(where, key, saved[key], p, block)
         src_encoding = next((g.get("exp_avg_sq_encoding") for g in state_dict["param_groups"]
                              if "exp_avg_sq_encoding" in g), "linear")
         out = {"step": torch.as_tensor(saved.get("step", 0.0), dtype=torch.float32).clone().reshape(())}
-        _quant8_state.convert_loaded(out, saved, p, _ROLES if amsgrad else _ROLES[:2],
+        _quant8_state.convert_loaded(out, saved, p, roles,
                                      (self.block_size, self._encoding) if self._quantized(p) else None, p.dtype,
-                                     (saved_block or self.block_size, src_encoding), absent_zeros=True)
+                                     (block, src_encoding), absent_zeros=True)
         return out
 
     def state_dict(self):
