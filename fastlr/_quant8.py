@@ -76,13 +76,13 @@ def filled(shape, fill, block_size, signed, encoding="sqrt"):
     return quantize(np.full(shape, fill, np.float32), block_size, signed, encoding)
 
 
-def check_saved_part(where, key, dtype_name, shape, param_shape, block_size):
+def check_saved_part(where, key, dtype_name, shape, param_shape, block_size, scale_shape=None):
     """ValueError unless a saved ``<role>_codes`` (uint8, the param's shape) or
-    ``<role>_scale`` (float32, one per block) of this dtype and shape fits the param (the
-    load-time check of fastlr.optim's and fastlr.numpy's 8-bit state)."""
+    ``<role>_scale`` (float32, one per block, or of ``scale_shape``) of this dtype and shape
+    fits the param (the load-time check of fastlr.optim's and fastlr.numpy's 8-bit state)."""
     codes = key.endswith("_codes")
     numel = int(np.prod(param_shape, dtype=np.int64))
-    want_shape = tuple(param_shape) if codes else (num_blocks(numel, block_size),)
+    want_shape = tuple(param_shape) if codes else tuple(scale_shape or (num_blocks(numel, block_size),))
     want_dtype = "uint8" if codes else "float32"
     if dtype_name != want_dtype or tuple(shape) != want_shape:
         raise ValueError(f"{where} has dtype {dtype_name} and shape {tuple(shape)}; expected {want_dtype} "

@@ -390,22 +390,108 @@ def scenario_quant8(rank, outdir):
     opt.consolidate_state_dict(to=0)
     if rank == 0:
         res["zero", "consolidated"] = sorted((pid, sorted(st)) for pid, st in opt.state_dict()["state"].items())
-    # FSDP2: refused with a clear error before anything changes
     if _fsdp2_unavailable() is None:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+        res.update(_quant8_fsdp2(rank, outdir))
+    return res
 
-        model = fully_shard(make_q8_model(), mesh=init_device_mesh("cpu", (WORLD,)))
-        before = snapshot(model)
-        for cls, kw in ((fastlr.optim.AdamW, QUANT8), (fastlr.optim.AdamW8bit, {"lr": 1e-2})):
-            try:
-                opt = cls(model.parameters(), **kw)
-                typed_train(model, opt, 1, rank=rank)
-                res["fsdp2", cls.__name__] = "no error"
-            except NotImplementedError as e:
-                res["fsdp2", cls.__name__] = str(e)
-                res["fsdp2", cls.__name__, "state"] = len(opt.state) if cls is fastlr.optim.AdamW8bit else 0
-        res["fsdp2", "unchanged"] = all(torch.equal(a, b) for a, b in zip(before, snapshot(model)))
+
+# FSDP2 (a separate model: 8-bit state needs shards of whole rows of whole 256-blocks)
+QUANT8_SHARDED = (2, 6)  # the (20, 256) and (9, 512) weights; (512, 20) keeps float32 state
+QUANT8_FSDP2 = {
+    "AdamW": QUANT8,
+    "SGD": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "state_dtype": "8bit"},
+    "RMSprop": {"lr": 1e-2, "momentum": 0.5, "centered": True, "state_dtype": "8bit"},
+    "Adagrad": {"lr": 0.1, "initial_accumulator_value": 0.1, "state_dtype": "8bit"},
+}
+
+
+def make_q8_fsdp_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 256), torch.nn.Tanh(),
+        torch.nn.Linear(256, 20), torch.nn.Tanh(),
+        torch.nn.Linear(20, 512), torch.nn.Tanh(),
+        torch.nn.Linear(512, 9), torch.nn.Tanh(),  # 9 rows: shards of 5 and 4
+        torch.nn.Linear(9, 1),
+    )
+
+
+def q8_unsharded(name):
+    """Unsharded params and optimizer with the state each param has under FSDP2 (the
+    (512, 20) weight's rows are 20 elements, not whole blocks: float32 state)."""
+    params = [p.detach().clone() for p in make_q8_fsdp_model().parameters()]
+    groups = [{"params": [q for i, q in enumerate(params) if i != 4]}, {"params": [params[4]], "state_dtype": None}]
+    return params, getattr(fastlr.optim, name)(groups, **QUANT8_FSDP2[name])
+
+
+def lockstep(model, opt, params, ref_opt, steps, rank):
+    """Trains the sharded model and steps unsharded copies of its params with the same
+    (gathered) grads; returns the trajectory and the largest |difference| seen."""
+    traj, worst = [], 0.0
+    for step in range(steps):
+        x, y = batch(step, rank)
+        opt.zero_grad(set_to_none=True)
+        F.mse_loss(model(x.float()), y.float()).backward()
+        for p, q in zip(model.parameters(), params):
+            q.grad = p.grad.full_tensor()
+        opt.step()
+        ref_opt.step()
+        traj.append(snapshot(model))
+        worst = max([worst] + [float((p.full_tensor() - q).abs().max()) for p, q in zip(model.parameters(), params)])
+    return [torch.stack(ps) for ps in zip(*traj)], worst
+
+
+def _quant8_fsdp2(rank, outdir):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+
+    def sharded():
+        model = make_q8_fsdp_model()
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        return fully_shard(model, mesh=mesh)
+
+    res = {}
+    for name, kw in QUANT8_FSDP2.items():
+        model = sharded()
+        opt = getattr(fastlr.optim, name)(model.parameters(), **kw)
+        res["fsdp2", name], res["fsdp2", name, "vs unsharded"] = lockstep(model, opt, *q8_unsharded(name),
+                                                                          STEPS, rank)
+        res["fsdp2", name, "state"] = [
+            sorted((key, type(v).__name__, tuple(v.shape), str(v.dtype),
+                    isinstance(v, DTensor) and v.placements == p.placements) for key, v in opt.state[p].items())
+            for p in model.parameters()
+        ]
+    # mid-training DCP checkpoint (each rank writes its shards of codes and scales), resumed
+    model = sharded()
+    opt = fastlr.optim.AdamW(model.parameters(), **QUANT8)
+    head = typed_train(model, opt, RESUME_AT, rank=rank)
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=os.path.join(outdir, "quant8-dcp"))
+    model = sharded()
+    opt = fastlr.optim.AdamW(model.parameters(), **QUANT8)
+    msd, osd = get_state_dict(model, opt)
+    dcp.load({"model": msd, "optim": osd}, checkpoint_id=os.path.join(outdir, "quant8-dcp"))
+    set_state_dict(model, opt, model_state_dict=msd, optim_state_dict=osd)
+    tail = typed_train(model, opt, STEPS - RESUME_AT, start=RESUME_AT, rank=rank)
+    res["fsdp2", "resume"] = [torch.cat(ps) for ps in zip(head, tail)]
+    # AdamW8bit (torchao's layout) refuses DTensor params before anything changes
+    model = sharded()
+    before = snapshot(model)
+    opt = fastlr.optim.AdamW8bit(model.parameters(), lr=1e-2)
+    try:
+        typed_train(model, opt, 1, rank=rank)
+        res["fsdp2", "AdamW8bit"] = "no error"
+    except NotImplementedError as e:
+        res["fsdp2", "AdamW8bit"] = str(e)
+    res["fsdp2", "AdamW8bit", "untouched"] = len(opt.state) == 0 and all(
+        torch.equal(a, b) for a, b in zip(before, snapshot(model)))
     return res
 
 

@@ -246,14 +246,42 @@ def test_ddp_zero_8bit_state(runs):
     assert consolidated[2] == consolidated[4] == quantized
 
 
-def test_fsdp2_8bit_state_refused(runs):
-    r0, _ = runs("quant8")
-    if ("fsdp2", "AdamW") not in r0:
+@pytest.mark.parametrize("name", list(w.QUANT8_FSDP2))
+def test_fsdp2_8bit_state(runs, name):
+    """state_dtype="8bit" under FSDP2: codes and (rows, blocks per row) scales are DTensors
+    sharded like their param (9 rows: 5 and 4); each step equals, bit for bit, the update of
+    unsharded params with the same grads and storage choices (the shards' blocks are the
+    whole tensor's); a DCP checkpoint resumes bit for bit."""
+    r0, r1 = runs("quant8")
+    if ("fsdp2", name) not in r0:
         pytest.skip(w._fsdp2_unavailable() or "FSDP2 did not run")
-    for name in ("AdamW", "AdamW8bit"):
-        assert "DTensor" in r0["fsdp2", name] and "not implemented" in r0["fsdp2", name], name
-    assert r0["fsdp2", "AdamW8bit", "state"] == 0
-    assert r0["fsdp2", "unchanged"]
+    got = w.flat(None, shards=[r0["fsdp2", name], r1["fsdp2", name]])
+    assert r0["fsdp2", name, "vs unsharded"] == r1["fsdp2", name, "vs unsharded"] == 0.0
+    params = list(w.make_q8_fsdp_model().parameters())
+    for i, (p, entries) in enumerate(zip(params, r0["fsdp2", name, "state"])):
+        kinds = {key: rest for key, *rest in entries}
+        assert kinds.pop("step", ("Tensor",))[0] == "Tensor"  # (SGD keeps no step)
+        for key, (kind, shape, dtype, same_placement) in kinds.items():
+            assert kind == "DTensor" and same_placement, (i, key)
+            if i in w.QUANT8_SHARDED:
+                rows, row = p.shape[0], p.numel() // p.shape[0]
+                want = (tuple(p.shape), "torch.uint8") if key.endswith("_codes") else ((rows, row // 256),
+                                                                                        "torch.float32")
+                assert (shape, dtype) == want, (i, key)
+            else:
+                assert not key.endswith(("_codes", "_scale")) and dtype == "torch.float32", (i, key)
+        assert any(k.endswith("_codes") for k in kinds) == (i in w.QUANT8_SHARDED), i
+    if name == "AdamW":
+        resumed = w.flat(None, shards=[r0["fsdp2", "resume"], r1["fsdp2", "resume"]])
+        check("FSDP2 8-bit DCP resumed vs uninterrupted", resumed, got, tol=0.0)
+
+
+def test_fsdp2_adamw8bit_refused(runs):
+    r0, _ = runs("quant8")
+    if ("fsdp2", "AdamW8bit") not in r0:
+        pytest.skip(w._fsdp2_unavailable() or "FSDP2 did not run")
+    assert "DTensor" in r0["fsdp2", "AdamW8bit"] and "not implemented" in r0["fsdp2", "AdamW8bit"]
+    assert r0["fsdp2", "AdamW8bit", "untouched"]
 
 
 # ------------------------------------------------------------------- example ---

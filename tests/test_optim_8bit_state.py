@@ -269,6 +269,41 @@ def test_state_dict_round_trip(amsgrad):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_state_dict_with_fsdp2_scales_loads_unsharded():
+    """FSDP2 keeps the scales of a param whose rows are whole blocks as (rows, blocks per
+    row); its gathered (full) state dict loads into an unsharded optimizer and continues
+    exactly as the (blocks,) layout."""
+    def stepped():
+        g = torch.Generator().manual_seed(5)
+        params = [torch.randn(s, generator=g) for s in ((20, 256), (9, 512))]
+        opt = fastlr.optim.AdamW(params, lr=1e-2, state_dtype="8bit")
+        return params, opt
+
+    def run(params, opt, first, last):
+        for step in range(first, last + 1):
+            g = torch.Generator().manual_seed(step)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+
+    params, opt = stepped()
+    run(params, opt, 1, 5)
+    sd = copy.deepcopy(opt.state_dict())
+    for pid, st in sd["state"].items():
+        for key in [k for k in st if k.endswith("_scale")]:
+            st[key] = st[key].reshape(params[pid].shape[0], -1)  # (20, 1), (9, 2)
+    params2, opt2 = stepped()
+    with torch.no_grad():
+        for p, q in zip(params, params2):
+            q.copy_(p)
+    opt2.load_state_dict(sd)
+    assert opt2.state[params2[1]]["exp_avg_scale"].shape == (18,)
+    run(params, opt, 6, 10)
+    run(params2, opt2, 6, 10)
+    for a, b in zip(params, params2):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_torch_state_dict_loads_quantized():
     """A torch.optim.AdamW (float32) state_dict loaded into an 8-bit optimizer: the 8-bit
     tensors hold the quantized moments (√v for exp_avg_sq), the small ones float32."""

@@ -194,7 +194,7 @@ def step_group(opt, group, gs, grad_scale):
         first = False
         for role in roles:
             if q8:
-                t = _quant8_state.role_tensors(name, j, st, role, pl, opt._kind)
+                t = _quant8_state.role_tensors(name, j, st, role, p, opt._kind)
                 if t is None:  # SGD's first momentum step
                     first = True
             else:
@@ -297,7 +297,7 @@ def _run_bucket(opt, group, roles, key, entries, members, gs, sr, seed, first_id
         for r, (role, t) in enumerate(zip(roles, tensors)):
             if q8:
                 if t is None:  # SGD's first momentum step: the kernel starts the buffer
-                    t = _quant8_state.new_role(st, role, pl)
+                    t = _quant8_state.new_role(st, role, p)
                 r_addr[r].append(flat(t[0]).data_ptr())
                 s_addr[r].append(t[1].data_ptr())
                 continue
@@ -500,9 +500,12 @@ def convert_loaded_state(opt, state_dict):
             # 8-bit storage here or in the saved dict: converted role by role
             roles = opt._roles(group)
             q8 = group.get("state_dtype") == EIGHT_BIT and _quant8_state.quantized(p)
-            _quant8_state.convert_loaded(st, saved, p, roles, (_quant8.BLOCK_SIZE, "sqrt") if q8 else None,
-                                         state_dtype(group, p) if active(group) else p.dtype, source[pid])
-            converted = {r + suffix for r in roles for suffix in ("", "_codes", "_scale")}
+            if _quant8_state.is_dtensor(p):
+                converted = _quant8_state.keep_sharded(st, saved, roles, q8, source[pid])
+            else:
+                _quant8_state.convert_loaded(st, saved, p, roles, (_quant8.BLOCK_SIZE, "sqrt") if q8 else None,
+                                             state_dtype(group, p) if active(group) else p.dtype, source[pid])
+                converted = {r + suffix for r in roles for suffix in ("", "_codes", "_scale")}
         if not active(group):
             st.pop("master_param", None)  # loaded without master weights: the param is it
             continue

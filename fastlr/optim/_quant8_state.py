@@ -10,6 +10,13 @@ ones (``exp_avg_sq``, ``max_exp_avg_sq``, ``square_avg``, ``sum``) as their squa
 dequantizes to 0 restarts its exp_avg too (``fastlr.adam8bit_step(variant="fastlr")``).
 Signed roles are ``exp_avg``, ``momentum_buffer`` and ``grad_avg``. Smaller tensors keep
 float32 state under torch's keys.
+
+DTensor params (FSDP2) take 8-bit state when they are sharded along dim 0 only (or
+replicated) and a row (the elements of one index of dim 0) is whole blocks: every shard is
+then whole rows, so its blocks are the unsharded tensor's and the update equals unsharded
+training. Codes are DTensors sharded like the param; scales DTensors of shape (rows,
+blocks per row), sharded the same way, so that torch.distributed.checkpoint reshards both.
+Other DTensor params keep float32 state.
 """
 from __future__ import annotations
 
@@ -25,8 +32,30 @@ _SQRT = 1  # _C.adam8's flavour: fastlr's encoding, torch.optim.Adam's arithmeti
 
 
 def quantized(p):
-    """Whether p's state is 8-bit (else float32): tensors of at least 4096 elements."""
-    return p.numel() >= _quant8.MIN_QUANT8_NUMEL
+    """Whether p's state is 8-bit (else float32): tensors of at least 4096 elements; a
+    DTensor only when its shards are whole rows of whole blocks (module docstring)."""
+    if p.numel() < _quant8.MIN_QUANT8_NUMEL:
+        return False
+    return not is_dtensor(p) or _blocks_per_row(p) is not None
+
+
+def is_dtensor(p):
+    return type(p) is not torch.Tensor and hasattr(p, "_local_tensor")
+
+
+def _blocks_per_row(p):
+    """Blocks per row of a DTensor whose shards are whole rows of whole blocks, else None."""
+    if p.dim() < 2 or any(not (pl.is_replicate() or pl.is_shard(0)) for pl in p.placements):
+        return None
+    row = p.numel() // p.shape[0]
+    return row // BLOCK_SIZE if row % BLOCK_SIZE == 0 else None
+
+
+def _scale_shape(p):
+    """The scales' (global) shape: one per block, (rows, blocks per row) for a DTensor."""
+    if is_dtensor(p):
+        return (p.shape[0], _blocks_per_row(p))
+    return (_quant8.num_blocks(p.numel(), BLOCK_SIZE),)
 
 
 def storage(p):
@@ -42,12 +71,6 @@ def check_group(where, kind, group):
             f"{where}state_dtype=\"8bit\" is implemented for SGD, Adam, AdamW, RMSprop and Adagrad "
             "(this optimizer has no 8-bit kernel); use state_dtype=torch.bfloat16 or None"
         )
-    for i, p in enumerate(group["params"]):
-        if type(p) is not torch.Tensor and hasattr(p, "_local_tensor"):
-            raise NotImplementedError(
-                f"{where}state_dtype=\"8bit\" with the DTensor params[{i}] (FSDP2): 8-bit blocks "
-                "of sharded params are not implemented"
-            )
 
 
 # -------------------------------------------------------------------- state ---
@@ -58,16 +81,34 @@ def init_state(state, p, roles, fill=0.0):
 
 
 def new_role(state, role, p, fill=0.0):
-    codes, scale = _quant8.filled(tuple(p.shape), fill, BLOCK_SIZE, *_quant8.ROLES[role])
-    state[role + "_codes"], state[role + "_scale"] = torch.from_numpy(codes), torch.from_numpy(scale)
-    return state[role + "_codes"], state[role + "_scale"]
+    """Stores one role's 8-bit state of p (DTensors for a DTensor p); returns the (codes,
+    scale) tensors the kernel updates (a DTensor's local shards)."""
+    local = p._local_tensor if is_dtensor(p) else p
+    codes, scale = _quant8.filled(tuple(local.shape), fill, BLOCK_SIZE, *_quant8.ROLES[role])
+    codes, scale = torch.from_numpy(codes), torch.from_numpy(scale)
+    if is_dtensor(p):
+        from torch.distributed.tensor import DTensor
+
+        rows, per_row = _scale_shape(p)
+        state[role + "_codes"] = DTensor.from_local(codes, p.device_mesh, p.placements, run_check=False,
+                                                    shape=p.shape, stride=p.stride())
+        scale = scale.reshape(local.shape[0], per_row)
+        state[role + "_scale"] = DTensor.from_local(scale, p.device_mesh, p.placements, run_check=False,
+                                                    shape=(rows, per_row), stride=(per_row, 1))
+    else:
+        state[role + "_codes"], state[role + "_scale"] = codes, scale
+    return codes, scale
 
 
 def role_tensors(name, j, state, role, p, kind):
-    """(codes, scale) of one role of p, checked; None for SGD's not yet started buffer."""
+    """(codes, scale) of one role of p, checked (a DTensor's local shards); None for SGD's
+    not yet started buffer."""
     codes, scale = state.get(role + "_codes"), state.get(role + "_scale")
     if codes is None and scale is None and kind == "sgd":
         return None
+    if is_dtensor(p):
+        codes, scale = (getattr(t, "_local_tensor", None) if is_dtensor(t) else None for t in (codes, scale))
+        p = p._local_tensor
     check_role(name, j, role, codes, scale, p)
     return codes, scale
 
@@ -79,7 +120,8 @@ def check_role(name, j, role, codes, scale, p, block=BLOCK_SIZE, contiguous_code
     nb = _quant8.num_blocks(p.numel(), block)
     if (codes is None or scale is None or codes.dtype != torch.uint8 or codes.shape != p.shape
             or (contiguous_codes and not codes.is_contiguous())
-            or scale.dtype != torch.float32 or scale.shape != (nb,) or not scale.is_contiguous()
+            or scale.dtype != torch.float32 or scale.numel() != nb or scale.dim() not in (1, 2)
+            or not scale.is_contiguous()
             or codes.device.type != "cpu" or scale.device.type != "cpu"):
         raise RuntimeError(
             f"fastlr.optim.{name}: state['{role}_codes'] / state['{role}_scale'] of params[{j}] must be "
@@ -148,8 +190,13 @@ def check_saved(where, key, value, p, block=BLOCK_SIZE):
     """A saved ``<role>_codes`` / ``<role>_scale`` tensor: ValueError unless it fits p."""
     if not torch.is_tensor(value):
         raise ValueError(f"{where}[{key!r}] must be a tensor, got {type(value).__name__}")
+    scale_shape = None
+    if is_dtensor(p) and block == BLOCK_SIZE and quantized(p):
+        scale_shape = _scale_shape(p)
+    elif value.dim() == 2 and p.dim() >= 1 and value.shape[0] == p.shape[0]:
+        scale_shape = (p.shape[0], _quant8.num_blocks(p.numel(), block) // max(p.shape[0], 1))  # FSDP2's, gathered
     _quant8.check_saved_part(f"{where}[{key!r}]", key, str(value.dtype).replace("torch.", ""), value.shape,
-                             p.shape, block)
+                             p.shape, block, scale_shape)
 
 
 def _saved_role(saved, role, source):
@@ -188,6 +235,29 @@ def convert_loaded(state, saved, p, roles, target, float_dtype, source=(BLOCK_SI
         if out is not None:
             state[role + "_codes"] = torch.from_numpy(out[0]).reshape(p.shape)
             state[role + "_scale"] = torch.from_numpy(out[1])
+
+
+def keep_sharded(state, saved, roles, q8, source):
+    """A DTensor param's state loaded as saved (torch.distributed.checkpoint has resharded
+    it): 8-bit codes and scales of this optimizer's layout when ``q8``, else float state.
+    Returns the keys set here. Converting a sharded state between layouts is refused."""
+    kept = set()
+    for role in roles:
+        codes, scale = saved.get(role + "_codes"), saved.get(role + "_scale")
+        stored_q8 = codes is not None or scale is not None
+        if role not in saved and not stored_q8:
+            continue
+        if stored_q8 != q8 or (q8 and tuple(source) != (BLOCK_SIZE, "sqrt")):
+            raise NotImplementedError(
+                f"state['{role}'] of a DTensor param (FSDP2) is saved as "
+                f"{'8-bit codes' if stored_q8 else 'a float tensor'} of another layout than this "
+                "optimizer's; converting sharded state is not implemented (load it unsharded)"
+            )
+        if q8:
+            state.pop(role, None)
+            state[role + "_codes"], state[role + "_scale"] = codes, scale
+            kept |= {role + "_codes", role + "_scale"}
+    return kept
 
 
 def dequantized(saved, source=(BLOCK_SIZE, "sqrt")):
