@@ -508,7 +508,7 @@ def adam8bit_step(params, grads, exp_avg_codes, exp_avg_scales, exp_avg_sq_codes
     step, lr, lr_enc, beta1, b1_enc, beta2, eps, weight_decay = _adam_hyperparameters(
         step, lr, beta1, beta2, eps, weight_decay)
     block_size = _block_size(block_size)
-    if variant not in _VARIANTS:
+    if not isinstance(variant, str) or variant not in _VARIANTS:
         raise ValueError(f"variant must be 'fastlr' or 'torchao', got {variant!r}")
     if call.masters is not None and variant != "fastlr":
         raise ValueError("master_params need variant='fastlr'")

@@ -331,8 +331,9 @@ def test_bad_input_numpy():
         fastlr.adam8bit_step(p, g, c, s.astype(np.float64), c.copy(), s.copy(), **ok)
     with pytest.raises(ValueError, match="block_size"):
         fastlr.adam8bit_step(p, g, c, s, c.copy(), s.copy(), block_size=0, **ok)
-    with pytest.raises(ValueError, match="variant"):
-        fastlr.adam8bit_step(p, g, c, s, c.copy(), s.copy(), variant="bnb", **ok)
+    for bad in ("bnb", [], None):  # (an unhashable one raised TypeError "unhashable type")
+        with pytest.raises(ValueError, match="variant"):
+            fastlr.adam8bit_step(p, g, c, s, c.copy(), s.copy(), variant=bad, **ok)
     with pytest.raises(ValueError, match="max_exp_avg_sq"):
         fastlr.adam8bit_step(p, g, c, s, c.copy(), s.copy(), amsgrad=True, **ok)
     with pytest.raises(ValueError, match="same array memory"):
