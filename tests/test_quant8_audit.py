@@ -130,6 +130,7 @@ def test_adam8bit_good_state_dicts_still_load(variant):
 
 # ------------------------------- a float64 param appended to an 8-bit group ---
 
+@pytest.mark.parametrize("state_dtype", ["8bit", torch.bfloat16])  # bf16: silently bf16 state before
 @pytest.mark.parametrize("numel", [5000, 100])
 @pytest.mark.parametrize("cls, kw", [
     (fastlr.optim.AdamW, {}),
@@ -137,14 +138,14 @@ def test_adam8bit_good_state_dicts_still_load(variant):
     (fastlr.optim.RMSprop, dict(centered=True)),
     (fastlr.optim.Adagrad, {}),
 ])
-def test_float64_param_appended_to_an_8bit_group_is_refused(cls, kw, numel):
+def test_float64_param_appended_to_an_8bit_group_is_refused(cls, kw, numel, state_dtype):
     """add_param_group refuses a float64 param with state_dtype="8bit" (its state stays
     float64); one appended to group["params"] afterwards reached the 8-bit kernel call:
     KeyError: 1 (Adam) or an unnamed ValueError (SGD, RMSprop, Adagrad) after the group's
     other params had been updated, or, below 4096 elements, float32 state for it. Now a
     TypeError naming it, before anything is written."""
     ps = _params()
-    opt = cls(ps, lr=1e-3, state_dtype="8bit", **kw)
+    opt = cls(ps, lr=1e-3, state_dtype=state_dtype, **kw)
     for p in ps:
         p.grad = torch.ones_like(p)
     opt.step()  # (the second step goes through the cached plan, which must notice)

@@ -113,6 +113,10 @@ def check_group(name, group, kind=None):
         _quant8_state.check_group(where, kind, group)
 
 
+def _option_text(sdt):
+    return '"8bit"' if sdt == EIGHT_BIT else str(sdt)
+
+
 def active(group):
     return bool(
         group.get("master_weights") or group.get("state_dtype") is not None
@@ -146,7 +150,7 @@ def step_group(opt, group, gs, grad_scale):
     first_id = _first_tensor_id(opt, group)
     sr = bool(group.get("stochastic_rounding"))
     seed = int(group.get("seed", 0))
-    eight_bit = group.get("state_dtype") == EIGHT_BIT
+    sdt = group.get("state_dtype")
     items = []
     seen = set()
     for j, p in enumerate(group["params"]):
@@ -164,11 +168,12 @@ def step_group(opt, group, gs, grad_scale):
                 f"fastlr.optim.{name}: params[{j}] is on {p.device}: master_weights, state_dtype "
                 "and stochastic_rounding are implemented for CPU params"
             )
-        if eight_bit and p.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        if sdt is not None and p.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             # (add_param_group refuses it; a param appended to group["params"] comes here)
             raise TypeError(
-                f"fastlr.optim.{name}: state_dtype=\"8bit\" with the {p.dtype} params[{j}]: 8-bit state "
-                "is for float32, bfloat16 and float16 params (put it in a group without the option)"
+                f"fastlr.optim.{name}: state_dtype={_option_text(sdt)} with the {p.dtype} "
+                f"params[{j}]: the option is for float32, bfloat16 and float16 params (put it in a group "
+                "without the option)"
             )
         pl = getattr(p, "_local_tensor", p)
         gl = _local_grad(g, p)
