@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .. import _C
 from . import _precision
-from ._base import _CODES, _is_dense, _profile_hook_step, _scalar, _Schedule
+from ._base import _CODES, _is_dense, _profile_hook_step, _scalar, _Schedule, _State
 
 __all__ = ["SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree"]
 
@@ -40,6 +40,7 @@ _data_ptr = torch.Tensor.data_ptr
 _nbytes = operator.attrgetter("nbytes")
 _get_grad = operator.attrgetter("grad")
 _get_z = operator.methodcaller("get", "z")
+_get_v = operator.methodcaller("get", "exp_avg_sq")
 _is = operator.is_
 _is_contiguous = torch.Tensor.is_contiguous
 _increment_version = torch.autograd.graph.increment_version
@@ -64,8 +65,8 @@ def _real(x, name, *, low=0.0, high=math.inf, low_open=False, high_open=False):
 class _Plan:
     """One group's kernel calls until its params, grads' presence or state change."""
 
-    __slots__ = ("params", "mask", "fused", "fused_idx", "p_addrs", "states", "zs", "buckets",
-                 "nbytes", "all_contig", "other", "bump", "single")
+    __slots__ = ("params", "mask", "fused", "fused_idx", "p_addrs", "state", "state_version",
+                 "states", "zs", "vs", "buckets", "nbytes", "all_contig", "other", "bump", "single")
 
 
 class _ScheduleFreeOptimizer(torch.optim.Optimizer):
@@ -79,9 +80,13 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults):
         self._fastlr_plans = {}
         super().__init__(params, defaults)
+        # counts its mutations, so a plan sees a per-param state dict deleted or replaced
+        self.state = _State(self.state)
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        if not isinstance(self.state, _State):
+            self.state = _State(self.state)
         self._fastlr_plans = {}
 
     # ------------------------------------------------------------- groups ---
@@ -224,9 +229,16 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         grads = list(map(_get_grad, params))
         mask = [g is not None for g in grads]
         plan = self._fastlr_plans.get(id(group))
+        st = self.state
+        if not isinstance(st, _State):  # reassigned by hand, e.g. to reset the optimizer
+            st = self.state = _State(st)
+        # the plan holds the state tensors' addresses: any state dict or tensor replaced
+        # since (state cleared or reset by hand) must rebuild it, not write to freed memory
         if (plan is None or plan.params is not params or plan.mask != mask
+                or plan.state is not st or plan.state_version != st.version
                 or list(map(_data_ptr, plan.fused)) != plan.p_addrs
-                or not all(map(_is, map(_get_z, plan.states), plan.zs))):
+                or not all(map(_is, map(_get_z, plan.states), plan.zs))
+                or (plan.vs is not None and not all(map(_is, map(_get_v, plan.states), plan.vs)))):
             plan = self._build_plan(group, params, grads, mask)
         active = [g for g, m in zip(grads, mask) if m] if not all(mask) else grads
         fused_grads = active if plan.single else [active[i] for i in plan.fused_idx]
@@ -292,7 +304,9 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         plan.fused_idx = fused_idx
         plan.p_addrs = list(map(_data_ptr, fused))
         plan.states = [self.state[p] for p in fused]
+        plan.state, plan.state_version = self.state, getattr(self.state, "version", None)
         plan.zs = [s["z"] for s in plan.states]
+        plan.vs = [s["exp_avg_sq"] for s in plan.states] if adaptive else None
         plan.nbytes = [p.nbytes for p in fused]
         plan.all_contig = all(p.is_contiguous() for p in fused)
         plan.other = other
