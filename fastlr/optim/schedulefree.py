@@ -27,7 +27,8 @@ from torch import Tensor
 
 from .. import _C
 from . import _precision
-from ._base import _CODES, _is_dense, _profile_hook_step, _scalar, _Schedule, _State
+from ._base import (_CODES, _compiler_boundary, _is_dense, _profile_hook_step, _scalar, _Schedule,
+                    _State)
 
 __all__ = ["SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree"]
 
@@ -149,12 +150,14 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         return _scalar(group["betas"][0] if self._beta1_key == "betas" else group["momentum"])
 
     # -------------------------------------------------------- train / eval ---
+    @_compiler_boundary
     @torch.no_grad()
     def eval(self):
         """Sets the params to x, the average the schedule-free theory evaluates
         (``p ← lerp(p, z, 1 − 1/β1)``). Call before evaluating or saving."""
         self._switch(train=False)
 
+    @_compiler_boundary
     @torch.no_grad()
     def train(self):
         """Sets the params to y, where gradients are taken (``p ← lerp(p, z, 1 − β1)``).
@@ -195,6 +198,9 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
             group["train_mode"] = train
 
     # ---------------------------------------------------------------- step ---
+    # a compiler boundary as fastlr.optim's step: under torch.compile one graph break, the
+    # step run eagerly (Dynamo cannot trace a Schedule's encoding nor the kernel call)
+    @_compiler_boundary
     @_profile_hook_step
     def step(self, closure=None):
         """Performs a single optimization step (one kernel call per group and dtype).
