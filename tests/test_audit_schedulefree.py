@@ -7,6 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 sf = pytest.importorskip("schedulefree")
 
+import fastlr  # noqa: E402
 from fastlr.optim import AdamWScheduleFree, RAdamScheduleFree, SGDScheduleFree  # noqa: E402
 
 PAIRS = {
@@ -75,3 +76,69 @@ def test_state_reset_by_hand_is_seen_by_the_next_step(name, how):
     ours.eval()
     theirs.eval()
     _assert_same(ours, theirs, po, pt)
+
+
+def _sf_run_with_plateau(cls, sched, metrics, **kw):
+    w = torch.nn.Parameter(torch.linspace(-1, 1, 6, dtype=torch.float64))
+    opt = cls([w], lr=sched, **kw)
+    opt.train()
+    plateau = fastlr.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+    used, shown = [], []
+    for k, metric in enumerate(metrics):
+        w.grad = torch.cos(w.detach() * (k + 1))
+        opt.step()
+        used.append(opt.param_groups[0]["scheduled_lr"])
+        plateau.step(metric)
+        shown.append(opt.param_groups[0]["lr"])
+    return used, shown, opt
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "radam"])
+def test_plateau_cuts_a_schedule_free_schedule(name):
+    """fastlr.ReduceLROnPlateau on a schedule-free optimizer whose lr is a Schedule: the
+    lr in use is lr_scale·s(k), as for fastlr.optim's other classes. Before, the plateau
+    set lr_scale and showed the cut lr in group["lr"], but the step ignored lr_scale and
+    rewrote group["lr"] = s(k + 1): every reduction was silently lost."""
+    ours_cls = PAIRS[name][0]
+    sched = fastlr.Cosine(0.1, 50)
+    kw = {"silent_sgd_phase": False} if name == "radam" else {}
+    metrics = [1.0, 2.0, 0.5, 0.6, 0.7, 0.4, 0.4]  # no improvement after steps 1, 3, 4, 6
+    used, shown, opt = _sf_run_with_plateau(ours_cls, sched, metrics, **kw)
+    scale = [1.0, 0.5, 0.5, 0.25, 0.125, 0.125, 0.0625]  # lr_scale after each plateau step
+    for k in range(len(metrics)):
+        assert shown[k] == scale[k] * sched(k + 1), k  # the lr the next update uses
+    # the package with group["lr"] set to the same values before each step
+    w = torch.nn.Parameter(torch.linspace(-1, 1, 6, dtype=torch.float64))
+    theirs = PAIRS[name][1]([w], lr=sched(0), **kw)
+    theirs.train()
+    ref_used = []
+    for k in range(len(metrics)):
+        theirs.param_groups[0]["lr"] = sched(0) if k == 0 else scale[k - 1] * sched(k)
+        w.grad = torch.cos(w.detach() * (k + 1))
+        theirs.step()
+        ref_used.append(theirs.param_groups[0]["scheduled_lr"])
+    assert used == ref_used
+    p = opt.param_groups[0]["params"][0]
+    torch.testing.assert_close(p, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree"])
+def test_plateau_cuts_a_numpy_schedule_free_schedule_as_the_torch_face(name):
+    """The same on fastlr.numpy's twins (they ignored lr_scale too); both faces agree."""
+    np = pytest.importorskip("numpy")
+    import fastlr.numpy as fnp
+
+    sched = fastlr.Cosine(0.1, 50)
+    kw = {"silent_sgd_phase": False} if name == "RAdamScheduleFree" else {}
+    metrics = [1.0, 2.0, 0.5, 0.6, 0.7, 0.4, 0.4]
+    used, shown, opt = _sf_run_with_plateau(getattr(fastlr.optim, name), sched, metrics, **kw)
+    w = torch.linspace(-1, 1, 6, dtype=torch.float64).numpy().copy()  # the same start
+    nopt = getattr(fnp, name)([w], lr=sched, **kw)
+    nopt.train()
+    plateau = fastlr.ReduceLROnPlateau(nopt, factor=0.5, patience=0)
+    for k, metric in enumerate(metrics):
+        nopt.step([torch.cos(torch.from_numpy(w) * (k + 1)).numpy()])  # the same grads
+        assert nopt.param_groups[0]["scheduled_lr"] == used[k], k
+        plateau.step(metric)
+        assert nopt.param_groups[0]["lr"] == shown[k], k
+    np.testing.assert_array_equal(w, opt.param_groups[0]["params"][0].detach().numpy())

@@ -101,7 +101,7 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
             if sched is not None:
                 if not isinstance(sched, _Schedule):
                     raise TypeError(f"lr_schedule must be a fastlr Schedule, got {type(sched).__name__}")
-                group["lr"] = _C.schedule_at(sched._encoding, int(group["k"]))
+                group["lr"] = _lr_scale(group) * _C.schedule_at(sched._encoding, int(group["k"]))
             self._check_group(group)
             _precision.check_group(type(self).__name__, group)
         except Exception:
@@ -331,7 +331,8 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
     def _kernel_args(self, group):
         """The arguments of _C.schedulefree_step after the tensor lists."""
         sched = group.get("lr_schedule")
-        lr = 1.0 if sched is not None else _scalar(group["lr"])
+        # with a Schedule the kernel evaluates lr_scale·s(k) (fastlr.ReduceLROnPlateau's cuts)
+        lr = _lr_scale(group) if sched is not None else _scalar(group["lr"])
         enc = None if sched is None else sched._encoding
         beta1 = self._beta1(group)
         if self._beta1_key == "betas":
@@ -350,7 +351,7 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         group["k"] = k + 1
         sched = group.get("lr_schedule")
         if sched is not None:
-            group["lr"] = _C.schedule_at(sched._encoding, k + 1)
+            group["lr"] = _lr_scale(group) * _C.schedule_at(sched._encoding, k + 1)
 
     def _step_group(self, group, plan, grads):
         active, fused_grads = grads
@@ -490,6 +491,11 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
             # from the updates' (steps >= 1)
             self._write_back(group, [([roles[0]], g) for roles, g in entries], 0)
         _increment_version([p for _, p, _ in items if not p.is_inference()])
+
+
+def _lr_scale(group):
+    """The factor on an attached Schedule (fastlr.ReduceLROnPlateau's cuts; 1 without)."""
+    return float(group.get("lr_scale", 1.0))
 
 
 def _precision_defaults(master_weights, state_dtype, stochastic_rounding, seed):
