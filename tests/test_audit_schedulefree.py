@@ -1,6 +1,7 @@
 """Audit of the schedule-free optimizers (issue 16) against the `schedulefree` package:
 cases the first tests left out (state reset by hand, ...)."""
 import collections
+import copy
 
 import pytest
 
@@ -142,3 +143,42 @@ def test_plateau_cuts_a_numpy_schedule_free_schedule_as_the_torch_face(name):
         plateau.step(metric)
         assert nopt.param_groups[0]["lr"] == shown[k], k
     np.testing.assert_array_equal(w, opt.param_groups[0]["params"][0].detach().numpy())
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "radam"])
+def test_export_of_a_scheduled_schedule_free_state_dict_continues_the_schedule(name):
+    """to_torch_state_dict / torch_lr_scheduler on a schedule-free optimizer with a
+    Schedule lr: the package continues at lr_scale·s(k + j), the values fastlr uses. Before,
+    both read fastlr.optim's schedule_t, which these groups lack: the export restarted the
+    schedule at s(0). And after a plateau cut group['lr'] is lr_scale·s(k) to the bit,
+    the value the step uses (it was new_scale·(old_lr/scale), an ulp off at times)."""
+    ours_cls, theirs_cls, _ = PAIRS[name]
+    sched = fastlr.Cosine(0.1, 50)
+    kw = {"silent_sgd_phase": False} if name == "radam" else {}
+    w = torch.nn.Parameter(torch.linspace(-1, 1, 6, dtype=torch.float64))
+    ours = ours_cls([w], lr=sched, **kw)
+    ours.train()
+    plateau = fastlr.ReduceLROnPlateau(ours, factor=0.7, patience=0, eps=0.0)
+    for k in range(10):
+        w.grad = torch.cos(w.detach() * (k + 1))
+        ours.step()
+        plateau.step(float(k))  # worse each time: a cut after every step but the first
+        group = ours.param_groups[0]
+        assert group["lr"] == group.get("lr_scale", 1.0) * sched(k + 1), k
+    sd = copy.deepcopy(ours.state_dict())  # as from a file: no tensor shared with ours
+    exported = fastlr.optim.to_torch_state_dict(sd)
+    scale = ours.param_groups[0]["lr_scale"]
+    assert exported["param_groups"][0]["lr"] == scale * sched(10)
+    v = torch.nn.Parameter(w.detach().clone())
+    theirs = theirs_cls([v], lr=1.0, **kw)
+    theirs.load_state_dict(exported)
+    lr_sched = fastlr.optim.torch_lr_scheduler(theirs, sd)
+    for k in range(10, 15):
+        g = torch.cos(w.detach() * (k + 1))
+        w.grad, v.grad = g.clone(), g.clone()
+        assert theirs.param_groups[0]["lr"] == ours.param_groups[0]["lr"], k
+        ours.step()
+        theirs.step()
+        lr_sched.step()
+        assert theirs.param_groups[0]["scheduled_lr"] == ours.param_groups[0]["scheduled_lr"], k
+    torch.testing.assert_close(w, v, rtol=1e-12, atol=1e-12)

@@ -24,6 +24,13 @@ __all__ = ["ScheduleLR", "to_torch_state_dict", "torch_lr_scheduler"]
 # Keys fastlr.optim adds to a param group with a Schedule attached.
 _FASTLR_GROUP_KEYS = ("lr_schedule", "momentum_schedule", "lr_scale", "schedule_t")
 
+def _schedule_t(group):
+    """Updates the group's schedule has made: fastlr.optim's ``schedule_t``, or the
+    schedule-free classes' ``k`` (their Schedule is evaluated at k)."""
+    t = group.get("schedule_t")
+    return int(group.get("k", 0) if t is None else t)
+
+
 def _lr_values(optimizer):
     # copies, as torch's get_last_lr: a caller editing a tensor must not change the lr
     return [g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"]
@@ -126,7 +133,7 @@ def to_torch_state_dict(source, params=None):
     frozen = []
     for i, group in enumerate(out["param_groups"]):
         sched, msched = _check_schedule_group(group, f"to_torch_state_dict: param_groups[{i}]")
-        t = int(group.get("schedule_t", 0))
+        t = _schedule_t(group)
         if sched is not None:
             group["lr"] = float(group.get("lr_scale", 1.0)) * sched(t)
         if msched is not None:
@@ -205,5 +212,5 @@ def torch_lr_scheduler(optimizer, source):
             lambdas.append(ScheduleLambda())
         else:
             group["initial_lr"] = 1.0
-            lambdas.append(ScheduleLambda(sched, saved.get("lr_scale", 1.0), saved.get("schedule_t", 0)))
+            lambdas.append(ScheduleLambda(sched, saved.get("lr_scale", 1.0), _schedule_t(saved)))
     return LambdaLR(optimizer, lambdas)
