@@ -182,3 +182,48 @@ def test_export_of_a_scheduled_schedule_free_state_dict_continues_the_schedule(n
         lr_sched.step()
         assert theirs.param_groups[0]["scheduled_lr"] == ours.param_groups[0]["scheduled_lr"], k
     torch.testing.assert_close(w, v, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "radam"])
+def test_torch_scheduler_on_a_scheduled_schedule_free_optimizer_warns_once(name):
+    """A torch LRScheduler writing group["lr"] of a schedule-free optimizer whose lr is a
+    Schedule: the Schedule wins with one warning, as with fastlr.optim's other classes
+    (README, "Schedules in frameworks"). Before, the written value was ignored silently;
+    the plateau and a hand-set lr_scale (the documented ways) still do not warn."""
+    import warnings
+
+    ours_cls = PAIRS[name][0]
+    sched = fastlr.Cosine(0.1, 50)
+    kw = {"silent_sgd_phase": False} if name == "radam" else {}
+
+    def run(attach):
+        w = torch.nn.Parameter(torch.linspace(-1, 1, 6, dtype=torch.float64))
+        opt = ours_cls([w], lr=sched, **kw)
+        opt.train()
+        lr_sched = attach(opt)
+        used = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for k in range(6):
+                w.grad = torch.cos(w.detach() * (k + 1))
+                opt.step()
+                used.append(opt.param_groups[0]["scheduled_lr"])
+                if lr_sched is not None:
+                    lr_sched.step()
+        return used, [str(c.message) for c in caught if "Schedule wins" in str(c.message)]
+
+    plain, none = run(lambda opt: None)
+    assert none == []
+    used, caught = run(lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5))
+    assert used == plain
+    assert len(caught) == 1 and ours_cls.__name__ in caught[0]
+
+    class HandScale:
+        def __init__(self, opt):
+            self.opt = opt
+
+        def step(self):
+            self.opt.param_groups[0]["lr_scale"] = 0.5
+
+    scaled, caught = run(HandScale)
+    assert caught == [] and scaled[1:] == [0.5 * u for u in plain[1:]]

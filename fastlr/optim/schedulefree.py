@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import warnings
 
 import torch
 from torch import Tensor
@@ -80,6 +81,8 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params, defaults):
         self._fastlr_plans = {}
+        self._fastlr_warned = False
+        self._fastlr_shown = {}  # id(group) -> (group, the lr last shown in group["lr"])
         super().__init__(params, defaults)
         # counts its mutations, so a plan sees a per-param state dict deleted or replaced
         self.state = _State(self.state)
@@ -88,6 +91,8 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         if not isinstance(self.state, _State):
             self.state = _State(self.state)
+        self.__dict__.setdefault("_fastlr_warned", False)
+        self._fastlr_shown = {}
         self._fastlr_plans = {}
 
     # ------------------------------------------------------------- groups ---
@@ -102,6 +107,7 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
                 if not isinstance(sched, _Schedule):
                     raise TypeError(f"lr_schedule must be a fastlr Schedule, got {type(sched).__name__}")
                 group["lr"] = _lr_scale(group) * _C.schedule_at(sched._encoding, int(group["k"]))
+                self._fastlr_shown[id(group)] = (group, group["lr"])
             self._check_group(group)
             _precision.check_group(type(self).__name__, group)
         except Exception:
@@ -215,6 +221,9 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        for group in self.param_groups:
+            if "lr_schedule" in group or isinstance(group["lr"], _Schedule):
+                self._sync_schedule(group)
         prev = torch.is_grad_enabled()  # torch.no_grad(), without its Python object
         torch._C._set_grad_enabled(False)
         try:
@@ -229,6 +238,29 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         finally:
             torch._C._set_grad_enabled(prev)
         return loss
+
+    def _sync_schedule(self, group):
+        """Before an update: the attached Schedule gives the lr (as fastlr.optim's classes,
+        one warning when something else, e.g. a torch LRScheduler, wrote group["lr"])."""
+        lr = group["lr"]
+        if isinstance(lr, _Schedule):  # a Schedule written into lr is the one to use now
+            group["lr_schedule"] = lr
+        sched = group["lr_schedule"]
+        shown = _lr_scale(group) * _C.schedule_at(sched._encoding, int(group["k"]))
+        # foreign: neither what this optimizer showed last nor lr_scale·s(k) (a new
+        # lr_scale set by hand or by fastlr.ReduceLROnPlateau is not)
+        written = self._fastlr_shown.get(id(group))
+        foreign = written is not None and written[0] is group and lr != written[1]
+        if foreign and not isinstance(lr, _Schedule) and lr != shown and not self._fastlr_warned:
+            self._fastlr_warned = True
+            warnings.warn(
+                f"fastlr.optim.{type(self).__name__}: group['lr'] was changed outside the "
+                "optimizer (e.g. by a torch LRScheduler) while a fastlr Schedule is attached; "
+                "the Schedule wins and the value is overwritten. Scale a schedule with "
+                "group['lr_scale'], or pass a float to let a torch scheduler drive it.",
+                stacklevel=5,
+            )
+        group["lr"] = shown
 
     def _plan(self, group):
         params = group["params"]
@@ -352,6 +384,7 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         sched = group.get("lr_schedule")
         if sched is not None:
             group["lr"] = _lr_scale(group) * _C.schedule_at(sched._encoding, k + 1)
+            self._fastlr_shown[id(group)] = (group, group["lr"])
 
     def _step_group(self, group, plan, grads):
         active, fused_grads = grads
