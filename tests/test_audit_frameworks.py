@@ -109,3 +109,43 @@ def test_compiled_schedule_free_step_and_mode_switch_run_eagerly():
         assert torch.equal(a, b)
     assert opt.param_groups[0]["lr"] == sched(4)
     assert not opt.param_groups[0]["train_mode"]
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: fastlr.optim.AdamW(ps, lr=fastlr.Cosine(1e-2, 20)),
+    lambda ps: fastlr.optim.AdamWScheduleFree(ps, lr=fastlr.Cosine(1e-2, 20)),
+], ids=["adamw", "adamw_sf"])
+def test_compiled_step_with_schedule_lr_step_does_not_recompile(make):
+    """``opt.step(); lr_scheduler.step()`` with ScheduleLR inside the compiled step (the
+    usual loop): Dynamo traced ScheduleLR.step, guarded on the group["lr"] floats it reads
+    and recompiled at every step (9 frames in 10 steps, then the recompile limit). Now
+    ScheduleLR.step is a compiler boundary as opt.step(): 2 frames, the same lrs."""
+    from torch._dynamo.testing import CompileCounter
+
+    model = tiny_model()
+    opt = make(model.parameters())
+    if hasattr(opt, "eval"):
+        opt.train()
+    lr_scheduler = fastlr.optim.ScheduleLR(opt)
+    x, y = data()
+
+    def train_step():
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        lr_scheduler.step()
+        return loss.detach()
+
+    reset_dynamo()
+    counter = CompileCounter()
+    fn = torch.compile(train_step, backend=counter)
+    logged = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(10):
+            fn()
+            logged.append(lr_scheduler.get_last_lr()[0])
+    assert logged == [fastlr.Cosine(1e-2, 20)(k + 1) for k in range(10)]
+    assert lr_scheduler.last_epoch == 10
+    assert counter.frame_count == 2

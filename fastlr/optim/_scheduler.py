@@ -17,7 +17,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from . import _precision
-from ._base import _Schedule
+from ._base import _compiler_boundary, _Schedule
 
 __all__ = ["ScheduleLR", "to_torch_state_dict", "torch_lr_scheduler"]
 
@@ -75,6 +75,9 @@ class ScheduleLR(LRScheduler):
         """The lr each group's next update uses (what the optimizer shows)."""
         return _lr_values(self.optimizer)
 
+    # a compiler boundary as opt.step(): traced, its reads of the changing group["lr"]
+    # floats would be guarded on, and a compiled step calling it recompile every step
+    @_compiler_boundary
     def step(self, epoch=None, metric=None):
         """Counts a step and records the optimizer's lr values; changes none (the kernel
         evaluates the schedules)."""
