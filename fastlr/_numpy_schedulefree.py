@@ -19,10 +19,26 @@ import copy
 
 import numpy as np
 
+from . import _C
 from . import _schedulefree_kernels as _k
 from .schedules import Schedule
 
 __all__ = ["SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree"]
+
+
+def _shown_lr(group, k):
+    """The lr update k + 1 uses: lr_scale·s(k) (fastlr.ReduceLROnPlateau scales it)."""
+    return float(group.get("lr_scale", 1.0)) * _C.schedule_at(group["lr_schedule"]._encoding, int(k))
+
+
+def _kernel_lr(group, step):
+    """The kernel's lr argument: the Schedule itself, or its value scaled by lr_scale."""
+    sched = group.get("lr_schedule")
+    if sched is None:
+        return group["lr"]
+    if float(group.get("lr_scale", 1.0)) == 1.0:
+        return sched
+    return _shown_lr(group, step - 1)
 
 
 class _ScheduleFree:
@@ -64,7 +80,7 @@ class _ScheduleFree:
         if self.param_groups:  # a group added after train() starts in train mode too
             group["train_mode"] = self.param_groups[0]["train_mode"]
         if "lr_schedule" in group:
-            group["lr"] = group["lr_schedule"](group["k"])
+            group["lr"] = _shown_lr(group, group["k"])
         self.param_groups.append(group)
 
     def _check(self, group):
@@ -140,7 +156,7 @@ class _ScheduleFree:
             group["scheduled_lr"], group["lr_max"], group["weight_sum"] = result
             group["k"] += 1
             if "lr_schedule" in group:
-                group["lr"] = group["lr_schedule"](group["k"])
+                group["lr"] = _shown_lr(group, group["k"])
             offset += n
 
     def state_dict(self):
@@ -205,7 +221,7 @@ class SGDScheduleFree(_ScheduleFree):
 
     def _call(self, g, ps, gs, zs, vs, step=1):
         return _k.sgd_schedulefree_step(
-            ps, gs, zs, step=step, lr=g.get("lr_schedule", g["lr"]), momentum=g["momentum"],
+            ps, gs, zs, step=step, lr=_kernel_lr(g, step), momentum=g["momentum"],
             weight_decay=g["weight_decay"], warmup_steps=g["warmup_steps"], r=g["r"],
             weight_lr_power=g["weight_lr_power"], lr_max=g["lr_max"], weight_sum=g["weight_sum"])
 
@@ -225,7 +241,7 @@ class AdamWScheduleFree(_ScheduleFree):
 
     def _call(self, g, ps, gs, zs, vs, step=1):
         return _k.adamw_schedulefree_step(
-            ps, gs, zs, vs, step=step, lr=g.get("lr_schedule", g["lr"]), beta1=g["betas"][0],
+            ps, gs, zs, vs, step=step, lr=_kernel_lr(g, step), beta1=g["betas"][0],
             beta2=g["betas"][1], eps=g["eps"], weight_decay=g["weight_decay"],
             warmup_steps=g["warmup_steps"], r=g["r"], weight_lr_power=g["weight_lr_power"],
             lr_max=g["lr_max"], weight_sum=g["weight_sum"])
@@ -246,7 +262,7 @@ class RAdamScheduleFree(_ScheduleFree):
 
     def _call(self, g, ps, gs, zs, vs, step=1):
         return _k.radam_schedulefree_step(
-            ps, gs, zs, vs, step=step, lr=g.get("lr_schedule", g["lr"]), beta1=g["betas"][0],
+            ps, gs, zs, vs, step=step, lr=_kernel_lr(g, step), beta1=g["betas"][0],
             beta2=g["betas"][1], eps=g["eps"], weight_decay=g["weight_decay"], r=g["r"],
             weight_lr_power=g["weight_lr_power"], lr_max=g["lr_max"], weight_sum=g["weight_sum"],
             silent_sgd_phase=g["silent_sgd_phase"])

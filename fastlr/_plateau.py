@@ -196,6 +196,8 @@ class _ReduceLROnPlateau:
                 new_scale = scale * (new_lr / old_lr)
             group["lr_scale"] = new_scale
             t = group.get("schedule_t")  # fastlr.optim's count of the group's updates
+            if t is None:
+                t = group.get("k")  # the schedule-free classes' count
             if t is not None:  # the same product the optimizer shows, to the last bit
                 _set_lr(group, new_scale * group["lr_schedule"](int(t)))
             else:

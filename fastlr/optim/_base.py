@@ -429,6 +429,8 @@ class FastlrOptimizer(torch.optim.Optimizer):
         if found_inf is not None and float(found_inf) != 0.0:
             return loss  # GradScaler found inf/nan: skip the whole step, change nothing
         gs = 1.0 if grad_scale is None else float(grad_scale)
+        if not isinstance(self.state, _State):  # reassigned by hand, e.g. to reset it
+            self.state = _State(self.state)
         prev = torch.is_grad_enabled()  # torch.no_grad(), without its Python object
         torch._C._set_grad_enabled(False)
         try:

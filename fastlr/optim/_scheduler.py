@@ -17,12 +17,19 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from . import _precision
-from ._base import _Schedule
+from ._base import _compiler_boundary, _Schedule
 
 __all__ = ["ScheduleLR", "to_torch_state_dict", "torch_lr_scheduler"]
 
 # Keys fastlr.optim adds to a param group with a Schedule attached.
 _FASTLR_GROUP_KEYS = ("lr_schedule", "momentum_schedule", "lr_scale", "schedule_t")
+
+def _schedule_t(group):
+    """Updates the group's schedule has made: fastlr.optim's ``schedule_t``, or the
+    schedule-free classes' ``k`` (their Schedule is evaluated at k)."""
+    t = group.get("schedule_t")
+    return int(group.get("k", 0) if t is None else t)
+
 
 def _lr_values(optimizer):
     # copies, as torch's get_last_lr: a caller editing a tensor must not change the lr
@@ -68,6 +75,9 @@ class ScheduleLR(LRScheduler):
         """The lr each group's next update uses (what the optimizer shows)."""
         return _lr_values(self.optimizer)
 
+    # a compiler boundary as opt.step(): traced, its reads of the changing group["lr"]
+    # floats would be guarded on, and a compiled step calling it recompile every step
+    @_compiler_boundary
     def step(self, epoch=None, metric=None):
         """Counts a step and records the optimizer's lr values; changes none (the kernel
         evaluates the schedules)."""
@@ -126,7 +136,7 @@ def to_torch_state_dict(source, params=None):
     frozen = []
     for i, group in enumerate(out["param_groups"]):
         sched, msched = _check_schedule_group(group, f"to_torch_state_dict: param_groups[{i}]")
-        t = int(group.get("schedule_t", 0))
+        t = _schedule_t(group)
         if sched is not None:
             group["lr"] = float(group.get("lr_scale", 1.0)) * sched(t)
         if msched is not None:
@@ -205,5 +215,5 @@ def torch_lr_scheduler(optimizer, source):
             lambdas.append(ScheduleLambda())
         else:
             group["initial_lr"] = 1.0
-            lambdas.append(ScheduleLambda(sched, saved.get("lr_scale", 1.0), saved.get("schedule_t", 0)))
+            lambdas.append(ScheduleLambda(sched, saved.get("lr_scale", 1.0), _schedule_t(saved)))
     return LambdaLR(optimizer, lambdas)

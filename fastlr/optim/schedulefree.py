@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import warnings
 
 import torch
 from torch import Tensor
@@ -28,7 +29,8 @@ from torch import Tensor
 from .. import _C
 from .._schedulefree_kernels import GROUP_START, STEP_IN_EVAL
 from . import _precision
-from ._base import _CODES, _is_dense, _profile_hook_step, _scalar, _Schedule
+from ._base import (_CODES, _compiler_boundary, _is_dense, _profile_hook_step, _scalar, _Schedule,
+                    _State)
 
 __all__ = ["SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree"]
 
@@ -37,6 +39,7 @@ _data_ptr = torch.Tensor.data_ptr
 _nbytes = operator.attrgetter("nbytes")
 _get_grad = operator.attrgetter("grad")
 _get_z = operator.methodcaller("get", "z")
+_get_v = operator.methodcaller("get", "exp_avg_sq")
 _is = operator.is_
 _is_contiguous = torch.Tensor.is_contiguous
 _increment_version = torch.autograd.graph.increment_version
@@ -61,8 +64,8 @@ def _real(x, name, *, low=0.0, high=math.inf, low_open=False, high_open=False):
 class _Plan:
     """One group's kernel calls until its params, grads' presence or state change."""
 
-    __slots__ = ("params", "mask", "fused", "fused_idx", "p_addrs", "states", "zs", "buckets",
-                 "nbytes", "all_contig", "other", "bump", "single")
+    __slots__ = ("params", "mask", "fused", "fused_idx", "p_addrs", "state", "state_version",
+                 "states", "zs", "vs", "buckets", "nbytes", "all_contig", "other", "bump", "single")
 
 
 class _ScheduleFreeOptimizer(torch.optim.Optimizer):
@@ -75,10 +78,18 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params, defaults):
         self._fastlr_plans = {}
+        self._fastlr_warned = False
+        self._fastlr_shown = {}  # id(group) -> (group, the lr last shown in group["lr"])
         super().__init__(params, defaults)
+        # counts its mutations, so a plan sees a per-param state dict deleted or replaced
+        self.state = _State(self.state)
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        if not isinstance(self.state, _State):
+            self.state = _State(self.state)
+        self.__dict__.setdefault("_fastlr_warned", False)
+        self._fastlr_shown = {}
         self._fastlr_plans = {}
 
     # ------------------------------------------------------------- groups ---
@@ -92,7 +103,8 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
             if sched is not None:
                 if not isinstance(sched, _Schedule):
                     raise TypeError(f"lr_schedule must be a fastlr Schedule, got {type(sched).__name__}")
-                group["lr"] = _C.schedule_at(sched._encoding, int(group["k"]))
+                group["lr"] = _lr_scale(group) * _C.schedule_at(sched._encoding, int(group["k"]))
+                self._fastlr_shown[id(group)] = (group, group["lr"])
             self._check_group(group)
             _precision.check_group(type(self).__name__, group)
         except Exception:
@@ -141,12 +153,14 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         return _scalar(group["betas"][0] if self._beta1_key == "betas" else group["momentum"])
 
     # -------------------------------------------------------- train / eval ---
+    @_compiler_boundary
     @torch.no_grad()
     def eval(self):
         """Sets the params to x, the average the schedule-free theory evaluates
         (``p ← lerp(p, z, 1 − 1/β1)``). Call before evaluating or saving."""
         self._switch(train=False)
 
+    @_compiler_boundary
     @torch.no_grad()
     def train(self):
         """Sets the params to y, where gradients are taken (``p ← lerp(p, z, 1 − β1)``).
@@ -187,6 +201,9 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
             group["train_mode"] = train
 
     # ---------------------------------------------------------------- step ---
+    # a compiler boundary as fastlr.optim's step: under torch.compile one graph break, the
+    # step run eagerly (Dynamo cannot trace a Schedule's encoding nor the kernel call)
+    @_compiler_boundary
     @_profile_hook_step
     def step(self, closure=None):
         """Performs a single optimization step (one kernel call per group and dtype).
@@ -201,6 +218,9 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        for group in self.param_groups:
+            if "lr_schedule" in group or isinstance(group["lr"], _Schedule):
+                self._sync_schedule(group)
         prev = torch.is_grad_enabled()  # torch.no_grad(), without its Python object
         torch._C._set_grad_enabled(False)
         try:
@@ -216,14 +236,44 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
             torch._C._set_grad_enabled(prev)
         return loss
 
+    def _sync_schedule(self, group):
+        """Before an update: the attached Schedule gives the lr (as fastlr.optim's classes,
+        one warning when something else, e.g. a torch LRScheduler, wrote group["lr"])."""
+        lr = group["lr"]
+        if isinstance(lr, _Schedule):  # a Schedule written into lr is the one to use now
+            group["lr_schedule"] = lr
+        sched = group["lr_schedule"]
+        shown = _lr_scale(group) * _C.schedule_at(sched._encoding, int(group["k"]))
+        # foreign: neither what this optimizer showed last nor lr_scale·s(k) (a new
+        # lr_scale set by hand or by fastlr.ReduceLROnPlateau is not)
+        written = self._fastlr_shown.get(id(group))
+        foreign = written is not None and written[0] is group and lr != written[1]
+        if foreign and not isinstance(lr, _Schedule) and lr != shown and not self._fastlr_warned:
+            self._fastlr_warned = True
+            warnings.warn(
+                f"fastlr.optim.{type(self).__name__}: group['lr'] was changed outside the "
+                "optimizer (e.g. by a torch LRScheduler) while a fastlr Schedule is attached; "
+                "the Schedule wins and the value is overwritten. Scale a schedule with "
+                "group['lr_scale'], or pass a float to let a torch scheduler drive it.",
+                stacklevel=5,
+            )
+        group["lr"] = shown
+
     def _plan(self, group):
         params = group["params"]
         grads = list(map(_get_grad, params))
         mask = [g is not None for g in grads]
         plan = self._fastlr_plans.get(id(group))
+        st = self.state
+        if not isinstance(st, _State):  # reassigned by hand, e.g. to reset the optimizer
+            st = self.state = _State(st)
+        # the plan holds the state tensors' addresses: any state dict or tensor replaced
+        # since (state cleared or reset by hand) must rebuild it, not write to freed memory
         if (plan is None or plan.params is not params or plan.mask != mask
+                or plan.state is not st or plan.state_version != st.version
                 or list(map(_data_ptr, plan.fused)) != plan.p_addrs
-                or not all(map(_is, map(_get_z, plan.states), plan.zs))):
+                or not all(map(_is, map(_get_z, plan.states), plan.zs))
+                or (plan.vs is not None and not all(map(_is, map(_get_v, plan.states), plan.vs)))):
             plan = self._build_plan(group, params, grads, mask)
         active = [g for g, m in zip(grads, mask) if m] if not all(mask) else grads
         fused_grads = active if plan.single else [active[i] for i in plan.fused_idx]
@@ -289,7 +339,9 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         plan.fused_idx = fused_idx
         plan.p_addrs = list(map(_data_ptr, fused))
         plan.states = [self.state[p] for p in fused]
+        plan.state, plan.state_version = self.state, getattr(self.state, "version", None)
         plan.zs = [s["z"] for s in plan.states]
+        plan.vs = [s["exp_avg_sq"] for s in plan.states] if adaptive else None
         plan.nbytes = [p.nbytes for p in fused]
         plan.all_contig = all(p.is_contiguous() for p in fused)
         plan.other = other
@@ -308,7 +360,8 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
     def _kernel_args(self, group):
         """The arguments of _C.schedulefree_step after the tensor lists."""
         sched = group.get("lr_schedule")
-        lr = 1.0 if sched is not None else _scalar(group["lr"])
+        # with a Schedule the kernel evaluates lr_scale·s(k) (fastlr.ReduceLROnPlateau's cuts)
+        lr = _lr_scale(group) if sched is not None else _scalar(group["lr"])
         enc = None if sched is None else sched._encoding
         beta1 = self._beta1(group)
         if self._beta1_key == "betas":
@@ -327,7 +380,8 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
         group["k"] = k + 1
         sched = group.get("lr_schedule")
         if sched is not None:
-            group["lr"] = _C.schedule_at(sched._encoding, k + 1)
+            group["lr"] = _lr_scale(group) * _C.schedule_at(sched._encoding, k + 1)
+            self._fastlr_shown[id(group)] = (group, group["lr"])
 
     def _step_group(self, group, plan, grads):
         active, fused_grads = grads
@@ -467,6 +521,11 @@ class _ScheduleFreeOptimizer(torch.optim.Optimizer):
             # from the updates' (steps >= 1)
             self._write_back(group, [([roles[0]], g) for roles, g in entries], 0)
         _increment_version([p for _, p, _ in items if not p.is_inference()])
+
+
+def _lr_scale(group):
+    """The factor on an attached Schedule (fastlr.ReduceLROnPlateau's cuts; 1 without)."""
+    return float(group.get("lr_scale", 1.0))
 
 
 def _precision_defaults(master_weights, state_dtype, stochastic_rounding, seed):
