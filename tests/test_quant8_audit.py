@@ -205,3 +205,72 @@ def test_bitsandbytes_cpu_rounding_is_not_nearest_as_documented():
         excess = theirs - nearest
         assert (excess > 0).float().mean() > 0.2  # many of these tiny values land elsewhere
         assert excess.max() < 3.2e-5
+
+
+# ------------------------------------------------ AdamW8bit in a training loop ---
+
+@pytest.mark.parametrize("cls", [fastlr.optim.Adam8bit, fastlr.optim.AdamW8bit])
+def test_adam8bit_state_reassigned_to_a_plain_defaultdict_restarts(cls):
+    """``opt.state = collections.defaultdict(dict)`` (a reset) raised AttributeError
+    ('defaultdict' object has no attribute 'version') at the next step; it restarts the
+    state, as a fresh optimizer would from there."""
+    import collections
+
+    ps, fresh_ps = _params(), _params()
+    opt = cls(ps, lr=1e-2)
+    for step in range(3):
+        for p in ps:
+            p.grad = torch.full_like(p, 0.1 * (step + 1))
+        opt.step()
+    opt.state = collections.defaultdict(dict)
+    with torch.no_grad():
+        for p, q in zip(ps, fresh_ps):
+            q.copy_(p)
+    fresh = cls(fresh_ps, lr=1e-2)
+    for step in range(3):
+        for p, q in zip(ps, fresh_ps):
+            p.grad = torch.full_like(p, 0.2 * (step + 1))
+            q.grad = p.grad.clone()
+        opt.step()
+        fresh.step()
+    for p, q in zip(ps, fresh_ps):
+        assert torch.equal(p, q)
+    assert float(opt.state[ps[0]]["step"]) == 3.0
+
+
+def test_compiled_training_step_with_adamw8bit_equals_eager():
+    """AdamW8bit's step() is a compiler boundary as fastlr.optim's: a compiled training step
+    gives the eager result bit for bit with 3 graph breaks (backward, step, zero_grad) and
+    2 frames; Dynamo traced its per-param Python before (10 breaks, 8 frames)."""
+    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
+
+    def run(backend):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.Tanh(), torch.nn.Linear(96, 4))
+        opt = fastlr.optim.AdamW8bit(model.parameters(), lr=1e-2)
+        x, y = torch.randn(32, 64), torch.randn(32, 4)
+
+        def train_step():
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            return loss.detach()
+
+        fn = train_step if backend is None else torch.compile(train_step, backend=backend)
+        losses = [fn().item() for _ in range(6)]
+        assert "exp_avg_codes" in opt.state[model[0].weight]  # the 64x96 weight is 8-bit
+        return losses, [p.detach().clone() for p in model.parameters()]
+
+    torch._dynamo.reset()
+    counters.clear()
+    counter = CompileCounter()
+    losses, params = run(counter)
+    breaks = dict(counters["graph_break"])
+    eager_losses, eager_params = run(None)
+    assert losses == eager_losses
+    assert all(torch.equal(a, b) for a, b in zip(params, eager_params))
+    assert sum(breaks.values()) == 3, breaks
+    assert counter.frame_count == 2
+    torch._dynamo.reset()

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .. import _C, _quant8
 from . import _checkpoint, _precision, _quant8_state
-from ._base import _State, _profile_hook_step
+from ._base import _State, _compiler_boundary, _profile_hook_step
 
 __all__ = ["Adam8bit", "AdamW8bit", "state_dict_to_float32"]
 
@@ -122,6 +122,7 @@ class _Adam8bitBase(torch.optim.Optimizer):
                 state[role] = torch.zeros_like(p, memory_format=torch.contiguous_format)
 
     # ------------------------------------------------------------------- step ---
+    @_compiler_boundary
     @_profile_hook_step
     def step(self, closure=None):
         """One fused 8-bit step per param group (per dtype, per quantized/32-bit state
@@ -130,6 +131,8 @@ class _Adam8bitBase(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if not isinstance(self.state, _State):  # reassigned by hand, e.g. to reset it
+            self.state = _State(self.state)
         prev = torch.is_grad_enabled()  # torch.no_grad(), without its Python object
         torch._C._set_grad_enabled(False)
         try:
