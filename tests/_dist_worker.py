@@ -402,24 +402,30 @@ QUANT8_FSDP2 = {
     "SGD": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "state_dtype": "8bit"},
     "RMSprop": {"lr": 1e-2, "momentum": 0.5, "centered": True, "state_dtype": "8bit"},
     "Adagrad": {"lr": 0.1, "initial_accumulator_value": 0.1, "state_dtype": "8bit"},
+    "AdamW8bit": {"lr": 1e-2},  # torchao's layout and semantics
 }
 
 
-def make_q8_fsdp_model():
+def make_q8_fsdp_model(name="AdamW"):
+    """The 8-bit weights are params 2 and 6, one of 9 rows (shards of 5 and 4); param 4 is a
+    (512, 20) weight for state_dtype="8bit" (rows of 20: float32 state under FSDP2, 8-bit
+    unsharded), a (256, 9) one for AdamW8bit (its layout has no per-group choice)."""
     torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Linear(6, 256), torch.nn.Tanh(),
-        torch.nn.Linear(256, 20), torch.nn.Tanh(),
-        torch.nn.Linear(20, 512), torch.nn.Tanh(),
-        torch.nn.Linear(512, 9), torch.nn.Tanh(),  # 9 rows: shards of 5 and 4
-        torch.nn.Linear(9, 1),
-    )
+    if name == "AdamW8bit":
+        sizes = [(6, 512), (512, 9), (9, 256), (256, 20), (20, 1)]
+    else:
+        sizes = [(6, 256), (256, 20), (20, 512), (512, 9), (9, 1)]
+    layers = []
+    for n_in, n_out in sizes:
+        layers += [torch.nn.Linear(n_in, n_out), torch.nn.Tanh()]
+    return torch.nn.Sequential(*layers[:-1])
 
 
 def q8_unsharded(name):
-    """Unsharded params and optimizer with the state each param has under FSDP2 (the
-    (512, 20) weight's rows are 20 elements, not whole blocks: float32 state)."""
-    params = [p.detach().clone() for p in make_q8_fsdp_model().parameters()]
+    """Unsharded params and optimizer with the state each param has under FSDP2."""
+    params = [p.detach().clone() for p in make_q8_fsdp_model(name).parameters()]
+    if name == "AdamW8bit":
+        return params, fastlr.optim.AdamW8bit(params, **QUANT8_FSDP2[name])
     groups = [{"params": [q for i, q in enumerate(params) if i != 4]}, {"params": [params[4]], "state_dtype": None}]
     return params, getattr(fastlr.optim, name)(groups, **QUANT8_FSDP2[name])
 
@@ -450,8 +456,8 @@ def _quant8_fsdp2(rank, outdir):
 
     mesh = init_device_mesh("cpu", (WORLD,))
 
-    def sharded():
-        model = make_q8_fsdp_model()
+    def sharded(name="AdamW"):
+        model = make_q8_fsdp_model(name)
         for layer in model:
             if isinstance(layer, torch.nn.Linear):
                 fully_shard(layer, mesh=mesh)
@@ -459,7 +465,7 @@ def _quant8_fsdp2(rank, outdir):
 
     res = {}
     for name, kw in QUANT8_FSDP2.items():
-        model = sharded()
+        model = sharded(name)
         opt = getattr(fastlr.optim, name)(model.parameters(), **kw)
         res["fsdp2", name], res["fsdp2", name, "vs unsharded"] = lockstep(model, opt, *q8_unsharded(name),
                                                                           STEPS, rank)
@@ -469,29 +475,20 @@ def _quant8_fsdp2(rank, outdir):
             for p in model.parameters()
         ]
     # mid-training DCP checkpoint (each rank writes its shards of codes and scales), resumed
-    model = sharded()
-    opt = fastlr.optim.AdamW(model.parameters(), **QUANT8)
-    head = typed_train(model, opt, RESUME_AT, rank=rank)
-    msd, osd = get_state_dict(model, opt)
-    dcp.save({"model": msd, "optim": osd}, checkpoint_id=os.path.join(outdir, "quant8-dcp"))
-    model = sharded()
-    opt = fastlr.optim.AdamW(model.parameters(), **QUANT8)
-    msd, osd = get_state_dict(model, opt)
-    dcp.load({"model": msd, "optim": osd}, checkpoint_id=os.path.join(outdir, "quant8-dcp"))
-    set_state_dict(model, opt, model_state_dict=msd, optim_state_dict=osd)
-    tail = typed_train(model, opt, STEPS - RESUME_AT, start=RESUME_AT, rank=rank)
-    res["fsdp2", "resume"] = [torch.cat(ps) for ps in zip(head, tail)]
-    # AdamW8bit (torchao's layout) refuses DTensor params before anything changes
-    model = sharded()
-    before = snapshot(model)
-    opt = fastlr.optim.AdamW8bit(model.parameters(), lr=1e-2)
-    try:
-        typed_train(model, opt, 1, rank=rank)
-        res["fsdp2", "AdamW8bit"] = "no error"
-    except NotImplementedError as e:
-        res["fsdp2", "AdamW8bit"] = str(e)
-    res["fsdp2", "AdamW8bit", "untouched"] = len(opt.state) == 0 and all(
-        torch.equal(a, b) for a, b in zip(before, snapshot(model)))
+    for name in ("AdamW", "AdamW8bit"):
+        path = os.path.join(outdir, f"quant8-dcp-{name}")
+        model = sharded(name)
+        opt = getattr(fastlr.optim, name)(model.parameters(), **QUANT8_FSDP2[name])
+        head = typed_train(model, opt, RESUME_AT, rank=rank)
+        msd, osd = get_state_dict(model, opt)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=path)
+        model = sharded(name)
+        opt = getattr(fastlr.optim, name)(model.parameters(), **QUANT8_FSDP2[name])
+        msd, osd = get_state_dict(model, opt)
+        dcp.load({"model": msd, "optim": osd}, checkpoint_id=path)
+        set_state_dict(model, opt, model_state_dict=msd, optim_state_dict=osd)
+        tail = typed_train(model, opt, STEPS - RESUME_AT, start=RESUME_AT, rank=rank)
+        res["fsdp2", name, "resume"] = [torch.cat(ps) for ps in zip(head, tail)]
     return res
 
 

@@ -257,7 +257,7 @@ def test_fsdp2_8bit_state(runs, name):
         pytest.skip(w._fsdp2_unavailable() or "FSDP2 did not run")
     got = w.flat(None, shards=[r0["fsdp2", name], r1["fsdp2", name]])
     assert r0["fsdp2", name, "vs unsharded"] == r1["fsdp2", name, "vs unsharded"] == 0.0
-    params = list(w.make_q8_fsdp_model().parameters())
+    params = list(w.make_q8_fsdp_model(name).parameters())
     for i, (p, entries) in enumerate(zip(params, r0["fsdp2", name, "state"])):
         kinds = {key: rest for key, *rest in entries}
         assert kinds.pop("step", ("Tensor",))[0] == "Tensor"  # (SGD keeps no step)
@@ -271,17 +271,9 @@ def test_fsdp2_8bit_state(runs, name):
             else:
                 assert not key.endswith(("_codes", "_scale")) and dtype == "torch.float32", (i, key)
         assert any(k.endswith("_codes") for k in kinds) == (i in w.QUANT8_SHARDED), i
-    if name == "AdamW":
-        resumed = w.flat(None, shards=[r0["fsdp2", "resume"], r1["fsdp2", "resume"]])
-        check("FSDP2 8-bit DCP resumed vs uninterrupted", resumed, got, tol=0.0)
-
-
-def test_fsdp2_adamw8bit_refused(runs):
-    r0, _ = runs("quant8")
-    if ("fsdp2", "AdamW8bit") not in r0:
-        pytest.skip(w._fsdp2_unavailable() or "FSDP2 did not run")
-    assert "DTensor" in r0["fsdp2", "AdamW8bit"] and "not implemented" in r0["fsdp2", "AdamW8bit"]
-    assert r0["fsdp2", "AdamW8bit", "untouched"]
+    if ("fsdp2", name, "resume") in r0:
+        resumed = w.flat(None, shards=[r0["fsdp2", name, "resume"], r1["fsdp2", name, "resume"]])
+        check(f"FSDP2 8-bit {name} DCP resumed vs uninterrupted", resumed, got, tol=0.0)
 
 
 # ------------------------------------------------------------------- example ---

@@ -36,26 +36,32 @@ def quantized(p):
     DTensor only when its shards are whole rows of whole blocks (module docstring)."""
     if p.numel() < _quant8.MIN_QUANT8_NUMEL:
         return False
-    return not is_dtensor(p) or _blocks_per_row(p) is not None
+    return not is_dtensor(p) or blocks_per_row(p) is not None
 
 
 def is_dtensor(p):
     return type(p) is not torch.Tensor and hasattr(p, "_local_tensor")
 
 
-def _blocks_per_row(p):
+def blocks_per_row(p, block=BLOCK_SIZE):
     """Blocks per row of a DTensor whose shards are whole rows of whole blocks, else None."""
     if p.dim() < 2 or any(not (pl.is_replicate() or pl.is_shard(0)) for pl in p.placements):
         return None
     row = p.numel() // p.shape[0]
-    return row // BLOCK_SIZE if row % BLOCK_SIZE == 0 else None
+    return row // block if row % block == 0 else None
 
 
-def _scale_shape(p):
-    """The scales' (global) shape: one per block, (rows, blocks per row) for a DTensor."""
-    if is_dtensor(p):
-        return (p.shape[0], _blocks_per_row(p))
-    return (_quant8.num_blocks(p.numel(), BLOCK_SIZE),)
+def wrap_sharded(p, codes, scale, block=BLOCK_SIZE):
+    """The local (codes, scales) of a DTensor p's 8-bit state as DTensors: the codes sharded
+    like p, the scales as (rows, blocks per row) sharded the same way."""
+    from torch.distributed.tensor import DTensor
+
+    per_row = blocks_per_row(p, block)
+    codes = DTensor.from_local(codes, p.device_mesh, p.placements, run_check=False, shape=p.shape,
+                               stride=p.stride())
+    scale = DTensor.from_local(scale.reshape(-1, per_row), p.device_mesh, p.placements, run_check=False,
+                               shape=(p.shape[0], per_row), stride=(per_row, 1))
+    return codes, scale
 
 
 def storage(p):
@@ -87,16 +93,9 @@ def new_role(state, role, p, fill=0.0):
     codes, scale = _quant8.filled(tuple(local.shape), fill, BLOCK_SIZE, *_quant8.ROLES[role])
     codes, scale = torch.from_numpy(codes), torch.from_numpy(scale)
     if is_dtensor(p):
-        from torch.distributed.tensor import DTensor
-
-        rows, per_row = _scale_shape(p)
-        state[role + "_codes"] = DTensor.from_local(codes, p.device_mesh, p.placements, run_check=False,
-                                                    shape=p.shape, stride=p.stride())
-        scale = scale.reshape(local.shape[0], per_row)
-        state[role + "_scale"] = DTensor.from_local(scale, p.device_mesh, p.placements, run_check=False,
-                                                    shape=(rows, per_row), stride=(per_row, 1))
-    else:
-        state[role + "_codes"], state[role + "_scale"] = codes, scale
+        state[role + "_codes"], state[role + "_scale"] = wrap_sharded(p, codes, scale)
+        return codes, state[role + "_scale"]._local_tensor
+    state[role + "_codes"], state[role + "_scale"] = codes, scale
     return codes, scale
 
 
@@ -191,8 +190,8 @@ def check_saved(where, key, value, p, block=BLOCK_SIZE):
     if not torch.is_tensor(value):
         raise ValueError(f"{where}[{key!r}] must be a tensor, got {type(value).__name__}")
     scale_shape = None
-    if is_dtensor(p) and block == BLOCK_SIZE and quantized(p):
-        scale_shape = _scale_shape(p)
+    if is_dtensor(p) and blocks_per_row(p, block) is not None:
+        scale_shape = (p.shape[0], blocks_per_row(p, block))
     elif value.dim() == 2 and p.dim() >= 1 and value.shape[0] == p.shape[0]:
         scale_shape = (p.shape[0], _quant8.num_blocks(p.numel(), block) // max(p.shape[0], 1))  # FSDP2's, gathered
     _quant8.check_saved_part(f"{where}[{key!r}]", key, str(value.dtype).replace("torch.", ""), value.shape,
@@ -237,9 +236,9 @@ def convert_loaded(state, saved, p, roles, target, float_dtype, source=(BLOCK_SI
             state[role + "_scale"] = torch.from_numpy(out[1])
 
 
-def keep_sharded(state, saved, roles, q8, source):
+def keep_sharded(state, saved, roles, q8, source, target=(BLOCK_SIZE, "sqrt")):
     """A DTensor param's state loaded as saved (torch.distributed.checkpoint has resharded
-    it): 8-bit codes and scales of this optimizer's layout when ``q8``, else float state.
+    it): 8-bit codes and scales of the layout ``target`` when ``q8``, else float tensors.
     Returns the keys set here. Converting a sharded state between layouts is refused."""
     kept = set()
     for role in roles:
@@ -247,7 +246,7 @@ def keep_sharded(state, saved, roles, q8, source):
         stored_q8 = codes is not None or scale is not None
         if role not in saved and not stored_q8:
             continue
-        if stored_q8 != q8 or (q8 and tuple(source) != (BLOCK_SIZE, "sqrt")):
+        if stored_q8 != q8 or (q8 and tuple(source) != tuple(target)):
             raise NotImplementedError(
                 f"state['{role}'] of a DTensor param (FSDP2) is saved as "
                 f"{'8-bit codes' if stored_q8 else 'a float tensor'} of another layout than this "
@@ -257,6 +256,8 @@ def keep_sharded(state, saved, roles, q8, source):
             state.pop(role, None)
             state[role + "_codes"], state[role + "_scale"] = codes, scale
             kept |= {role + "_codes", role + "_scale"}
+        else:  # (set here, cast by the caller)
+            state[role] = saved[role]
     return kept
 
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .. import _C, _quant8
 from . import _checkpoint, _precision, _quant8_state
-from ._base import _State, _compiler_boundary, _profile_hook_step
+from ._base import _local_grad, _State, _compiler_boundary, _profile_hook_step
 
 __all__ = ["Adam8bit", "AdamW8bit", "state_dict_to_float32"]
 
@@ -106,20 +106,27 @@ class _Adam8bitBase(torch.optim.Optimizer):
     # ------------------------------------------------------------------ state ---
     def _quantized(self, p):
         n = p.numel()
-        # torchao's rule; the fastlr variant also quantizes a partial last block
-        return n >= _quant8.MIN_QUANT8_NUMEL and (self._encoding == "sqrt" or n % self.block_size == 0)
+        # torchao's rule; the fastlr variant also quantizes a partial last block; a DTensor
+        # (FSDP2) only when its shards are whole rows of whole blocks (its blocks are then
+        # the whole tensor's, _quant8_state)
+        whole_rows = not _quant8_state.is_dtensor(p) or _quant8_state.blocks_per_row(p, self.block_size) is not None
+        return n >= _quant8.MIN_QUANT8_NUMEL and (self._encoding == "sqrt" or n % self.block_size == 0) and whole_rows
 
     def _init_state(self, group, p, state):
         state["step"] = torch.tensor(0.0)
-        roles = _ROLES if group["amsgrad"] else _ROLES[:2]
-        if self._quantized(p):
-            nb = _quant8.num_blocks(p.numel(), self.block_size)
-            for role in roles:
-                state[role + "_codes"] = torch.zeros(p.shape, dtype=torch.uint8)
-                state[role + "_scale"] = torch.zeros(nb, dtype=torch.float32)
-        else:
-            for role in roles:
-                state[role] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        for role in _ROLES if group["amsgrad"] else _ROLES[:2]:
+            self._zero_role(p, role, state)
+
+    def _zero_role(self, p, role, state):
+        if not self._quantized(p):
+            state[role] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            return
+        local = getattr(p, "_local_tensor", p)
+        codes = torch.zeros(local.shape, dtype=torch.uint8)
+        scale = torch.zeros(_quant8.num_blocks(local.numel(), self.block_size), dtype=torch.float32)
+        if local is not p:
+            codes, scale = _quant8_state.wrap_sharded(p, codes, scale, self.block_size)
+        state[role + "_codes"], state[role + "_scale"] = codes, scale
 
     # ------------------------------------------------------------------- step ---
     @_compiler_boundary
@@ -160,9 +167,6 @@ class _Adam8bitBase(torch.optim.Optimizer):
             if p.device.type != "cpu":
                 raise RuntimeError(f"fastlr.optim.{name}: params[{j}] is on {p.device}; "
                                    "the 8-bit kernels run on CPU tensors")
-            if hasattr(p, "_local_tensor"):  # a shard's blocks are not the whole tensor's
-                raise NotImplementedError(f"fastlr.optim.{name}: params[{j}] is a DTensor (FSDP2): 8-bit "
-                                          "blocks of sharded params are not implemented")
             store = _STORE.get(p.dtype)
             if store is None:
                 raise TypeError(f"fastlr.optim.{name}: params[{j}] has dtype {p.dtype}; "
@@ -181,16 +185,18 @@ class _Adam8bitBase(torch.optim.Optimizer):
             if len(state) == 0:
                 self._init_state(group, p, state)
             q8 = "exp_avg_codes" in state
-            self._check_state(j, p, state, group["amsgrad"], q8)
-            prepared.append((p, p, g, j, state, store, q8))
+            pl, gl = getattr(p, "_local_tensor", p), _local_grad(g, p)  # a DTensor's shards (FSDP2)
+            local = state if pl is p else {k: getattr(v, "_local_tensor", v) for k, v in state.items()}
+            self._check_state(j, pl, local, group["amsgrad"], q8)
+            prepared.append((p, pl, gl, j, local, store, q8, state))
         buckets = {}
-        for k, (_, _, _, _, state, store, q8) in enumerate(prepared):
+        for k, (_, _, _, _, state, store, q8, _) in enumerate(prepared):
             buckets.setdefault((store, q8, float(state["step"]) + 1.0), []).append(k)
         roles = _ROLES if group["amsgrad"] else _ROLES[:2]
         calls = [self._run_bucket(group, roles, store, q8, step, members, prepared)
                  for (store, q8, step), members in buckets.items()]
         if prepared:
-            torch._foreach_add_([e[4]["step"] for e in prepared], 1.0)
+            torch._foreach_add_([e[7]["step"] for e in prepared], 1.0)
             # the kernel wrote through raw pointers: tell autograd, as torch's in-place updates do
             bump = [e[0] for e in prepared if not e[0].is_inference()]
             if bump:
@@ -203,7 +209,7 @@ class _Adam8bitBase(torch.optim.Optimizer):
         copy_back = []
         p_addr, g_addr = [], []
         for k in members:
-            p, g = prepared[k][0], prepared[k][2]
+            p, g = prepared[k][1], prepared[k][2]
             pm = p if p.is_contiguous() else p.contiguous()
             if pm is not p:
                 copy_back.append((p, pm))
@@ -215,7 +221,7 @@ class _Adam8bitBase(torch.optim.Optimizer):
         states = [prepared[k][4] for k in members]
         call = _Call()
         call.members, call.store, call.q8 = members, store, q8
-        call.numel = [prepared[k][0].numel() for k in members]
+        call.numel = [prepared[k][1].numel() for k in members]
         call.g_dtype = prepared[members[0]][0].dtype
         call.p_addr, call.state_addrs, call.checks = p_addr, [], []
         for role in _ROLES:
@@ -233,7 +239,8 @@ class _Adam8bitBase(torch.optim.Optimizer):
         for p, pm in copy_back:
             if p is not None:
                 p.copy_(pm)
-        return None if copy_back else call
+        sharded = any(prepared[k][1] is not prepared[k][0] for k in members)
+        return None if copy_back or sharded else call  # (DTensor shards: not worth caching)
 
     def _check_state(self, j, p, state, amsgrad, q8):
         roles = _ROLES if amsgrad else _ROLES[:2]
@@ -316,6 +323,15 @@ class _Adam8bitBase(torch.optim.Optimizer):
         src_encoding = next((g.get("exp_avg_sq_encoding") for g in state_dict["param_groups"]
                              if "exp_avg_sq_encoding" in g), "linear")
         out = {"step": torch.as_tensor(saved.get("step", 0.0), dtype=torch.float32).clone().reshape(())}
+        if _quant8_state.is_dtensor(p):  # resharded by torch.distributed.checkpoint: kept as saved
+            _quant8_state.keep_sharded(out, saved, roles, self._quantized(p), (block, src_encoding),
+                                       (self.block_size, self._encoding))
+            for role in roles:
+                if role in out:
+                    out[role] = out[role].to(p.dtype)
+                elif role + "_codes" not in out:
+                    self._zero_role(p, role, out)
+            return out
         _quant8_state.convert_loaded(out, saved, p, roles,
                                      (self.block_size, self._encoding) if self._quantized(p) else None, p.dtype,
                                      (block, src_encoding), absent_zeros=True)
