@@ -489,6 +489,25 @@ def _quant8_fsdp2(rank, outdir):
         set_state_dict(model, opt, model_state_dict=msd, optim_state_dict=osd)
         tail = typed_train(model, opt, STEPS - RESUME_AT, start=RESUME_AT, rank=rank)
         res["fsdp2", name, "resume"] = [torch.cat(ps) for ps in zip(head, tail)]
+    # a sharded float32 state (a dict without state_dtype) into an 8-bit optimizer: unsharded
+    # it would be quantized; sharded it is refused before anything changes
+    model = sharded()
+    opt32 = fastlr.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    typed_train(model, opt32, 1, rank=rank)
+    _, osd32 = get_state_dict(model, opt32)
+    opt = fastlr.optim.AdamW(model.parameters(), **QUANT8)
+    typed_train(model, opt, 1, rank=rank)
+    msd, _ = get_state_dict(model, opt)
+    before = [{k: getattr(v, "_local_tensor", v).clone() for k, v in opt.state[p].items()} for p in model.parameters()]
+    try:
+        set_state_dict(model, opt, model_state_dict=msd, optim_state_dict=osd32)
+        res["fsdp2", "float32 into 8-bit"] = "no error"
+    except NotImplementedError as e:
+        res["fsdp2", "float32 into 8-bit"] = str(e)
+    res["fsdp2", "float32 into 8-bit", "unchanged"] = all(
+        sorted(b) == sorted(opt.state[p]) and all(torch.equal(b[k], getattr(opt.state[p][k], "_local_tensor",
+                                                                                opt.state[p][k])) for k in b)
+        for b, p in zip(before, model.parameters()))
     return res
 
 

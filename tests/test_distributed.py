@@ -276,6 +276,18 @@ def test_fsdp2_8bit_state(runs, name):
         check(f"FSDP2 8-bit {name} DCP resumed vs uninterrupted", resumed, got, tol=0.0)
 
 
+def test_fsdp2_float32_state_into_8bit_refused(runs):
+    """Sharded state is loaded as saved: a float32 state into an 8-bit optimizer (which
+    quantizes it when unsharded) raises NotImplementedError before anything changes."""
+    r0, r1 = runs("quant8")
+    if ("fsdp2", "float32 into 8-bit") not in r0:
+        pytest.skip(w._fsdp2_unavailable() or "FSDP2 did not run")
+    for r in (r0, r1):
+        message = r["fsdp2", "float32 into 8-bit"]
+        assert "DTensor" in message and "not implemented" in message, message
+        assert r["fsdp2", "float32 into 8-bit", "unchanged"]
+
+
 # ------------------------------------------------------------------- example ---
 def test_example_train_ddp_torchrun(tmp_path):
     """examples/train_ddp.py under `torchrun --nproc_per_node=2` (CPU, gloo)."""

@@ -236,22 +236,31 @@ def convert_loaded(state, saved, p, roles, target, float_dtype, source=(BLOCK_SI
             state[role + "_scale"] = torch.from_numpy(out[1])
 
 
+def check_sharded_layout(where, saved, roles, q8, source, target=(BLOCK_SIZE, "sqrt")):
+    """NotImplementedError unless a DTensor param's saved state has the layout it will be
+    loaded in (8-bit codes and scales of ``target`` when ``q8``, else float tensors): a
+    sharded state is loaded as saved, not converted."""
+    for role in roles:
+        stored_q8 = role + "_codes" in saved or role + "_scale" in saved
+        if role in saved or stored_q8:
+            if stored_q8 != bool(q8) or (q8 and tuple(source) != tuple(target)):
+                raise NotImplementedError(
+                    f"{where}: state['{role}'] of a DTensor param (FSDP2) is saved as "
+                    f"{'8-bit codes' if stored_q8 else 'a float tensor'} of another layout than this "
+                    "optimizer's; converting sharded state is not implemented (load it unsharded)"
+                )
+
+
 def keep_sharded(state, saved, roles, q8, source, target=(BLOCK_SIZE, "sqrt")):
     """A DTensor param's state loaded as saved (torch.distributed.checkpoint has resharded
     it): 8-bit codes and scales of the layout ``target`` when ``q8``, else float tensors.
-    Returns the keys set here. Converting a sharded state between layouts is refused."""
+    Returns the keys set here."""
+    check_sharded_layout("load_state_dict", saved, roles, q8, source, target)
     kept = set()
     for role in roles:
         codes, scale = saved.get(role + "_codes"), saved.get(role + "_scale")
-        stored_q8 = codes is not None or scale is not None
-        if role not in saved and not stored_q8:
+        if role not in saved and codes is None and scale is None:
             continue
-        if stored_q8 != q8 or (q8 and tuple(source) != tuple(target)):
-            raise NotImplementedError(
-                f"state['{role}'] of a DTensor param (FSDP2) is saved as "
-                f"{'8-bit codes' if stored_q8 else 'a float tensor'} of another layout than this "
-                "optimizer's; converting sharded state is not implemented (load it unsharded)"
-            )
         if q8:
             state.pop(role, None)
             state[role + "_codes"], state[role + "_scale"] = codes, scale
