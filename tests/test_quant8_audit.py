@@ -274,3 +274,16 @@ def test_compiled_training_step_with_adamw8bit_equals_eager():
     assert sum(breaks.values()) == 3, breaks
     assert counter.frame_count == 2
     torch._dynamo.reset()
+
+
+def test_adamw8bit_schedule_lr_points_to_the_scheduled_8bit_path():
+    """AdamW8bit keeps torchao's float lr; a fastlr Schedule is refused with the way to get
+    an in-kernel schedule with 8-bit state."""
+    with pytest.raises(TypeError, match=r'state_dtype="8bit"'):
+        fastlr.optim.AdamW8bit(_params(), lr=fastlr.Cosine(1e-3, 10))
+    ps = _params()
+    opt = fastlr.optim.AdamW(ps, lr=fastlr.Cosine(1e-3, 10), state_dtype="8bit")
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert "exp_avg_codes" in opt.state[ps[0]]

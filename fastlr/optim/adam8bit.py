@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .. import _C, _quant8
 from . import _checkpoint, _precision, _quant8_state
-from ._base import _local_grad, _State, _compiler_boundary, _profile_hook_step
+from ._base import _local_grad, _Schedule, _State, _compiler_boundary, _profile_hook_step
 
 __all__ = ["Adam8bit", "AdamW8bit", "state_dict_to_float32"]
 
@@ -58,7 +58,11 @@ class _Adam8bitBase(torch.optim.Optimizer):
             if lr.numel() != 1:
                 raise ValueError("Tensor lr must be 1-element")
         elif not isinstance(lr, (int, float)) or isinstance(lr, bool):
-            raise TypeError(f"lr must be a float or a 1-element Tensor, got {type(lr).__name__}")
+            hint = ""
+            if isinstance(lr, _Schedule):
+                hint = ("; for an in-kernel schedule with 8-bit state use "
+                        "fastlr.optim.AdamW(params, lr=schedule, state_dtype=\"8bit\")")
+            raise TypeError(f"lr must be a float or a 1-element Tensor, got {type(lr).__name__}{hint}")
         if not 0.0 <= float(lr):
             raise ValueError(f"Invalid learning rate: {lr}")
         if not 0.0 <= eps:
