@@ -115,7 +115,8 @@ def role_tensors(name, j, state, role, p, kind):
 def check_role(name, j, role, codes, scale, p, block=BLOCK_SIZE, contiguous_codes=False):
     """RuntimeError unless (codes, scale) can be p's 8-bit state of this block size: uint8
     codes of p's shape (contiguous when the kernel reads them in place), one contiguous
-    float32 scale per block, on the CPU."""
+    float32 scale per block (shaped (blocks,), or (rows, blocks per row) as FSDP2 keeps
+    them), on the CPU."""
     nb = _quant8.num_blocks(p.numel(), block)
     if (codes is None or scale is None or codes.dtype != torch.uint8 or codes.shape != p.shape
             or (contiguous_codes and not codes.is_contiguous())
