@@ -279,6 +279,28 @@ def typed_train(model, opt, steps, start=0, rank=None):
     return [torch.stack(ps) for ps in zip(*traj)]
 
 
+def ddp_resumed(make, options, path, rank):
+    """fastlr.optim.AdamW(**options) under DDP with a checkpoint after RESUME_AT steps (rank 0
+    saves model and optimizer state_dict; fresh objects on every rank load it, the options
+    coming from the dict): the trajectory of the STEPS steps."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = DDP(make())
+    opt = fastlr.optim.AdamW(model.parameters(), **options)
+    head = typed_train(model, opt, RESUME_AT, rank=rank)
+    if rank == 0:
+        torch.save({"model": model.module.state_dict(), "optim": opt.state_dict()}, path)
+    torch.distributed.barrier()
+    ckpt = torch.load(path)
+    inner = make()
+    inner.load_state_dict(ckpt["model"])
+    model = DDP(inner)
+    opt = fastlr.optim.AdamW(model.parameters(), lr=options["lr"], weight_decay=options["weight_decay"])
+    opt.load_state_dict(ckpt["optim"])
+    tail = typed_train(model, opt, STEPS - RESUME_AT, start=RESUME_AT, rank=rank)
+    return [torch.cat(ps) for ps in zip(head, tail)]
+
+
 def masters(opt, params):
     """Each param's fp32 master (a DTensor's local shard)."""
     return [getattr(opt.state[p]["master_param"], "_local_tensor", opt.state[p]["master_param"]).clone()
@@ -295,21 +317,7 @@ def scenario_precision(rank, outdir):
     res["ddp"] = typed_train(model, opt, STEPS, rank=rank)
     res["ddp", "masters"] = masters(opt, list(model.parameters()))
     # DDP checkpoint after RESUME_AT steps: masters and bf16 state come back as saved
-    path = os.path.join(outdir, "precision-ddp.pt")
-    model = DDP(make_bf16_model())
-    opt = fastlr.optim.AdamW(model.parameters(), **PRECISION)
-    head = typed_train(model, opt, RESUME_AT, rank=rank)
-    if rank == 0:
-        torch.save({"model": model.module.state_dict(), "optim": opt.state_dict()}, path)
-    torch.distributed.barrier()
-    ckpt = torch.load(path)
-    inner = make_bf16_model()
-    inner.load_state_dict(ckpt["model"])
-    model = DDP(inner)
-    opt = fastlr.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)  # options from the dict
-    opt.load_state_dict(ckpt["optim"])
-    tail = typed_train(model, opt, STEPS - RESUME_AT, start=RESUME_AT, rank=rank)
-    res["ddp", "resume"] = [torch.cat(ps) for ps in zip(head, tail)]
+    res["ddp", "resume"] = ddp_resumed(make_bf16_model, PRECISION, os.path.join(outdir, "precision-ddp.pt"), rank)
     # ZeRO: each rank keeps the masters and state of its own params
     model = DDP(make_bf16_model())
     opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=fastlr.optim.AdamW, **PRECISION)
@@ -368,21 +376,7 @@ def scenario_quant8(rank, outdir):
     res["ddp"] = typed_train(model, opt, STEPS, rank=rank)
     res["ddp", "state_keys"] = [sorted(opt.state[p]) for p in model.parameters()]
     # DDP checkpoint after RESUME_AT steps: codes and scales come back as saved
-    path = os.path.join(outdir, "quant8-ddp.pt")
-    model = DDP(make_q8_model())
-    opt = fastlr.optim.AdamW(model.parameters(), **QUANT8)
-    head = typed_train(model, opt, RESUME_AT, rank=rank)
-    if rank == 0:
-        torch.save({"model": model.module.state_dict(), "optim": opt.state_dict()}, path)
-    torch.distributed.barrier()
-    ckpt = torch.load(path)
-    inner = make_q8_model()
-    inner.load_state_dict(ckpt["model"])
-    model = DDP(inner)
-    opt = fastlr.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)  # options from the dict
-    opt.load_state_dict(ckpt["optim"])
-    tail = typed_train(model, opt, STEPS - RESUME_AT, start=RESUME_AT, rank=rank)
-    res["ddp", "resume"] = [torch.cat(ps) for ps in zip(head, tail)]
+    res["ddp", "resume"] = ddp_resumed(make_q8_model, QUANT8, os.path.join(outdir, "quant8-ddp.pt"), rank)
     # ZeRO: each rank keeps the 8-bit state of its own params
     model = DDP(make_q8_model())
     opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=fastlr.optim.AdamW, **QUANT8)

@@ -123,3 +123,36 @@ def torch_cases():
         for name, cases in TORCH_CASES.items()
         for kw in cases
     ]
+
+
+# ------------------------------------------------ fastlr.optim in training loops ---
+def tiny_model(seed=0):
+    """An 8 -> 16 -> 2 MLP (the tests of fastlr.optim inside training loops)."""
+    import torch
+
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+
+def tiny_data(seed=1):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(32, 8, generator=g), torch.randn(32, 2, generator=g)
+
+
+def train_step_fn(model, opt, x, y, backend=None, after_step=None):
+    """One MSE training step (backward, opt.step(), zero_grad, then after_step()) returning
+    the detached loss; compiled by torch.compile with ``backend`` unless it is None."""
+    import torch
+
+    def train_step():
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if after_step is not None:
+            after_step()
+        return loss.detach()
+
+    return train_step if backend is None else torch.compile(train_step, backend=backend)

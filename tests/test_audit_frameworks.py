@@ -8,16 +8,7 @@ torch = pytest.importorskip("torch")
 
 import fastlr  # noqa: E402
 import fastlr.optim  # noqa: E402
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
-
-
-def data(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(32, 8, generator=g), torch.randn(32, 2, generator=g)
+from conftest import tiny_data as data, tiny_model, train_step_fn  # noqa: E402
 
 
 def reset_dynamo():
@@ -43,14 +34,7 @@ def sf_run(make, backend, n=8):
     opt = make(model.parameters())
     x, y = data()
 
-    def train_step():
-        loss = torch.nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        return loss.detach()
-
-    fn = train_step if backend is None else torch.compile(train_step, backend=backend)
+    fn = train_step_fn(model, opt, x, y, backend)
     opt.train()
     losses = [fn().item() for _ in range(n)]
     opt.eval()
@@ -128,18 +112,9 @@ def test_compiled_step_with_schedule_lr_step_does_not_recompile(make):
         opt.train()
     lr_scheduler = fastlr.optim.ScheduleLR(opt)
     x, y = data()
-
-    def train_step():
-        loss = torch.nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        lr_scheduler.step()
-        return loss.detach()
-
     reset_dynamo()
     counter = CompileCounter()
-    fn = torch.compile(train_step, backend=counter)
+    fn = train_step_fn(model, opt, x, y, counter, after_step=lr_scheduler.step)
     logged = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

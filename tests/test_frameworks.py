@@ -10,16 +10,7 @@ torch = pytest.importorskip("torch")
 
 import fastlr  # noqa: E402
 from fastlr.optim import ScheduleLR, to_torch_state_dict, torch_lr_scheduler  # noqa: E402
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
-
-
-def data(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(32, 8, generator=g), torch.randn(32, 2, generator=g)
+from conftest import tiny_data as data, tiny_model, train_step_fn  # noqa: E402
 
 
 # ------------------------------------------------------------------- torch.compile ---
@@ -37,14 +28,7 @@ def compiled_run(make_opt, backend, n=8):
     opt = make_opt(model.parameters())
     x, y = data()
 
-    def train_step():
-        loss = torch.nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        return loss.detach()
-
-    fn = train_step if backend is None else torch.compile(train_step, backend=backend)
+    fn = train_step_fn(model, opt, x, y, backend)
     losses = [fn().item() for _ in range(n)]
     return losses, [p.detach().clone() for p in model.parameters()], opt
 

@@ -7,6 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import fastlr.optim  # noqa: E402
+from conftest import train_step_fn  # noqa: E402
 
 SHAPES = [(64, 128), (300,), (5000,)]  # quantized by both variants; 32-bit; quantized by "fastlr" only
 
@@ -250,15 +251,7 @@ def test_compiled_training_step_with_adamw8bit_equals_eager():
         model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.Tanh(), torch.nn.Linear(96, 4))
         opt = fastlr.optim.AdamW8bit(model.parameters(), lr=1e-2)
         x, y = torch.randn(32, 64), torch.randn(32, 4)
-
-        def train_step():
-            loss = torch.nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            return loss.detach()
-
-        fn = train_step if backend is None else torch.compile(train_step, backend=backend)
+        fn = train_step_fn(model, opt, x, y, backend)
         losses = [fn().item() for _ in range(6)]
         assert "exp_avg_codes" in opt.state[model[0].weight]  # the 64x96 weight is 8-bit
         return losses, [p.detach().clone() for p in model.parameters()]
