@@ -42,7 +42,8 @@ import sys
 import time
 
 from . import _bench
-from ._benchstats import Contender, HostMonitor, format_ratio, measure_cell, trust_summary
+from ._benchstats import (Contender, HostMonitor, Ratio, format_ratio, measure_cell, ratio_verdict,
+                          trust_summary)
 
 LR = 1e-4
 WEIGHT_DECAY = 0.01
@@ -325,11 +326,15 @@ def cell_ratios(names):
     return ratios
 
 
+_NARROW = Ratio(1.0, 1.0, 1.0, 0)
+
+
 def summarize(cell_name, measured, numel, labels, nbytes, threads):
     """Rows of one (cell, threads) from a _benchstats.CellResult: median ms, GB/s,
-    % roofline and the target ratios, each with its interval and the cell's verdict."""
+    % roofline and the target ratios, each with its interval and its verdict (ratio_verdict)."""
     by = {c.name: c for c in measured.contenders}
     verdict = measured.verdict
+    host = ratio_verdict(verdict, _NARROW)  # a median time has no interval: the host's flags only
     rows = []
     for name, c in by.items():
         if name.startswith("roof "):
@@ -337,9 +342,11 @@ def summarize(cell_name, measured, numel, labels, nbytes, threads):
         med = statistics.median(c.samples)
         row = {"cell": cell_name, "mode": name, "label": labels[name], "bytes_per_element": nbytes[name],
                "threads": threads, "numel": numel, **c.summary(), "gbps": nbytes[name] * numel / med / 1e9,
-               "trusted": verdict.trusted, "flags": list(verdict.flags)}
+               "trusted": host.trusted, "flags": list(host.flags)}
         r = measured.ratios.get("roof " + name)
         if r is not None:
+            v = ratio_verdict(verdict, r)
+            row["trusted"], row["flags"] = v.trusted, list(v.flags)
             roof_med = statistics.median(by["roof " + name].samples)
             row["roofline_median_s"] = roof_med
             row["roofline_gbps"] = nbytes[name] * numel / roof_med / 1e9
@@ -351,10 +358,10 @@ def summarize(cell_name, measured, numel, labels, nbytes, threads):
         r = measured.ratios.get(f"{mode} vs {ref}")
         if cell != cell_name or r is None:
             continue
+        v = ratio_verdict(verdict, r)
         ratios.append({"cell": cell, "mode": mode, "reference": ref, "threads": threads, "target": target,
-                       "ratio": r.value, "ci": [r.lo, r.hi], "trusted": verdict.trusted,
-                       "flags": list(verdict.flags), "text": format_ratio(r, verdict),
-                       "met": r.value >= target})
+                       "ratio": r.value, "ci": [r.lo, r.hi], "trusted": v.trusted,
+                       "flags": list(v.flags), "text": format_ratio(r, v), "met": r.value >= target})
     return rows, ratios
 
 
@@ -379,7 +386,7 @@ def format_tables(rows, ratios, meta):
         lines += ["", "### Targets (median of paired per-repetition ratios [95 % bootstrap interval])", "",
                   "| threads | mode | vs | speed-up | target | met |", "|---:|---|---|---:|---:|:---:|"]
         for r in ratios:
-            met = ("yes" if r["met"] else "no") + ("" if r["trusted"] else " (untrusted cell)")
+            met = ("yes" if r["met"] else "no") + ("" if r["trusted"] else " (untrusted)")
             lines.append(f"| {r['threads']} | {r['mode']} | {r['reference']} | {r['text']} | {r['target']:g}x | {met} |")
     roof_rows = [r for r in rows if "pct_roofline" in r]
     if roof_rows:
@@ -390,8 +397,8 @@ def format_tables(rows, ratios, meta):
     lines += ["", f"Medians of interleaved samples; CPU: {meta['cpu']} ({meta['cores']} cores, fastlr cpu_level "
               f"{meta['cpu_level']}); torch {meta['torch']}; " + "; ".join(f"{k} {v}" for k, v in meta["peers"].items())
               + f"; {meta['date']}; load average before the run {meta['loadavg']}."]
-    lines.append(meta["trust"] + "; '?': the host was busy or drifting during that cell (see the JSON), "
-                 "its numbers are not to be quoted.")
+    lines.append(meta["trust"] + "; '?': the host was busy or drifting during that cell, or that ratio's "
+                 "interval was wide (see the JSON): not to be quoted.")
     if meta.get("first_step_s"):
         lines.append("Peers' first step (excluded from the medians; torchao compiles there): " + "; ".join(
             f"{k} {v:.1f} s" for k, v in meta["first_step_s"].items()) + ".")

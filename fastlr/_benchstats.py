@@ -354,6 +354,16 @@ def judge(ratios, host=None, *, cores=None, busy_cores=BUSY_CORES, max_drift=MAX
     return Verdict(tuple(flags), "; ".join(why))
 
 
+def ratio_verdict(cell, ratio, max_width=MAX_WIDTH):
+    """One ratio's verdict in a cell judged `cell`: the host's flags (busy, drifting) concern
+    every ratio of the cell, "wide" only the ratios whose own interval is wide, so one
+    noisy pair of contenders does not hide the cell's narrow ratios."""
+    flags = [f for f in cell.flags if f != "wide"]
+    if ratio.rel_width > max_width:
+        flags.append("wide")
+    return Verdict(tuple(flags), cell.detail)
+
+
 # ------------------------------------------------------------- one cell ---
 
 

@@ -186,3 +186,18 @@ def test_host_monitor_reads_proc_stat_and_probes():
     assert mon.cores >= 1 and st.probe_s > 0 and st.drift >= 0
     if bs._cpu_busy_s(mon.cpus) is not None:
         assert st.other_cores is not None and 0 <= st.other_cores <= mon.cores + 1
+
+
+def test_ratio_verdict_keeps_host_flags_and_judges_width_per_ratio():
+    """A cell is "wide" when any of its ratios is; each ratio's own verdict keeps the host's
+    flags (busy, drifting concern the whole cell) but is "wide" only for its own interval."""
+    narrow, wide = _ratio(19.0, 0.03), _ratio(1.1, 0.35)
+    quiet = bs.HostState(other_cores=0.05, probe_s=1e-3, drift=0.02, threads=2)
+    cell = bs.judge({"peer": narrow, "noisy": wide}, quiet, cores=2)
+    assert cell.flags == ("wide",)
+    assert bs.ratio_verdict(cell, narrow).trusted
+    assert bs.ratio_verdict(cell, wide).flags == ("wide",)
+    busy = bs.judge({"peer": narrow, "noisy": wide}, bs.HostState(other_cores=1.5, threads=2), cores=2)
+    assert busy.flags == ("busy", "wide")
+    assert bs.ratio_verdict(busy, narrow).flags == ("busy",)
+    assert bs.format_ratio(narrow, bs.ratio_verdict(cell, narrow)).startswith("19.00x [")
