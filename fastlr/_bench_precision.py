@@ -516,7 +516,8 @@ def main(args) -> int:
     meta["wall_s"] = round(time.perf_counter() - t_begin, 1)
     meta["missing"] = sorted(set(missing))
     meta["first_step_s"] = first_steps
-    meta["trust"] = trust_summary(verdicts)
+    meta["trust"] = (trust_summary(verdicts) + f"; {sum(r['trusted'] for r in ratios)} of {len(ratios)} "
+                     "target ratios trustworthy")
     print(format_tables(rows, ratios, meta))
     if args.json:
         with open(args.json, "w") as f:
