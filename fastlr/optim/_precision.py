@@ -464,13 +464,17 @@ def _torch_state_dtype(x):
 
 
 def keep_options(opt, state_dict):
-    """A saved group without an option keeps the optimizer's own (a torch.optim state_dict
-    loaded into an optimizer with options converts to them); the saved options are checked
-    against the optimizer's params before anything is loaded."""
+    """A saved group without any option (torch.optim's layout) takes the optimizer's group's
+    options: the state converts to them. A group saved with options restores exactly those,
+    the ones left out being the defaults (seed 0, state_dtype None, ...): filling them from
+    the optimizer would resume another run. The saved options are checked against the
+    optimizer's params before anything is loaded."""
     name = f"{type(opt).__name__}.load_state_dict: param_groups"
     groups, changed = [], False
     for g, (saved, current) in enumerate(zip(state_dict["param_groups"], opt.param_groups)):
-        missing = {k: current[k] for k in OPTIONS if k in current and k not in saved}
+        missing = {}
+        if not any(k in saved for k in OPTIONS):
+            missing = {k: current[k] for k in OPTIONS if k in current}
         if missing:
             saved = {**saved, **missing}
             changed = True
