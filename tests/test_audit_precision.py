@@ -127,3 +127,29 @@ def test_numpy_twin_converts_a_torch_dict_to_each_groups_own_options():
     assert nopt.state[1]["exp_avg"].dtype == BF16
     nopt.step([np.ones(10, BF16), np.ones(10, BF16)])
     assert nopt.state[1]["master_param"].dtype == np.float32
+
+
+# ------------------------------------------------------------- to_torch_state_dict ---
+def test_to_torch_state_dict_refuses_bad_8bit_state_before_writing_any_param():
+    """Bad input is refused before anything changes: a corrupt 8-bit entry of a later param
+    raises a ValueError naming it, and no param has received its master yet. (Was: the
+    master of params[0] was copied, then NumPy's broadcast error, naming nothing.)"""
+    import copy
+
+    ps = [torch.randn(5000).bfloat16(), torch.randn(5000).bfloat16()]
+    opt = fo.AdamW(ps, lr=1e-2, master_weights=True, state_dtype="8bit")
+    for _ in range(2):
+        for p in ps:
+            p.grad = torch.randn(5000).bfloat16()
+        opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    sd["state"][1]["exp_avg_scale"] = sd["state"][1]["exp_avg_scale"][:3].clone()
+    targets = [torch.zeros(5000), torch.zeros(5000)]
+    with pytest.raises(ValueError, match=r"exp_avg_scale"):
+        fo.to_torch_state_dict(sd, params=targets)
+    assert not any(t.any() for t in targets)
+    # the good dict converts, and the masters land in the params
+    out = fo.to_torch_state_dict(opt.state_dict(), params=targets)
+    for p, t in zip(ps, targets):
+        assert torch.equal(t, opt.state[p]["master_param"])
+    assert out["state"][1]["exp_avg"].dtype == torch.float32

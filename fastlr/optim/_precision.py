@@ -569,21 +569,32 @@ def to_torch_state_dict(state_dict, params=None):
                                  f"master_param {tuple(m.shape)}")
     position = {pid: i for i, pid in enumerate(ids)}
     source = {pid: _quant8_state.source_of(g) for g in state_dict["param_groups"] for pid in g["params"]}
-    state = {}
+    state, masters = {}, []
     for pid, s in state_dict["state"].items():
         if any(key.endswith("_codes") for key in s):  # 8-bit state
-            s = _quant8_state.dequantized(s, source.get(pid, (_quant8.BLOCK_SIZE, "sqrt")))
+            src = source.get(pid, (_quant8.BLOCK_SIZE, "sqrt"))
+            for key, v in s.items():
+                role = key[: -len("_codes")] if key.endswith("_codes") else key[: -len("_scale")]
+                if key.endswith(("_codes", "_scale")) and role in _quant8.ROLES:
+                    codes = s.get(role + "_codes")
+                    shape = codes.shape if torch.is_tensor(codes) else ()
+                    _quant8_state.check_saved(f"to_torch_state_dict: state[{pid!r}]", key, v,
+                                              torch.empty(shape, device="meta"), src[0])
+            s = _quant8_state.dequantized(s, src)
         out = {}
         for key, v in s.items():
             if key == "master_param":
                 if targets is not None:
-                    with torch.no_grad():
-                        targets[position[pid]].copy_(v)
+                    masters.append((targets[position[pid]], v))
                 continue
             if key != "step" and torch.is_tensor(v) and v.dtype in _LOW:
                 v = v.float()
             out[key] = v
         state[pid] = out
+    # the params change only once every entry has converted
+    with torch.no_grad():
+        for t, v in masters:
+            t.copy_(v)
     groups = [{k: v for k, v in g.items() if k not in OPTIONS + ("sr_t",) + _quant8_state.SOURCE_KEYS}
               for g in state_dict["param_groups"]]
     return {"state": state, "param_groups": groups}
