@@ -153,3 +153,37 @@ def test_to_torch_state_dict_refuses_bad_8bit_state_before_writing_any_param():
     for p, t in zip(ps, targets):
         assert torch.equal(t, opt.state[p]["master_param"])
     assert out["state"][1]["exp_avg"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("options", [{}, dict(master_weights=True, state_dtype="bfloat16")])
+def test_numpy_twin_state_dict_goes_back_to_torch_optim(options):
+    """README ("fastlr.numpy"): a torch.optim.Adam state_dict loads into fastlr.numpy.Adam
+    "and back". A NumPy-face dict holds arrays and an int step, which torch.optim's
+    load_state_dict cannot use; to_torch_state_dict turns it into torch's layout, as it
+    does for fastlr.optim's dicts (bfloat16 state as float32, each master into its param).
+    (Was: arrays passed through; torch.optim failed in load_state_dict.)"""
+    dtype = BF16 if options else np.float32
+    w = np.linspace(-1, 1, 40, dtype=np.float32).astype(dtype)
+    nopt = fnp.Adam([w], lr=1e-2, **options)
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal(40).astype(np.float32) for _ in range(6)]
+    for g in grads[:3]:
+        nopt.step([g.astype(dtype)])
+    p = torch.zeros(40)  # torch's recipe: float32 params (the masters go into them)
+    sd = fo.to_torch_state_dict(nopt.state_dict(), params=[p] if options else None)
+    if not options:
+        p.copy_(torch.from_numpy(w))
+    else:
+        assert torch.equal(p, torch.from_numpy(nopt.state[0]["master_param"]))
+    assert torch.is_tensor(sd["state"][0]["step"]) and float(sd["state"][0]["step"]) == 3
+    assert all(v.dtype == torch.float32 for v in sd["state"][0].values())
+    topt = torch.optim.Adam([p], lr=1e-2, foreach=False)
+    topt.load_state_dict(sd)
+    for g in grads[3:]:
+        nopt.step([g.astype(dtype)])
+        p.grad = torch.from_numpy(g.astype(dtype).astype(np.float32))
+        topt.step()
+    if options:  # bf16 state rounds where torch's float32 state does not
+        torch.testing.assert_close(p, torch.from_numpy(nopt.state[0]["master_param"]), rtol=1e-2, atol=1e-3)
+    else:
+        torch.testing.assert_close(p, torch.from_numpy(w), rtol=1e-6, atol=1e-7)

@@ -17,6 +17,7 @@ import itertools
 import numbers
 import operator
 
+import numpy as np
 import torch
 
 from .. import _quant8
@@ -536,6 +537,20 @@ def convert_loaded_state(opt, state_dict):
             st["master_param"] = p.detach().to(torch.float32, copy=True)
 
 
+def _tensors(entry):
+    """A fastlr.numpy per-param state as torch.optim keeps it: arrays as tensors (ml_dtypes'
+    bfloat16 as torch.bfloat16), the int step as a 0-dim float32 tensor."""
+    out = {}
+    for key, v in entry.items():
+        if isinstance(v, np.ndarray):
+            v = (torch.from_numpy(v.astype(np.float32)).bfloat16() if v.dtype.name == "bfloat16"
+                 else torch.from_numpy(np.array(v, copy=True)))
+        elif key == "step" and isinstance(v, numbers.Real) and not isinstance(v, bool):
+            v = torch.tensor(float(v), dtype=torch.float32)
+        out[key] = v
+    return out
+
+
 def to_torch_state_dict(state_dict, params=None):
     """Turns a fastlr.optim state_dict saved with ``master_weights`` / ``state_dtype`` /
     ``stochastic_rounding`` into one that ``torch.optim.X.load_state_dict`` loads and
@@ -545,7 +560,8 @@ def to_torch_state_dict(state_dict, params=None):
     optimizer's order: e.g. the float32 copies of the classic recipe, or the bf16 model
     itself) to copy each master into its param, rounded to the param's dtype.
 
-    The input is not modified; tensors that need no conversion are shared.
+    The input is not modified; tensors that need no conversion are shared. A
+    ``fastlr.numpy`` state_dict (arrays, an int step) converts too.
 
     >>> sd = to_torch_state_dict(fastlr_opt.state_dict(), params=model32.parameters())  # doctest: +SKIP
     >>> torch.optim.AdamW(model32.parameters()).load_state_dict(sd)  # doctest: +SKIP
@@ -553,6 +569,8 @@ def to_torch_state_dict(state_dict, params=None):
     if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
         raise TypeError("to_torch_state_dict: expected an optimizer state_dict (a dict with "
                         "'state' and 'param_groups')")
+    if any(isinstance(v, np.ndarray) for s in state_dict["state"].values() for v in s.values()):
+        state_dict = {**state_dict, "state": {pid: _tensors(s) for pid, s in state_dict["state"].items()}}
     ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
     targets = None
     if params is not None:
