@@ -452,7 +452,12 @@ class _Optimizer:
             for j, pid in enumerate(saved["params"]):
                 id_map[pid] = start + j
             start += len(ours["params"])
-            group = dict(self.defaults)
+            # fastlr.optim's rule: a group saved without any precision option (torch.optim's
+            # layout) takes this group's options; one saved with options restores them (the
+            # left-out ones are the defaults, seed 0 included), not the constructor's
+            group = {k: v for k, v in self.defaults.items() if k not in _PRECISION}
+            if not any(key in saved for key in _PRECISION):
+                group.update((key, ours[key]) for key in _PRECISION if key in ours)
             group.update((key, _plain(v)) for key, v in saved.items() if key != "params")
             # fastlr.optim.Adam8bit's dicts name their block size and exp_avg_sq encoding
             source = _quant8.saved_source(group, _quant8.BLOCK_SIZE, f"state_dict['param_groups'][{k}]")

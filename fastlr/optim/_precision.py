@@ -17,6 +17,7 @@ import itertools
 import numbers
 import operator
 
+import numpy as np
 import torch
 
 from .. import _quant8
@@ -464,13 +465,17 @@ def _torch_state_dtype(x):
 
 
 def keep_options(opt, state_dict):
-    """A saved group without an option keeps the optimizer's own (a torch.optim state_dict
-    loaded into an optimizer with options converts to them); the saved options are checked
-    against the optimizer's params before anything is loaded."""
+    """A saved group without any option (torch.optim's layout) takes the optimizer's group's
+    options: the state converts to them. A group saved with options restores exactly those,
+    the ones left out being the defaults (seed 0, state_dtype None, ...): filling them from
+    the optimizer would resume another run. The saved options are checked against the
+    optimizer's params before anything is loaded."""
     name = f"{type(opt).__name__}.load_state_dict: param_groups"
     groups, changed = [], False
     for g, (saved, current) in enumerate(zip(state_dict["param_groups"], opt.param_groups)):
-        missing = {k: current[k] for k in OPTIONS if k in current and k not in saved}
+        missing = {}
+        if not any(k in saved for k in OPTIONS):
+            missing = {k: current[k] for k in OPTIONS if k in current}
         if missing:
             saved = {**saved, **missing}
             changed = True
@@ -532,6 +537,20 @@ def convert_loaded_state(opt, state_dict):
             st["master_param"] = p.detach().to(torch.float32, copy=True)
 
 
+def _tensors(entry):
+    """A fastlr.numpy per-param state as torch.optim keeps it: arrays as tensors (ml_dtypes'
+    bfloat16 as torch.bfloat16), the int step as a 0-dim float32 tensor."""
+    out = {}
+    for key, v in entry.items():
+        if isinstance(v, np.ndarray):
+            v = (torch.from_numpy(v.astype(np.float32)).bfloat16() if v.dtype.name == "bfloat16"
+                 else torch.from_numpy(np.array(v, copy=True)))
+        elif key == "step" and isinstance(v, numbers.Real) and not isinstance(v, bool):
+            v = torch.tensor(float(v), dtype=torch.float32)
+        out[key] = v
+    return out
+
+
 def to_torch_state_dict(state_dict, params=None):
     """Turns a fastlr.optim state_dict saved with ``master_weights`` / ``state_dtype`` /
     ``stochastic_rounding`` into one that ``torch.optim.X.load_state_dict`` loads and
@@ -541,7 +560,8 @@ def to_torch_state_dict(state_dict, params=None):
     optimizer's order: e.g. the float32 copies of the classic recipe, or the bf16 model
     itself) to copy each master into its param, rounded to the param's dtype.
 
-    The input is not modified; tensors that need no conversion are shared.
+    The input is not modified; tensors that need no conversion are shared. A
+    ``fastlr.numpy`` state_dict (arrays, an int step) converts too.
 
     >>> sd = to_torch_state_dict(fastlr_opt.state_dict(), params=model32.parameters())  # doctest: +SKIP
     >>> torch.optim.AdamW(model32.parameters()).load_state_dict(sd)  # doctest: +SKIP
@@ -549,6 +569,8 @@ def to_torch_state_dict(state_dict, params=None):
     if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
         raise TypeError("to_torch_state_dict: expected an optimizer state_dict (a dict with "
                         "'state' and 'param_groups')")
+    if any(isinstance(v, np.ndarray) for s in state_dict["state"].values() for v in s.values()):
+        state_dict = {**state_dict, "state": {pid: _tensors(s) for pid, s in state_dict["state"].items()}}
     ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
     targets = None
     if params is not None:
@@ -565,21 +587,32 @@ def to_torch_state_dict(state_dict, params=None):
                                  f"master_param {tuple(m.shape)}")
     position = {pid: i for i, pid in enumerate(ids)}
     source = {pid: _quant8_state.source_of(g) for g in state_dict["param_groups"] for pid in g["params"]}
-    state = {}
+    state, masters = {}, []
     for pid, s in state_dict["state"].items():
         if any(key.endswith("_codes") for key in s):  # 8-bit state
-            s = _quant8_state.dequantized(s, source.get(pid, (_quant8.BLOCK_SIZE, "sqrt")))
+            src = source.get(pid, (_quant8.BLOCK_SIZE, "sqrt"))
+            for key, v in s.items():
+                role = key[: -len("_codes")] if key.endswith("_codes") else key[: -len("_scale")]
+                if key.endswith(("_codes", "_scale")) and role in _quant8.ROLES:
+                    codes = s.get(role + "_codes")
+                    shape = codes.shape if torch.is_tensor(codes) else ()
+                    _quant8_state.check_saved(f"to_torch_state_dict: state[{pid!r}]", key, v,
+                                              torch.empty(shape, device="meta"), src[0])
+            s = _quant8_state.dequantized(s, src)
         out = {}
         for key, v in s.items():
             if key == "master_param":
                 if targets is not None:
-                    with torch.no_grad():
-                        targets[position[pid]].copy_(v)
+                    masters.append((targets[position[pid]], v))
                 continue
             if key != "step" and torch.is_tensor(v) and v.dtype in _LOW:
                 v = v.float()
             out[key] = v
         state[pid] = out
+    # the params change only once every entry has converted
+    with torch.no_grad():
+        for t, v in masters:
+            t.copy_(v)
     groups = [{k: v for k, v in g.items() if k not in OPTIONS + ("sr_t",) + _quant8_state.SOURCE_KEYS}
               for g in state_dict["param_groups"]]
     return {"state": state, "param_groups": groups}
