@@ -558,6 +558,25 @@ def slow_reps(args, min_reps):
     return min_reps if args.reps else 3
 
 
+def _finite(obj):
+    """`obj` with every non-finite float as None: an interval from fewer than 2 pairs is
+    [0, inf], and json.dump would write `Infinity`, which JSON parsers other than
+    Python's reject."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_json(path, data):
+    """Writes the results as standard JSON (non-finite numbers as null)."""
+    with open(path, "w") as f:
+        json.dump(_finite(data), f, indent=1, allow_nan=False)
+
+
 def _check_json_path(path):
     """Fails before a run of minutes when its results could not be written."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -756,8 +775,7 @@ def main(args) -> int:
     for n in notes:
         print("note: " + n)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=1)
+        write_json(args.json, {"meta": meta, "results": results})
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
@@ -780,7 +798,6 @@ def _main_schedulefree(args, torch, tqdm, threads, quick, min_reps, max_reps):
     meta["wall_s"] = round(time.perf_counter() - t_begin, 1)
     print(sfb.format_table(results, meta))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=1)
+        write_json(args.json, {"meta": meta, "results": results})
         print(f"wrote {args.json}", file=sys.stderr)
     return 0

@@ -35,7 +35,6 @@ these interleaved samples, with the spread of the per-round ratios
 from __future__ import annotations
 
 import gc
-import json
 import math
 import os
 import statistics
@@ -531,7 +530,6 @@ def main(args) -> int:
                      "target ratios trustworthy")
     print(format_tables(rows, ratios, meta))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows, "targets": ratios}, f, indent=1)
+        _bench.write_json(args.json, {"meta": meta, "rows": rows, "targets": ratios})
         print(f"wrote {args.json}", file=sys.stderr)
     return 0

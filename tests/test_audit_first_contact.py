@@ -241,3 +241,36 @@ def test_sdist_ships_the_build_inputs_and_a_runnable_test_suite(tmp_path):
             found = [c for c in candidates if c.is_file()]
             assert found, f"{rel}: #include \"{inc}\" not found"
             assert any(c.relative_to(ROOT).as_posix() in names for c in found), f"{rel}: {inc} not in the sdist"
+
+
+# --------------------------------------------------------------------- JSON ---
+
+
+def _strict_json(text):
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_bench_json_is_standard_json_when_an_interval_is_unbounded(tmp_path, torch, monkeypatch, capsys):
+    """A cell with one repetition (a busy host, a slow contender over the budget) has
+    intervals [0, inf]; --json wrote `Infinity`, which jq, JavaScript and most parsers
+    other than Python's reject."""
+    from fastlr import _bench, cli
+
+    real = _bench.measure_cell
+
+    def one_repetition(*args, **kw):
+        kw.update(min_reps=1, max_reps=1, retries=0)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(_bench, "measure_cell", one_repetition)
+    out = tmp_path / "b.json"
+    argv = ["bench", "--optimizer", "sgd", "--workload", "small", "--dtype", "float32", "--no-schedule",
+            "--no-numpy", "--threads", "1", "--no-progress", "--json", str(out)]
+    assert cli.main(argv) == 0
+    (row,) = _strict_json(out.read_text())["results"]
+    assert row["trusted"] is False and "wide" in row["flags"]
+    assert row["stats"]["ratios"]["fused"]["hi"] is None  # unbounded: null, not Infinity
+    assert "? (" in capsys.readouterr().out
