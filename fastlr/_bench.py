@@ -321,7 +321,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         return value
 
     parser.add_argument("--reps", type=positive, default=None,
-                        help="minimum samples per contender (default 5; --quick 3)")
+                        help="minimum samples per contender (default 5; --quick 3; without --reps, "
+                             "contenders over 4x slower than the fastest may stop at 3 once the time "
+                             "budget is spent)")
     parser.add_argument("--schedulefree", action="store_true",
                         help="run the schedule-free rows instead: fastlr.optim.*ScheduleFree against "
                              "the schedulefree package (foreach, for-loop) and the roofline")
@@ -330,6 +332,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from . import _bench_precision
 
     _bench_precision.add_arguments(parser)
+
+
+def usable_cores():
+    """The CPUs this process may run on: its affinity (taskset, a container's cpuset), which
+    is what "all cores" means for the default thread counts; os.cpu_count() counts the
+    machine's, and running that many threads on fewer CPUs measures the OS scheduler."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity API (macOS)
+        return os.cpu_count() or 1
+
+
+def default_threads(quick):
+    """Thread counts when --threads is not given: all usable cores with --quick, else 1 and all."""
+    ncpu = usable_cores()
+    return (ncpu,) if quick else tuple(sorted({1, ncpu}))
 
 
 def machine_info(torch, threads):
@@ -350,7 +368,8 @@ def machine_info(torch, threads):
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu": cpu,
-        "cores": os.cpu_count(),
+        "cores": usable_cores(),  # the CPUs the run may use (its affinity)
+        "cpu_count": os.cpu_count(),  # the machine's
         "cpu_level": _C.cpu_level(),
         "cpu_level_detected": _C.detected_cpu_level(),
         "threads": list(threads),
@@ -534,6 +553,30 @@ def _fmt_duration(seconds):
     return f"{m} min {s:02d} s" if m else f"{s} s"
 
 
+def slow_reps(args, min_reps):
+    """--reps is a minimum for every contender; by default slow ones may stop at 3."""
+    return min_reps if args.reps else 3
+
+
+def _finite(obj):
+    """`obj` with every non-finite float as None: an interval from fewer than 2 pairs is
+    [0, inf], and json.dump would write `Infinity`, which JSON parsers other than
+    Python's reject."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_json(path, data):
+    """Writes the results as standard JSON (non-finite numbers as null)."""
+    with open(path, "w") as f:
+        json.dump(_finite(data), f, indent=1, allow_nan=False)
+
+
 def _check_json_path(path):
     """Fails before a run of minutes when its results could not be written."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -549,6 +592,18 @@ def main(args) -> int:
         from . import _bench_precision
 
         return _bench_precision.main(args)
+    # options the chosen run would not read: refused, not silently dropped
+    if getattr(args, "schedulefree", False):
+        ignored = [flag for flag, value in (("--optimizer", args.optimizer), ("--dtype", args.dtype),
+                                            ("--no-schedule", args.no_schedule),
+                                            ("--no-peers", getattr(args, "no_peers", False))) if value]
+        if ignored:
+            print(f"fastlr bench --schedulefree: error: {', '.join(ignored)} do(es) not apply: the schedule-free "
+                  "run is SGD-SF, AdamW-SF and RAdam-SF (--quick: AdamW-SF) on float32 params", file=sys.stderr)
+            return 2
+    elif getattr(args, "no_peers", False):
+        print("fastlr bench: error: --no-peers applies to --precision only", file=sys.stderr)
+        return 2
     if args.json and not _check_json_path(args.json):
         return 2
     try:
@@ -580,10 +635,10 @@ def main(args) -> int:
     optimizers = args.optimizer or (QUICK["optimizers"] if quick else tuple(OPTIMIZERS))
     workloads = args.workload or (QUICK["workloads"] if quick else WORKLOADS)
     dtypes = args.dtype or (QUICK["dtypes"] if quick else DTYPES)
-    ncpu = os.cpu_count() or 1
-    threads = args.threads or ((ncpu,) if quick else tuple(sorted({1, ncpu})))
+    ncpu = usable_cores()
+    threads = args.threads or default_threads(quick)
     if max(threads) > ncpu:
-        print(f"fastlr bench: warning: {max(threads)} threads on {ncpu} cores oversubscribes "
+        print(f"fastlr bench: warning: {max(threads)} threads on {ncpu} usable cores oversubscribes "
               "them; those rows measure the OS scheduler as much as the kernels", file=sys.stderr)
     min_reps = args.reps or (3 if quick else 5)
     max_reps = max(min_reps, 7 if quick else 15)
@@ -682,7 +737,7 @@ def main(args) -> int:
                 measured = measure_cell(
                     cs, baseline=names[0], ratios=cell_ratios(names), monitor=monitor, min_reps=min_reps,
                     max_reps=max_reps, budget_s=budget[workload], target_sample_s=target_sample_s,
-                    retries=1 if host["retry_s"] < retry_cap else 0)
+                    retries=1 if host["retry_s"] < retry_cap else 0, slow_reps=slow_reps(args, min_reps))
                 if measured.attempts > 1:
                     host["retries"] += 1
                     host["retry_s"] += (time.perf_counter() - t_cell) * (1 - 1 / measured.attempts)
@@ -720,8 +775,7 @@ def main(args) -> int:
     for n in notes:
         print("note: " + n)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=1)
+        write_json(args.json, {"meta": meta, "results": results})
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
@@ -744,7 +798,6 @@ def _main_schedulefree(args, torch, tqdm, threads, quick, min_reps, max_reps):
     meta["wall_s"] = round(time.perf_counter() - t_begin, 1)
     print(sfb.format_table(results, meta))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=1)
+        write_json(args.json, {"meta": meta, "results": results})
         print(f"wrote {args.json}", file=sys.stderr)
     return 0

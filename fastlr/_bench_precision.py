@@ -35,7 +35,7 @@ these interleaved samples, with the spread of the per-round ratios
 from __future__ import annotations
 
 import gc
-import json
+import math
 import os
 import statistics
 import sys
@@ -365,6 +365,17 @@ def summarize(cell_name, measured, numel, labels, nbytes, threads):
     return rows, ratios
 
 
+def _roof_target_text(row):
+    """'fastlr master 2 thr 93% (met)'; an untrusted share is its interval behind '?', as
+    in the tables, never a plain number with a verdict."""
+    met = row["pct_roofline"] >= ROOF_TARGET.get(row["mode"], 90.0)
+    head = f"{row['mode']} {row['threads']} thr "
+    if row.get("trusted", True):
+        return head + f"{row['pct_roofline']:.0f}% ({'met' if met else 'not met'})"
+    lo, hi = row.get("pct_roofline_ci", (0.0, math.inf))
+    return head + f"? ({lo:.0f}-{hi:.0f}%) ({'+'.join(row.get('flags', ())) or 'untrusted'})"
+
+
 def format_tables(rows, ratios, meta):
     lines = []
     groups = sorted({(r["workload"], r["cell"], r["threads"]) for r in rows},
@@ -391,9 +402,7 @@ def format_tables(rows, ratios, meta):
     roof_rows = [r for r in rows if "pct_roofline" in r]
     if roof_rows:
         lines += ["", "Roofline targets: " + "; ".join(
-            f"{r['mode']} {r['threads']} thr {r['pct_roofline']:.0f}% "
-            f"({'met' if r['pct_roofline'] >= ROOF_TARGET.get(r['mode'], 90.0) else 'not met'})"
-            for r in roof_rows if r["mode"] != "fastlr bf16" and r["mode"] != "fastlr fp32")]
+            _roof_target_text(r) for r in roof_rows if r["mode"] != "fastlr bf16" and r["mode"] != "fastlr fp32")]
     lines += ["", f"Medians of interleaved samples; CPU: {meta['cpu']} ({meta['cores']} cores, fastlr cpu_level "
               f"{meta['cpu_level']}); torch {meta['torch']}; " + "; ".join(f"{k} {v}" for k, v in meta["peers"].items())
               + f"; {meta['date']}; load average before the run {meta['loadavg']}."]
@@ -424,7 +433,8 @@ def _peer_versions():
 
 def main(args) -> int:
     ignored = [flag for flag, value in (("--optimizer", args.optimizer), ("--dtype", args.dtype),
-                                        ("--no-schedule", args.no_schedule), ("--no-numpy", args.no_numpy)) if value]
+                                        ("--no-schedule", args.no_schedule), ("--no-numpy", args.no_numpy),
+                                        ("--schedulefree", getattr(args, "schedulefree", False))) if value]
     if ignored:
         print(f"fastlr bench --precision: error: {', '.join(ignored)} do(es) not apply: the precision run is "
               "AdamW on bf16 and fp32 params", file=sys.stderr)
@@ -440,8 +450,7 @@ def main(args) -> int:
     import fastlr
 
     workloads = args.workload or (("medium",) if args.quick else ("large",))
-    ncpu = os.cpu_count() or 1
-    threads = args.threads or ((ncpu,) if args.quick else tuple(sorted({1, ncpu})))
+    threads = args.threads or _bench.default_threads(args.quick)
     min_reps = args.reps or (3 if args.quick else 5)
     max_reps = max(min_reps, 7 if args.quick else 15)
     peers = () if args.no_peers else PEERS
@@ -498,7 +507,8 @@ def main(args) -> int:
                     measured = measure_cell(contenders, baseline=names[0], ratios=cell_ratios(names),
                                             monitor=monitor, min_reps=min_reps, max_reps=max_reps,
                                             budget_s=DEFAULT_BUDGET[workload] / (4 if args.quick else 1),
-                                            target_sample_s=0.004, retries=0 if workload == "large" else 1)
+                                            target_sample_s=0.004, retries=0 if workload == "large" else 1,
+                                            slow_reps=_bench.slow_reps(args, min_reps))
                     verdicts.append(measured.verdict)
                     r, q = summarize(cell_name, measured, cell.numel, labels, nbytes, thr)
                     for row in r:
@@ -520,7 +530,6 @@ def main(args) -> int:
                      "target ratios trustworthy")
     print(format_tables(rows, ratios, meta))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows, "targets": ratios}, f, indent=1)
+        _bench.write_json(args.json, {"meta": meta, "rows": rows, "targets": ratios})
         print(f"wrote {args.json}", file=sys.stderr)
     return 0

@@ -42,7 +42,7 @@ def _preset(opt, params, states):
             opt.state[p][k] = lst[i]
 
 
-def _contenders(torch, sf, spec, cell, states):
+def _contenders(torch, sf, spec, cell, states, numpy=True):
     import fastlr
     import fastlr.optim as fo
 
@@ -68,7 +68,8 @@ def _contenders(torch, sf, spec, cell, states):
                **{k: v for k, v in spec["kw"].items() if k != "lr"})
         book["lr_max"], book["weight_sum"] = r.lr_max, r.weight_sum
 
-    out.append(Contender("fastlr_np", np_step))
+    if numpy:
+        out.append(Contender("fastlr_np", np_step))
     opts = [opt]
     if sf is not None:
         for impl, foreach in (("foreach", True), ("forloop", False)):
@@ -153,7 +154,7 @@ def run(args, torch, threads, quick, min_reps, max_reps, bar=None):
                     cs, opts = _switch_contenders(torch, sf, cell, states), []
                     label, nbytes = "eval()+train()", SWITCH_BYTES
                 else:
-                    cs, opts = _contenders(torch, sf, spec, cell, states)
+                    cs, opts = _contenders(torch, sf, spec, cell, states, numpy=not args.no_numpy)
                     label, nbytes = spec["label"], spec["bytes"]
                 for thr in threads:
                     torch.set_num_threads(thr)
@@ -165,7 +166,8 @@ def run(args, torch, threads, quick, min_reps, max_reps, bar=None):
                         cs, baseline="fastlr",
                         ratios={k: (k, "fastlr") for k in ("roofline", "foreach", "forloop") if k in present},
                         monitor=monitor, min_reps=min_reps, max_reps=max_reps,
-                        budget_s=budget[workload], target_sample_s=target_s, retries=1)
+                        budget_s=budget[workload], target_sample_s=target_s, retries=1,
+                        slow_reps=_bench.slow_reps(args, min_reps))
                     res = {"optimizer": name, "label": label, "workload": workload,
                            "dtype": "float32", "threads": thr, "schedule": None,
                            "numel": cell.numel, "tensors": cell.tensors,

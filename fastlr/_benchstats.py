@@ -96,15 +96,16 @@ class Contender:
                 **({"note": self.note} if self.note else {})}
 
 
-def interleave(contenders, *, min_reps, max_reps, budget_s):
+def interleave(contenders, *, min_reps, max_reps, budget_s, slow_reps=3):
     """Samples every contender once per repetition, in an order rotated each time,
     until each has `min_reps` samples and `budget_s` is spent (or `max_reps`).
 
-    Contenders over 4x slower than the fastest stop at min(3, min_reps) samples once
-    the budget is spent (they are told apart with fewer). Returns the repetitions run."""
+    Contenders over 4x slower than the fastest stop at min(slow_reps, min_reps) samples
+    once the budget is spent (they are told apart with fewer; pass slow_reps=min_reps
+    when every contender must reach min_reps). Returns the repetitions run."""
     t_start = time.perf_counter()
     fastest = min(c.warm_s * c.inner for c in contenders)
-    need = [min_reps if c.warm_s * c.inner <= 4 * fastest else min(3, min_reps) for c in contenders]
+    need = [min_reps if c.warm_s * c.inner <= 4 * fastest else min(slow_reps, min_reps) for c in contenders]
     order = list(range(len(contenders)))
     for r in range(max_reps):
         spent = time.perf_counter() - t_start >= budget_s
@@ -389,14 +390,14 @@ def _rank(res):
 
 
 def measure_cell(contenders, *, baseline, ratios=None, monitor=None, min_reps=5, max_reps=15, budget_s=1.0,
-                 target_sample_s=0.002, retries=1, settle_s=0.5, calibrate=True, **judge_kw):
+                 target_sample_s=0.002, retries=1, settle_s=0.5, calibrate=True, slow_reps=3, **judge_kw):
     """Calibrates, interleaves and judges one cell; re-measures an untrusted one up to
     `retries` times (after `settle_s` of sleep) and keeps the best attempt.
 
     `baseline`: the name of the contender every ratio divides by (the speed-up of the
     baseline over each other contender), unless `ratios` maps keys to (numerator name,
     denominator name) pairs. All ratios are judged. The contenders keep the kept
-    attempt's samples."""
+    attempt's samples. `slow_reps`: see :func:`interleave`."""
     by_name = {c.name: c for c in contenders}
     if ratios is None:
         ratios = {c.name: (c.name, baseline) for c in contenders if c.name != baseline}
@@ -413,7 +414,7 @@ def measure_cell(contenders, *, baseline, ratios=None, monitor=None, min_reps=5,
         for c in contenders:
             c.reset()
         since = monitor.snapshot() if monitor else None
-        interleave(contenders, min_reps=min_reps, max_reps=max_reps, budget_s=budget_s)
+        interleave(contenders, min_reps=min_reps, max_reps=max_reps, budget_s=budget_s, slow_reps=slow_reps)
         host = monitor.state(since) if monitor else None
         rs = {k: paired_ratio(by_name[n], by_name[d]) for k, (n, d) in ratios.items()}
         res = CellResult(contenders, rs, judge(rs, host, cores=monitor.cores if monitor else None, **judge_kw),
