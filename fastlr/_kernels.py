@@ -156,6 +156,13 @@ def _tensor_ids(ids, n):
         if not 0 <= t < 2**63:
             raise ValueError(f"tensor_ids[{i}] must be in [0, 2**63), got {t}")
         out.append(t)
+    if len(set(out)) != len(out):
+        first = {}
+        for i, t in enumerate(out):
+            if t in first:
+                raise ValueError(f"tensor_ids[{i}] repeats tensor_ids[{first[t]}] ({t}): the two tensors "
+                                 "would draw the same stochastic-rounding bits")
+            first[t] = i
     return out
 
 

@@ -454,3 +454,19 @@ def test_readme_numpy_kernel_blocks_run():
     assert len(blocks) == 2 and "master_params=masters" in blocks[1]
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+
+
+def test_repeated_tensor_ids_refused_before_anything_changes():
+    """Two tensors with one id would draw the same stochastic-rounding bits (accepted
+    before); the error names both positions and nothing is written."""
+    bf16 = BF16
+    ps = [np.full(64, 1.0, bf16), np.full(32, 2.0, bf16)]
+    gs = [np.full(64, 0.1, bf16), np.full(32, 0.1, bf16)]
+    ms = [np.zeros(64, bf16), np.zeros(32, bf16)]
+    vs = [np.zeros(64, bf16), np.zeros(32, bf16)]
+    before = [a.copy() for a in ps + ms + vs]
+    with pytest.raises(ValueError, match=r"tensor_ids\[1\] repeats tensor_ids\[0\]"):
+        fastlr.adam_step(ps, gs, ms, vs, step=1, lr=0.1, stochastic_rounding=True, tensor_ids=[3, 3])
+    assert all(b.tobytes() == a.tobytes() for b, a in zip(before, ps + ms + vs))
+    fastlr.adam_step(ps, gs, ms, vs, step=1, lr=0.1, stochastic_rounding=True, tensor_ids=[3, 4])
+    assert not np.array_equal(ps[0], before[0])
