@@ -204,7 +204,12 @@ CpuLevel cpu_level() { return g_level; }
 
 void init_cpu_level_from_env() {
   const char* env = std::getenv("FASTLR_CPU_LEVEL");
-  if (env != nullptr && *env != '\0') set_cpu_level(parse_level(env));
+  if (env == nullptr || *env == '\0') return;
+  try {
+    set_cpu_level(parse_level(env));
+  } catch (const std::invalid_argument& e) {  // the import fails: say which setting did it
+    throw std::invalid_argument(std::string("FASTLR_CPU_LEVEL=") + env + ": " + e.what());
+  }
 }
 
 void set_cpu_level(CpuLevel level) {

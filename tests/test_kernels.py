@@ -21,7 +21,8 @@ import fastlr
 from fastlr import _C
 from fastlr import _reference as ref
 
-from conftest import TORCH_CASES, TORCH_DEFAULT_LR, bfloat16_dtype, supported_cpu_levels, torch_cases
+from conftest import (TORCH_CASES, TORCH_DEFAULT_LR, bfloat16_dtype, subprocess_kwargs, supported_cpu_levels,
+                      torch_cases)
 
 STEPS = 60
 TAIL_SIZES = [0, 1, 7, 15, 16, 17, 33, 1000, 70000]  # 70000 > 2 grains: two threads split it
@@ -309,6 +310,19 @@ def test_cpu_level_control():
     assert fastlr.build_info()["cpu_level"] == _C.cpu_level()
     with pytest.raises(ValueError, match="unknown CPU level"):
         _C.set_cpu_level("sse9")
+
+
+def test_bad_cpu_level_setting_named_at_import():
+    """A bad FASTLR_CPU_LEVEL fails the import with an error naming the setting (it said only
+    "unknown CPU level 'sse9'", from every fastlr command)."""
+    import subprocess
+    import sys
+
+    kw = subprocess_kwargs()
+    kw["env"]["FASTLR_CPU_LEVEL"] = "sse9"
+    out = subprocess.run([sys.executable, "-c", "import fastlr"], capture_output=True, text=True, **kw)
+    assert out.returncode != 0
+    assert "FASTLR_CPU_LEVEL=sse9: unknown CPU level 'sse9' (expected baseline, avx2 or avx512)" in out.stderr
 
 
 def _fused_exact(p, a, g):
