@@ -107,7 +107,9 @@ def check_state_dict(opt, state_dict):
             if key not in pstate and not (key + "_codes" in pstate and key + "_scale" in pstate):
                 raise ValueError(f"{where} has no {key!r} (needed by the group's options)")
         if _quant8_state.is_dtensor(p):  # sharded state is loaded as saved: the layouts must agree
-            sdt = saved.get("state_dtype", opt.param_groups[g].get("state_dtype"))
+            from ._precision import loaded_options  # (_precision builds on _base, which imports this)
+
+            sdt = loaded_options(saved, opt.param_groups[g]).get("state_dtype")
             _quant8_state.check_sharded_layout(where, pstate, opt._roles(saved),
                                                sdt == _quant8_state.EIGHT_BIT and _quant8_state.quantized(p),
                                                _quant8_state.source_of(saved))

@@ -464,6 +464,14 @@ def _torch_state_dtype(x):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(x, x) if isinstance(x, str) else x
 
 
+def loaded_options(saved, current):
+    """The options a saved group loads with: its own when it has any (the ones left out are
+    the defaults), else, for torch.optim's layout, those of the optimizer's group."""
+    if any(k in saved for k in OPTIONS):
+        return {k: saved[k] for k in OPTIONS if k in saved}
+    return {k: current[k] for k in OPTIONS if k in current}
+
+
 def keep_options(opt, state_dict):
     """A saved group without any option (torch.optim's layout) takes the optimizer's group's
     options: the state converts to them. A group saved with options restores exactly those,
@@ -473,11 +481,9 @@ def keep_options(opt, state_dict):
     name = f"{type(opt).__name__}.load_state_dict: param_groups"
     groups, changed = [], False
     for g, (saved, current) in enumerate(zip(state_dict["param_groups"], opt.param_groups)):
-        missing = {}
-        if not any(k in saved for k in OPTIONS):
-            missing = {k: current[k] for k in OPTIONS if k in current}
-        if missing:
-            saved = {**saved, **missing}
+        options = loaded_options(saved, current)
+        if any(k not in saved for k in options):
+            saved = {**saved, **options}
             changed = True
         if isinstance(saved.get("state_dtype"), str):
             saved = {**saved, "state_dtype": _torch_state_dtype(saved["state_dtype"])}
