@@ -517,7 +517,7 @@ def convert_loaded_state(opt, state_dict):
             roles = opt._roles(group)
             q8 = group.get("state_dtype") == EIGHT_BIT and _quant8_state.quantized(p)
             if _quant8_state.is_dtensor(p):
-                converted = _quant8_state.keep_sharded(st, saved, roles, q8, source[pid])
+                converted = _quant8_state.keep_sharded(st, saved, roles, q8)  # (checked before the load)
             else:
                 _quant8_state.convert_loaded(st, saved, p, roles, (_quant8.BLOCK_SIZE, "sqrt") if q8 else None,
                                              state_dtype(group, p) if active(group) else p.dtype, source[pid])

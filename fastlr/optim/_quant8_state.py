@@ -86,14 +86,14 @@ def init_state(state, p, roles, fill=0.0):
         new_role(state, role, p, fill)
 
 
-def new_role(state, role, p, fill=0.0):
+def new_role(state, role, p, fill=0.0, block=BLOCK_SIZE):
     """Stores one role's 8-bit state of p (DTensors for a DTensor p); returns the (codes,
     scale) tensors the kernel updates (a DTensor's local shards)."""
     local = p._local_tensor if is_dtensor(p) else p
-    codes, scale = _quant8.filled(tuple(local.shape), fill, BLOCK_SIZE, *_quant8.ROLES[role])
+    codes, scale = _quant8.filled(tuple(local.shape), fill, block, *_quant8.ROLES[role])
     codes, scale = torch.from_numpy(codes), torch.from_numpy(scale)
     if is_dtensor(p):
-        state[role + "_codes"], state[role + "_scale"] = wrap_sharded(p, codes, scale)
+        state[role + "_codes"], state[role + "_scale"] = wrap_sharded(p, codes, scale, block)
         return codes, state[role + "_scale"]._local_tensor
     state[role + "_codes"], state[role + "_scale"] = codes, scale
     return codes, scale
@@ -252,11 +252,10 @@ def check_sharded_layout(where, saved, roles, q8, source, target=(BLOCK_SIZE, "s
                 )
 
 
-def keep_sharded(state, saved, roles, q8, source, target=(BLOCK_SIZE, "sqrt")):
+def keep_sharded(state, saved, roles, q8):
     """A DTensor param's state loaded as saved (torch.distributed.checkpoint has resharded
     it): 8-bit codes and scales of the layout ``target`` when ``q8``, else float tensors.
-    Returns the keys set here."""
-    check_sharded_layout("load_state_dict", saved, roles, q8, source, target)
+    Returns the keys set here. The caller has checked the layout (check_sharded_layout)."""
     kept = set()
     for role in roles:
         codes, scale = saved.get(role + "_codes"), saved.get(role + "_scale")

@@ -125,12 +125,7 @@ class _Adam8bitBase(torch.optim.Optimizer):
         if not self._quantized(p):
             state[role] = torch.zeros_like(p, memory_format=torch.contiguous_format)
             return
-        local = getattr(p, "_local_tensor", p)
-        codes = torch.zeros(local.shape, dtype=torch.uint8)
-        scale = torch.zeros(_quant8.num_blocks(local.numel(), self.block_size), dtype=torch.float32)
-        if local is not p:
-            codes, scale = _quant8_state.wrap_sharded(p, codes, scale, self.block_size)
-        state[role + "_codes"], state[role + "_scale"] = codes, scale
+        _quant8_state.new_role(state, role, p, block=self.block_size)
 
     # ------------------------------------------------------------------- step ---
     @_compiler_boundary
@@ -328,8 +323,10 @@ class _Adam8bitBase(torch.optim.Optimizer):
                              if "exp_avg_sq_encoding" in g), "linear")
         out = {"step": torch.as_tensor(saved.get("step", 0.0), dtype=torch.float32).clone().reshape(())}
         if _quant8_state.is_dtensor(p):  # resharded by torch.distributed.checkpoint: kept as saved
-            _quant8_state.keep_sharded(out, saved, roles, self._quantized(p), (block, src_encoding),
-                                       (self.block_size, self._encoding))
+            q8 = self._quantized(p)
+            _quant8_state.check_sharded_layout(where, saved, roles, q8, (block, src_encoding),
+                                               (self.block_size, self._encoding))
+            _quant8_state.keep_sharded(out, saved, roles, q8)
             for role in roles:
                 if role in out:
                     out[role] = out[role].to(p.dtype)
