@@ -42,8 +42,7 @@ import sys
 import time
 
 from . import _bench
-from ._benchstats import (Contender, HostMonitor, Ratio, format_ratio, measure_cell, ratio_verdict,
-                          trust_summary)
+from ._benchstats import Contender, HostMonitor, format_ratio, measure_cell, ratio_verdict, trust_summary
 
 LR = 1e-4
 WEIGHT_DECAY = 0.01
@@ -326,15 +325,12 @@ def cell_ratios(names):
     return ratios
 
 
-_NARROW = Ratio(1.0, 1.0, 1.0, 0)
-
-
 def summarize(cell_name, measured, numel, labels, nbytes, threads):
     """Rows of one (cell, threads) from a _benchstats.CellResult: median ms, GB/s,
     % roofline and the target ratios, each with its interval and its verdict (ratio_verdict)."""
     by = {c.name: c for c in measured.contenders}
     verdict = measured.verdict
-    host = ratio_verdict(verdict, _NARROW)  # a median time has no interval: the host's flags only
+    host = ratio_verdict(verdict)  # a median time has no interval: the host's flags only
     rows = []
     for name, c in by.items():
         if name.startswith("roof "):

@@ -355,12 +355,13 @@ def judge(ratios, host=None, *, cores=None, busy_cores=BUSY_CORES, max_drift=MAX
     return Verdict(tuple(flags), "; ".join(why))
 
 
-def ratio_verdict(cell, ratio, max_width=MAX_WIDTH):
+def ratio_verdict(cell, ratio=None, max_width=MAX_WIDTH):
     """One ratio's verdict in a cell judged `cell`: the host's flags (busy, drifting) concern
     every ratio of the cell, "wide" only the ratios whose own interval is wide, so one
-    noisy pair of contenders does not hide the cell's narrow ratios."""
+    noisy pair of contenders does not hide the cell's narrow ratios. Without a ratio (a
+    median time): the host's flags only."""
     flags = [f for f in cell.flags if f != "wide"]
-    if ratio.rel_width > max_width:
+    if ratio is not None and ratio.rel_width > max_width:
         flags.append("wide")
     return Verdict(tuple(flags), cell.detail)
 

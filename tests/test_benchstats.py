@@ -200,4 +200,5 @@ def test_ratio_verdict_keeps_host_flags_and_judges_width_per_ratio():
     busy = bs.judge({"peer": narrow, "noisy": wide}, bs.HostState(other_cores=1.5, threads=2), cores=2)
     assert busy.flags == ("busy", "wide")
     assert bs.ratio_verdict(busy, narrow).flags == ("busy",)
+    assert bs.ratio_verdict(busy).flags == ("busy",) and bs.ratio_verdict(cell).trusted  # a median time
     assert bs.format_ratio(narrow, bs.ratio_verdict(cell, narrow)).startswith("19.00x [")
