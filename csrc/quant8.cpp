@@ -3,9 +3,10 @@
 // (params written in place), take the block's absmax, re-quantize into the codes. One
 // pass over memory: params, grads and 2 B of codes per element (+ 8 B of scales per
 // block), no temporary arrays. Dequantization is a lookup in the 256-entry map (byte
-// planes with AVX-512 VBMI, else a gather), the nearest-code search at AVX-512
-// Quant8Search's affine estimate plus one compare with the next code's threshold, at AVX2
-// and baseline a Quant8Table bucket (a gather) plus one compare; the update loop is
+// planes with AVX-512 VBMI, else a gather), the nearest-code search at AVX-512 an affine
+// estimate (Quant8Words with VBMI, else Quant8Search) plus one compare with the next
+// code's threshold, at AVX2 and baseline a Quant8Table bucket (a gather) plus one
+// compare; the update loop is
 // plain C++ over __restrict buffers that gcc vectorizes per level. Every level and thread
 // count gives bit-identical results (no FMA contraction: -ffp-contract=off).
 #include "quant8_kernels.hpp"
@@ -227,41 +228,73 @@ struct Search512 {
   }
 };
 
-// With VBMI, 64 elements at a time: the estimates packed to bytes, the next codes'
-// thresholds looked up as byte planes (as dequant_vbmi), the choice made on bytes.
+// With VBMI, 64 elements at a time (Quant8Words): the top halves of the floats' bits as
+// 32 words per register, the line per octave in 16-bit integers, the estimates' high
+// bytes packed into one register of 64 bytes, the next codes' thresholds looked up as
+// byte planes (as dequant_vbmi) and compared with the floats as bit patterns (unsigned on
+// the signed map: a negative float past its threshold has the larger pattern; signed on
+// the unsigned map: negatives stay at code 0).
 template <bool Signed>
 FASTLR_Q8_VBMI __attribute__((noinline)) int64_t quantize_vbmi(const float* x, int64_t n, float inv,
-                                                             const Quant8Search& t, const MapPlanes& thr,
+                                                             const quant8::Quant8Words& t, const MapPlanes& thr,
                                                              uint8_t* c) {
-  const Search512<Signed> s(t);
   const PlaneLookup lut(thr);
+  const __m512i split = _mm512_load_si512(t.split), lower_a = _mm512_load_si512(t.lower_a),
+                lower_b = _mm512_load_si512(t.lower_b), upper_a = _mm512_load_si512(t.upper_a),
+                upper_b = _mm512_load_si512(t.upper_b);
+  const __m512i low = _mm512_set1_epi16(quant8::Quant8Words::kLowWord),
+                high = _mm512_set1_epi16(quant8::Quant8Words::kHighWord), magnitude = _mm512_set1_epi16(0x7FFF);
+  // word j of the result: word 2j + 1 of (a, b), the top half of float j
+  alignas(64) static constexpr uint16_t kTopWords[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21,
+                                                         23, 25, 27, 29, 31, 33, 35, 37, 39, 41, 43,
+                                                         45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
+  alignas(64) static constexpr uint8_t kHighBytes[64] = {
+      1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 33, 35, 37, 39, 41, 43,
+      45, 47, 49, 51, 53, 55, 57, 59, 61, 63, 65, 67, 69, 71, 73, 75, 77, 79, 81, 83, 85, 87,
+      89, 91, 93, 95, 97, 99, 101, 103, 105, 107, 109, 111, 113, 115, 117, 119, 121, 123, 125, 127};
+  const __m512i top_words = _mm512_load_si512(kTopWords), high_bytes = _mm512_load_si512(kHighBytes);
   const __m512 vs = _mm512_set1_ps(inv);
-  const __m512i zero_code = _mm512_set1_epi8(static_cast<char>(t.zero)), one = _mm512_set1_epi8(1);
+  const __m512i zero_code = _mm512_set1_epi8(static_cast<char>(t.zero)), one = _mm512_set1_epi8(1),
+                neg_cap = _mm512_set1_epi8(static_cast<char>(t.zero - 1));
   int64_t i = 0;
   for (; i + 64 <= n; i += 64) {
-    __m512 a[4];
-    __m512i k[4];
-    __mmask16 neg[4], ord[4];
+    __m512i q[4];
+    __mmask16 ord[4];
     for (int r = 0; r < 4; ++r) {
       const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i + 16 * r), vs);
       ord[r] = _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q);
-      k[r] = s.estimate(v, a[r], neg[r]);
+      q[r] = _mm512_castps_si512(v);
     }
-    // bytes 16r .. 16r + 15: elements 16r .. 16r + 15
-    const __m512i kb = _mm512_inserti64x4(
-        _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(k[0])),
-                                                       _mm512_cvtepi32_epi8(k[1]), 1)),
-        _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(k[2])), _mm512_cvtepi32_epi8(k[3]), 1), 1);
-    __m512i est = kb, next = _mm512_add_epi8(kb, one);
+    __m512i y[2];
+    __mmask32 neg[2] = {0, 0};
+    for (int h = 0; h < 2; ++h) {
+      const __m512i w = _mm512_permutex2var_epi16(q[2 * h], top_words, q[2 * h + 1]);
+      __m512i m = w;
+      if (Signed) {
+        m = _mm512_and_si512(w, magnitude);
+        neg[h] = _mm512_movepi16_mask(w);
+      }
+      m = _mm512_min_epi16(_mm512_max_epi16(m, low), high);  // unsigned map: negatives to 2^-31
+      const __m512i octave = _mm512_srli_epi16(m, 7);        // the permutes read bits 0-4
+      const __mmask32 up = _mm512_cmpgt_epu16_mask(m, _mm512_permutexvar_epi16(octave, split));
+      const __m512i a = _mm512_mask_permutexvar_epi16(_mm512_permutexvar_epi16(octave, lower_a), up, octave, upper_a);
+      const __m512i b = _mm512_mask_permutexvar_epi16(_mm512_permutexvar_epi16(octave, lower_b), up, octave, upper_b);
+      y[h] = _mm512_add_epi16(a, _mm512_mullo_epi16(b, m));
+    }
+    const __m512i k = _mm512_permutex2var_epi8(y[0], high_bytes, y[1]);  // floor(y / 256), in element order
+    __m512i est = k, next = _mm512_add_epi8(k, one);
     if (Signed) {
-      const __mmask64 negs = _mm512_kunpackd(_mm512_kunpackw(neg[3], neg[2]), _mm512_kunpackw(neg[1], neg[0]));
-      est = _mm512_mask_sub_epi8(_mm512_add_epi8(zero_code, kb), negs, zero_code, kb);
+      const __mmask64 negs = _mm512_kunpackd(neg[1], neg[0]);
+      const __m512i kc = _mm512_mask_min_epu8(k, negs, k, neg_cap);
+      est = _mm512_mask_sub_epi8(_mm512_add_epi8(zero_code, kc), negs, zero_code, kc);
       next = _mm512_mask_sub_epi8(_mm512_add_epi8(est, one), negs, est, one);
     }
     __m512 th[4];
     lut.floats(next, th);
     __mmask16 past[4];
-    for (int r = 0; r < 4; ++r) past[r] = _mm512_cmp_ps_mask(a[r], th[r], _CMP_GE_OQ);
+    for (int r = 0; r < 4; ++r)
+      past[r] = Signed ? _mm512_cmp_epu32_mask(q[r], _mm512_castps_si512(th[r]), _MM_CMPINT_NLT)
+                       : _mm512_cmp_epi32_mask(q[r], _mm512_castps_si512(th[r]), _MM_CMPINT_NLT);
     const __mmask64 pass = _mm512_kunpackd(_mm512_kunpackw(past[3], past[2]), _mm512_kunpackw(past[1], past[0]));
     const __mmask64 ordered = _mm512_kunpackd(_mm512_kunpackw(ord[3], ord[2]), _mm512_kunpackw(ord[1], ord[0]));
     _mm512_storeu_si512(c + i, _mm512_maskz_mov_epi8(ordered, _mm512_mask_blend_epi8(pass, est, next)));
@@ -295,7 +328,9 @@ FASTLR_Q8_AVX512 void quantize_avx512(const float* x, int64_t n, float inv, cons
 }
 
 const MapPlanes& thr_planes(const Quant8Search& t) {
-  static const MapPlanes signed_thr(quant8::signed_search().thr), unsigned_thr(quant8::unsigned_search().thr);
+  auto floats = [](const uint32_t* bits) { return reinterpret_cast<const float*>(bits); };
+  static const MapPlanes signed_thr(floats(quant8::signed_words().thr_bits)),
+      unsigned_thr(floats(quant8::unsigned_words().thr_bits));
   return t.is_signed ? signed_thr : unsigned_thr;
 }
 
@@ -303,8 +338,8 @@ FASTLR_Q8_AVX512 __attribute__((noinline)) void quantize(Avx512, const float* x,
                                                 const Quant8Search& t, uint8_t* c) {
   int64_t i = 0;
   if (has_vbmi())
-    i = t.is_signed ? quantize_vbmi<true>(x, n, inv, t, thr_planes(t), c)
-                    : quantize_vbmi<false>(x, n, inv, t, thr_planes(t), c);
+    i = t.is_signed ? quantize_vbmi<true>(x, n, inv, quant8::signed_words(), thr_planes(t), c)
+                    : quantize_vbmi<false>(x, n, inv, quant8::unsigned_words(), thr_planes(t), c);
   t.is_signed ? quantize_avx512<true>(x + i, n - i, inv, t, c + i) : quantize_avx512<false>(x + i, n - i, inv, t, c + i);
 }
 #endif

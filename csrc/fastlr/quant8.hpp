@@ -5,10 +5,11 @@
 //
 // Rounding to the nearest code is *defined* by nearest_code_reference (torchao's
 // branchless binary search and its float32 rounding test, tie to the upper code). The
-// kernels find the same code without a search or a large table (Quant8Search): an affine
-// estimate from |x| that is the code or one short of it, then one exact compare with the
-// threshold of the next code; AVX2 and baseline with Quant8Table (a bucket lookup, then
-// one compare). fastlr._C.quant8_check compares them over every float32
+// kernels find the same code without a search or a large table: an affine estimate from
+// |x| that is the code or one short of it, then one exact compare with the threshold of
+// the next code (AVX-512 VBMI: Quant8Words, on 16-bit words; AVX-512 without VBMI:
+// Quant8Search, on floats); AVX2 and baseline with Quant8Table (a bucket lookup, then one
+// compare). fastlr._C.quant8_check compares them over every float32
 // (tools/check_quant8_exact.py).
 #pragma once
 #include <algorithm>
@@ -159,6 +160,103 @@ inline const Quant8Search& signed_search() {
 }
 inline const Quant8Search& unsigned_search() {
   static const Quant8Search t(kUnsignedMap, false);
+  return t;
+}
+
+// The AVX-512 VBMI search, on 16-bit words: w = the top half of x's bits (sign, exponent,
+// 7 mantissa bits), its magnitude clamped to [2^-31, 1]. Every such bucket of floats holds
+// at most one step of the map's codes (checked), so a line per octave (two where a decade
+// of the map starts inside it) gives, from the bucket alone, k = floor(y / 256) with
+// y = A + B·w (16-bit integer arithmetic) that is the code's distance from the zero code,
+// or one short of it; then one exact compare with the next code's threshold. k must be the
+// code at the bucket's start where the step lies inside the bucket, else that code or one
+// less: the constructor finds integer lines meeting these constraints, bucket by bucket,
+// from the reference, on both signs (the same line serves both), or throws.
+// 32 lanes per instruction instead of Quant8Search's 16, and no float arithmetic.
+struct Quant8Words {
+  static constexpr uint16_t kLowWord = 0x3000;   // 2^-31
+  static constexpr uint16_t kHighWord = 0x3F80;  // 1.0
+  const float* map = nullptr;
+  bool is_signed = false;
+  int zero = 0;
+  alignas(64) uint16_t split[32];     // per octave (w >> 7 mod 32): w > split uses the upper line
+  alignas(64) uint16_t lower_a[32], lower_b[32], upper_a[32], upper_b[32];
+  alignas(64) uint32_t thr_bits[256];  // thr of Quant8Search with the code's sign: compared as bits
+
+  explicit Quant8Words(const Quant8Search& s) : map(s.map), is_signed(s.is_signed), zero(s.zero) {
+    for (int c = 0; c < 256; ++c)
+      thr_bits[c] = bits_of(s.thr[c]) | ((is_signed && c < zero) ? 0x80000000u : 0u);
+    const int kmax = 255 - zero - 1;  // largest estimate on the positive side (next <= 255)
+    // allowed [lo, hi] of k per bucket (index: w - kLowWord)
+    constexpr int kBuckets = kHighWord - kLowWord + 1;
+    int lo[kBuckets], hi[kBuckets];
+    for (int b = 0; b < kBuckets; ++b) {
+      lo[b] = 0;
+      hi[b] = kmax;
+      for (int side = 0; side < (is_signed ? 2 : 1); ++side) {
+        const uint32_t sign = side ? 0x80000000u : 0u;
+        auto k_of = [&](uint32_t mag) {
+          const int c = nearest_code_reference(float_of(mag | sign), map);
+          return side ? zero - c : c - zero;
+        };
+        const uint32_t start = b == 0 ? 0u : static_cast<uint32_t>(kLowWord + b) << 16;
+        const uint32_t end = b == kBuckets - 1 ? 0x7F800000u : ((static_cast<uint32_t>(kLowWord + b) << 16) | 0xFFFFu);
+        const int ks = k_of(start), ke = k_of(end);
+        if (ke < ks || ke > ks + 1) throw std::logic_error("quant8: two code steps in one 16-bit bucket");
+        // the negative side's estimate is capped at zero - 1 afterwards (no code beyond 0)
+        const bool capped = side && ke == zero;
+        lo[b] = std::max(lo[b], ke > ks ? ks : std::max(ks - 1, 0));
+        if (!capped) hi[b] = std::min(hi[b], ks);
+      }
+      if (lo[b] > hi[b]) throw std::logic_error("quant8: no estimate fits a 16-bit bucket");
+    }
+    for (int o = 0; o < 32; ++o) {
+      const int first = std::max<int>(kLowWord, (96 + o) << 7), last = std::min<int>(kHighWord, ((96 + o) << 7) + 127);
+      split[o] = 0x7FFF;
+      if (fit(lo, hi, first, last, lower_a[o], lower_b[o])) {
+        upper_a[o] = lower_a[o];
+        upper_b[o] = lower_b[o];
+        continue;
+      }
+      bool found = false;
+      for (int w = first; w < last && !found; ++w)
+        if (fit(lo, hi, first, w, lower_a[o], lower_b[o]) && fit(lo, hi, w + 1, last, upper_a[o], upper_b[o])) {
+          split[o] = static_cast<uint16_t>(w);
+          found = true;
+        }
+      if (!found) throw std::logic_error("quant8: no pair of lines fits an octave");
+    }
+  }
+
+  // An integer line y = A + B·w (mod 2^16, exact over [first, last]) with floor(y / 256)
+  // in [lo, hi] on every bucket of [first, last]; the one with the most slack.
+  static bool fit(const int* lo, const int* hi, int first, int last, uint16_t& a_out, uint16_t& b_out) {
+    int best = -1;
+    for (int b = 0; b <= 1024; ++b) {
+      int64_t amin = INT64_MIN, amax = INT64_MAX;
+      for (int w = first; w <= last && amin <= amax; ++w) {
+        const int i = w - kLowWord;
+        amin = std::max<int64_t>(amin, 256 * int64_t(lo[i]) - int64_t(b) * (w - first));
+        amax = std::min<int64_t>(amax, 256 * int64_t(hi[i]) + 255 - int64_t(b) * (w - first));
+      }
+      if (amin < 0) amin = 0;
+      if (amin > amax || amax - amin <= best) continue;
+      best = static_cast<int>(amax - amin);
+      const int64_t a = amin + (amax - amin) / 2;  // y at w = first
+      // y = a + b·(w − first) = (a − b·first) + b·w, folded mod 2^16
+      a_out = static_cast<uint16_t>(static_cast<uint32_t>(a - int64_t(b) * first));
+      b_out = static_cast<uint16_t>(b);
+    }
+    return best >= 0;
+  }
+};
+
+inline const Quant8Words& signed_words() {
+  static const Quant8Words t(signed_search());
+  return t;
+}
+inline const Quant8Words& unsigned_words() {
+  static const Quant8Words t(unsigned_search());
   return t;
 }
 
