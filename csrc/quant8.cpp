@@ -50,6 +50,20 @@ constexpr int kBucketRow = sizeof(Quant8Table::entry[0]) / sizeof(uint32_t);
 
 constexpr int64_t kMaxBlock = 4096;
 
+// Between a block's update loops the search runs long enough for the hardware prefetchers
+// to lose the streams, and the next update then waits on DRAM: each block first asks for
+// the data kPrefetchAhead elements further on (past a tensor's end this fetches unused
+// lines, never faults). Into L2 for reads, with write intent for what is written (Zen 4,
+// AdamW 8-bit, 16.8 M elements: 1.54-1.72 -> 1.36-1.40 ns/el at 1 thread, 0.83 -> 0.72
+// at 2; the same or closer distances into L1 gained 0-5 %).
+constexpr int64_t kPrefetchAhead = 4096;
+template <bool Write, class T>
+FASTLR_Q8_INLINE void prefetch_ahead(const T* block_start, int64_t n) {
+  const uintptr_t from = reinterpret_cast<uintptr_t>(block_start) + kPrefetchAhead * sizeof(T);
+  for (uintptr_t o = 0; o < static_cast<uintptr_t>(n) * sizeof(T); o += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(from + o), Write ? 1 : 0, 1);
+}
+
 struct Base {};
 struct Avx2 {};
 struct Avx512 {};
@@ -429,7 +443,10 @@ FASTLR_Q8_INLINE void adam8_block(int64_t n, char* const* ptrs, float* const* sc
   alignas(64) float xb[AMS ? kMaxBlock : 1];
   const Quant8Search& st = quant8::signed_search();
   const Quant8Search& ut = quant8::unsigned_search();
+  prefetch_ahead<true>(p, n);
+  prefetch_ahead<false>(g, n);
   if (Q8) {
+    for (int r = 0; r < (AMS ? 3 : 2); ++r) prefetch_ahead<true>(reinterpret_cast<const uint8_t*>(ptrs[2 + r]), n);
     dequant(L{}, reinterpret_cast<const uint8_t*>(ptrs[2]), n, quant8::kSignedMap, *scales[0], mb);
     dequant(L{}, reinterpret_cast<const uint8_t*>(ptrs[3]), n, quant8::kUnsignedMap, *scales[1], vb);
     if (AMS) dequant(L{}, reinterpret_cast<const uint8_t*>(ptrs[4]), n, quant8::kUnsignedMap, *scales[2], xb);
@@ -631,6 +648,11 @@ FASTLR_Q8_INLINE void q8_block(int64_t n, const Q8Block& b, const Q8Scalars& s) 
   alignas(64) float buf1[Rule::uses(1) ? kMaxBlock : 1];
   alignas(64) float buf2[Rule::uses(2) ? kMaxBlock : 1];
   float* const bufs[3] = {buf0, buf1, buf2};
+  prefetch_ahead<true>(p, n);
+  prefetch_ahead<false>(g, n);
+  if (S::has_master) prefetch_ahead<true>(mp, n);
+  for (int r = 0; r < 3; ++r)
+    if (Rule::uses(r)) prefetch_ahead<true>(b.codes[r], n);
   for (int r = 0; r < 3; ++r)
     if (Rule::uses(r)) dequant(L{}, b.codes[r], n, role_map<Rule>(r), *b.scale[r], bufs[r]);
   float* __restrict x0 = buf0;
