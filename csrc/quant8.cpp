@@ -80,13 +80,16 @@ FASTLR_Q8_INLINE void quantize(Base, const float* x, int64_t n, float inv, const
 }
 
 #if FASTLR_Q8_X86
+// Scalar lookups, 8 codes per load: on Zen 4 a vgatherdps of 8 floats costs more than 8
+// loads (AdamW 8-bit step at AVX2: 2.83-2.87 -> 2.56-2.62 ns/el at 1 thread, 1.47-1.56 ->
+// 1.33-1.40 at 2).
 FASTLR_Q8_AVX2 __attribute__((noinline)) void dequant(Avx2, const uint8_t* c, int64_t n, const float* map, float s,
                                              float* out) {
-  const __m256 vs = _mm256_set1_ps(s);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + i)));
-    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_i32gather_ps(map, idx, 4), vs));
+    uint64_t w;
+    std::memcpy(&w, c + i, 8);
+    for (int k = 0; k < 8; ++k) out[i + k] = map[(w >> (8 * k)) & 0xFF] * s;
   }
   for (; i < n; ++i) out[i] = map[c[i]] * s;
 }
