@@ -3,12 +3,12 @@
 // (params written in place), take the block's absmax, re-quantize into the codes. One
 // pass over memory: params, grads and 2 B of codes per element (+ 8 B of scales per
 // block), no temporary arrays. Dequantization is a lookup in the 256-entry map (byte
-// planes with AVX-512 VBMI, else a gather), the nearest-code search at AVX-512 an affine
-// estimate (Quant8Words with VBMI, else Quant8Search) plus one compare with the next
-// code's threshold, at AVX2 and baseline a Quant8Table bucket (a gather) plus one
-// compare; the update loop is
-// plain C++ over __restrict buffers that gcc vectorizes per level. Every level and thread
-// count gives bit-identical results (no FMA contraction: -ffp-contract=off).
+// planes with AVX-512 VBMI, scalar loads at AVX2, else a gather), the nearest-code search
+// at AVX-512 an affine estimate (Quant8Words with VBMI, else Quant8Search) plus one compare
+// with the next code's threshold, at AVX2 and baseline a Quant8Table bucket (a gather)
+// plus one compare; the update loop is plain C++ over __restrict buffers that gcc
+// vectorizes per level. Every level and thread count gives bit-identical results (no FMA
+// contraction: -ffp-contract=off).
 #include "quant8_kernels.hpp"
 
 #include <algorithm>
