@@ -176,14 +176,13 @@ inline const Quant8Search& unsigned_search() {
 struct Quant8Words {
   static constexpr uint16_t kLowWord = 0x3000;   // 2^-31
   static constexpr uint16_t kHighWord = 0x3F80;  // 1.0
-  const float* map = nullptr;
-  bool is_signed = false;
   int zero = 0;
   alignas(64) uint16_t split[32];     // per octave (w >> 7 mod 32): w > split uses the upper line
   alignas(64) uint16_t lower_a[32], lower_b[32], upper_a[32], upper_b[32];
   alignas(64) uint32_t thr_bits[256];  // thr of Quant8Search with the code's sign: compared as bits
 
-  explicit Quant8Words(const Quant8Search& s) : map(s.map), is_signed(s.is_signed), zero(s.zero) {
+  explicit Quant8Words(const Quant8Search& s) : zero(s.zero) {
+    const bool is_signed = s.is_signed;
     for (int c = 0; c < 256; ++c)
       thr_bits[c] = bits_of(s.thr[c]) | ((is_signed && c < zero) ? 0x80000000u : 0u);
     const int kmax = 255 - zero - 1;  // largest estimate on the positive side (next <= 255)
@@ -196,7 +195,7 @@ struct Quant8Words {
       for (int side = 0; side < (is_signed ? 2 : 1); ++side) {
         const uint32_t sign = side ? 0x80000000u : 0u;
         auto k_of = [&](uint32_t mag) {
-          const int c = nearest_code_reference(float_of(mag | sign), map);
+          const int c = nearest_code_reference(float_of(mag | sign), s.map);
           return side ? zero - c : c - zero;
         };
         const uint32_t start = b == 0 ? 0u : static_cast<uint32_t>(kLowWord + b) << 16;
